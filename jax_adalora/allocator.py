@@ -1,0 +1,246 @@
+"""The rank budget schedule, the masking rule, and the rank allocator as an optax transform.
+
+Step numbering follows the reference (AdaLoRA's code and PEFT's ``update_and_allocate``): the
+allocator sees ``t = 1, 2, ..., T``, the number of optimizer steps taken *including* the current
+one, so the budget reaches its target exactly at ``t = T - t_final``.
+
+Example:
+  >>> import optax
+  >>> from jax_adalora.config import AdaLoRAConfig
+  >>> tx = optax.chain(
+  ...     optax.clip_by_global_norm(1.0),
+  ...     optax.adamw(1e-3, weight_decay=0.0),
+  ...     rank_allocator(AdaLoRAConfig(r_init=4, r_target=2), total_steps=100),  # last: it reads params
+  ... )
+  >>> # state = tx.init(triplets)
+  >>> # updates, state = tx.update(grads, state, triplets, moments=moments)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_adalora import scores as scores_lib
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.stats import Moments
+
+PyTree = Any
+
+
+# ---- budget schedule -----------------------------------------------------------------------------
+
+
+class BudgetSchedule:
+    """``schedule(step) -> (budget, mask_now)``, equal to PEFT's ``RankAllocator.budget_schedule``.
+
+    The whole schedule is tabulated on the host once, with the reference's own float64 formula, so the
+    integer budget matches PEFT's at every step (an fp32 evaluation of ``(1 - s)^3`` could truncate to
+    a different integer). Inside ``jit`` a call is one table look-up; it also takes Python ints.
+    """
+
+    def __init__(
+        self, init_budget: int, target_budget: int, t_init: int, t_final: int, total_steps: int, delta_t: int
+    ):
+        self.init_budget, self.target_budget = int(init_budget), int(target_budget)
+        self.t_init, self.t_final, self.total_steps = int(t_init), int(t_final), int(total_steps)
+        self.delta_t = int(delta_t)
+        if self.t_init >= self.total_steps - self.t_final:
+            raise ValueError(
+                f"t_init={t_init} must be < total_steps - t_final = {total_steps} - {t_final}: "
+                "no steps are left for the budget to decrease"
+            )
+        steps = range(self.total_steps + 2)  # the last entry stands for every step past the end
+        table = [self.reference(s) for s in steps]
+        self.budgets = np.array([b for b, _ in table], np.int32)
+        self.mask_now = np.array([m for _, m in table], np.bool_)
+
+    def reference(self, step: int) -> tuple[int, bool]:
+        """The schedule at one step, in plain Python float64 (the formula the table holds)."""
+        if step <= self.t_init:
+            return self.init_budget, False
+        if step > self.total_steps - self.t_final:
+            return self.target_budget, True
+        mul_coeff = 1 - (step - self.t_init) / (self.total_steps - self.t_final - self.t_init)
+        budget = int((self.init_budget - self.target_budget) * (mul_coeff**3) + self.target_budget)
+        return budget, step % self.delta_t == 0
+
+    def __call__(self, step) -> tuple[jax.Array, jax.Array]:
+        index = jnp.clip(jnp.asarray(step, jnp.int32), 0, self.total_steps + 1)
+        return jnp.asarray(self.budgets)[index], jnp.asarray(self.mask_now)[index]
+
+
+def budget_schedule(
+    init_budget: int, target_budget: int, t_init: int, t_final: int, total_steps: int, delta_t: int
+) -> BudgetSchedule:
+    """The cubic budget schedule of AdaLoRA: a function of the step returning ``(budget, mask_now)``.
+
+    * ``t <= t_init``: ``budget = init_budget``, no masking (warm-up).
+    * ``t > total_steps - t_final``: ``budget = target_budget``, mask every step (final phase).
+    * otherwise ``budget = int(target + (init - target) * (1 - (t - t_init)/(T - t_final - t_init))^3)``,
+      masking when ``t % delta_t == 0``.
+    """
+    return BudgetSchedule(init_budget, target_budget, t_init, t_final, total_steps, delta_t)
+
+
+# ---- masking -------------------------------------------------------------------------------------
+
+
+def mask_to_budget(triplet_scores: dict[str, jax.Array], budget) -> dict[str, jax.Array]:
+    """Keeps the ``budget`` highest-scoring triplets across all layers: ``{path: bool (r,)}``.
+
+    PEFT's rule: with ``k = total - budget``, the threshold is the k-th smallest score and every
+    triplet scoring ``<= threshold`` is masked (so ties at the threshold are all masked). ``k <= 0``
+    keeps everything (where PEFT's ``kthvalue`` would raise).
+    """
+    flat = jnp.concatenate([jnp.ravel(s) for s in triplet_scores.values()])
+    k = flat.shape[0] - jnp.asarray(budget, jnp.int32)
+    ordered = jnp.sort(flat)
+    threshold = jnp.where(k > 0, ordered[jnp.clip(k - 1, 0, flat.shape[0] - 1)], -jnp.inf)
+    return {path: s > threshold for path, s in triplet_scores.items()}
+
+
+# ---- the optax transform -------------------------------------------------------------------------
+
+
+class RankAllocatorState(NamedTuple):
+    """State of :func:`rank_allocator`."""
+
+    count: jax.Array  # shape=(), int32: updates applied so far (the next step is count + 1)
+    smoothing: scores_lib.SmoothingState  # smoothed element scores, triplet-shaped
+    keep: dict[str, jax.Array]  # the current rank pattern {path: bool (r,)}; frozen after T - t_final
+    budget: jax.Array  # shape=(), int32: the budget of the latest mask
+
+
+def rank_allocator(
+    config: AdaLoRAConfig, total_steps: int, *, adapter_key: str | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """AdaLoRA's rank allocator, to be placed last in an ``optax.chain``.
+
+    Each update: (1) forms the post-step adapter weights ``w = params + updates`` (the reference scores
+    the weights after the optimizer step, with the gradient of that step); (2) until ``T - t_final``,
+    updates the smoothed element scores ``s(w, moments)``; (3) on masking steps of the schedule, keeps
+    the ``budget`` most important triplets and emits ``-λ`` for the others, so that their λ becomes 0;
+    at ``t = T - t_final`` the rank pattern freezes and is re-applied every later step. Optimizer
+    moments are left alone, so a masked triplet can regrow before the next masking step, as in the
+    reference. Everything runs inside the jitted update: no host round trip.
+
+    Args:
+      config: the AdaLoRA config (score, smoothing, β1, β2, r_target, schedule fields, gsnr_eps).
+      total_steps: T, the total number of optimizer steps of the run.
+      adapter_key: where the triplet pytree sits in ``params`` (``params[adapter_key]``); ``None`` when
+        ``params`` is the triplet pytree itself. Other entries (e.g. a task head) pass through.
+
+    Returns:
+      A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments)`` needs
+      ``params`` and the gradient ``moments`` (a :class:`jax_adalora.stats.Moments` over the same tree).
+    """
+    config.validate_schedule(total_steps)
+    score_fn = scores_lib.get(config.score)
+    if config.score == "gsnr":
+        eps = config.gsnr_eps
+        score_fn = lambda w, m: scores_lib.gsnr(w, m, eps=eps)  # noqa: E731
+    freeze_step = total_steps - config.t_final
+
+    def select(tree):
+        return tree if adapter_key is None else tree[adapter_key]
+
+    def init_fn(params):
+        triplets = select(params)
+        keep = {path: jnp.ones(t["lam"].shape, jnp.bool_) for path, t in triplets.items()}
+        init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
+        return RankAllocatorState(
+            count=jnp.zeros((), jnp.int32),
+            smoothing=scores_lib.smoothing_init(triplets),
+            keep=keep,
+            budget=jnp.asarray(init_budget, jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, moments: Moments, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "rank_allocator needs params: call tx.update(updates, state, params, moments=...)"
+            )
+        triplets, triplet_updates = select(params), select(updates)
+        schedule = _schedule_for(config, triplets, total_steps)
+        step = state.count + 1
+        grads = Moments(
+            mean=select(moments.mean),
+            sq_mean=select(moments.sq_mean),
+            var=select(moments.var),
+            count=moments.count,
+        )
+        new_weights = optax.apply_updates(triplets, triplet_updates)
+
+        scoring = step < freeze_step
+        smoothed = scores_lib.smooth(
+            config.smoothing,
+            state.smoothing,
+            score_fn(new_weights, grads),
+            beta1=config.beta1,
+            beta2=config.beta2,
+        )
+        smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, state.smoothing)
+
+        budget, mask_now = schedule(step)
+        reallocate = (mask_now & scoring) | (step == freeze_step)
+        importance = scores_lib.triplet_importance(scores_lib.smoothed_score(config.smoothing, smoothing))
+        fresh_keep = mask_to_budget(importance, budget)
+        keep = {path: jnp.where(reallocate, fresh_keep[path], state.keep[path]) for path in state.keep}
+        apply_mask = reallocate | (step > freeze_step)
+
+        new_triplet_updates = {}
+        for path, upd in triplet_updates.items():
+            prune = apply_mask & ~keep[path]
+            lam_update = jnp.where(prune, -triplets[path]["lam"], upd["lam"])
+            new_triplet_updates[path] = {**upd, "lam": lam_update}
+        if adapter_key is None:
+            updates = new_triplet_updates
+        else:
+            updates = {**updates, adapter_key: new_triplet_updates}
+        new_state = RankAllocatorState(
+            count=step,
+            smoothing=smoothing,
+            keep=keep,
+            budget=jnp.where(reallocate, budget, state.budget).astype(jnp.int32),
+        )
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:
+    init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
+    target_budget = config.r_target * len(triplets)
+    return budget_schedule(
+        init_budget, target_budget, config.t_init, config.t_final, total_steps, config.delta_t
+    )
+
+
+def find_allocator_state(opt_state) -> RankAllocatorState:
+    """The :class:`RankAllocatorState` inside a (possibly nested) optax state."""
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, RankAllocatorState))
+        if isinstance(s, RankAllocatorState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected exactly one RankAllocatorState in the optimizer state, found {len(found)}"
+        )
+    return found[0]
+
+
+def rank_pattern(state: RankAllocatorState) -> dict[str, list[bool]]:
+    """The current rank pattern as plain Python lists (PEFT's ``rank_pattern`` format)."""
+    return {path: [bool(v) for v in np.asarray(keep)] for path, keep in state.keep.items()}
+
+
+def ranks(state: RankAllocatorState) -> dict[str, int]:
+    """Kept triplets per adapted matrix."""
+    return {path: int(np.sum(np.asarray(keep))) for path, keep in state.keep.items()}

@@ -1,0 +1,115 @@
+"""The AdaLoRA run configuration: one validated, frozen dataclass.
+
+Every field is checked when the config is built; rules that need the run length (the schedule) are
+checked by :meth:`AdaLoRAConfig.validate_schedule`, which :func:`jax_adalora.allocator.rank_allocator`
+calls. Each error names the field and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SCORES = ("sensitivity", "movement", "fisher", "gsnr")
+STATISTICS = ("per_example", "running")
+SMOOTHINGS = ("adalora", "ema", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaLoRAConfig:
+    """AdaLoRA hyper-parameters.
+
+    Attributes:
+      r_init: initial rank of every adapted matrix (PEFT's ``init_r``).
+      r_target: average final rank per adapted matrix (PEFT's ``target_r``); the final global budget is
+        ``r_target * number_of_adapted_matrices`` triplets.
+      alpha: adapter scale numerator; the adapter output is multiplied by ``alpha / r_init`` (PEFT's
+        ``lora_alpha / ranknum``, with ``ranknum`` held at ``r_init``).
+      targets: a preset name from :data:`jax_adalora.models.targets.TARGET_PRESETS` (``"paper"``: the six
+        matrices per layer) or a regular expression over '.'-joined module paths.
+      beta1: EMA coefficient of the smoothed importance (AdaLoRA's β1).
+      beta2: EMA coefficient of the uncertainty (AdaLoRA's β2).
+      t_init: warm-up steps with the full budget and no masking.
+      t_final: final steps with the rank pattern frozen at the target budget.
+      delta_t: mask every ``delta_t`` steps during the budget-decreasing phase.
+      orth_reg_weight: γ, weight of the orthogonal regularisation added to the loss.
+      score: element score ``s(·)``: sensitivity ``|w·g|``, movement ``-w·g``, Fisher ``E[g²]``,
+        GSNR ``E[g]²/Var[g]``.
+      statistics: how Fisher and GSNR get ``E[g²]`` / ``Var[g]``: ``per_example`` (exact, from per-example
+        gradients of the batch) or ``running`` (EMA over steps of batch-mean gradients). Sensitivity and
+        movement need only the batch gradient, which both modes give exactly.
+      smoothing: ``adalora`` (EMA × uncertainty, the reference), ``ema`` (plain EMA) or ``none``.
+      running_decay: EMA decay of the running moments (only with ``statistics="running"``).
+      gsnr_eps: added to ``Var[g]`` in GSNR so that zero variance gives a finite score.
+      init_std: standard deviation of the normal init of P and Q (λ starts at 0).
+    """
+
+    r_init: int = 16
+    r_target: int = 8
+    alpha: float = 16.0
+    targets: str = "paper"
+    beta1: float = 0.85
+    beta2: float = 0.85
+    t_init: int = 0
+    t_final: int = 0
+    delta_t: int = 1
+    orth_reg_weight: float = 0.1
+    score: str = "sensitivity"
+    statistics: str = "per_example"
+    smoothing: str = "adalora"
+    running_decay: float = 0.9
+    gsnr_eps: float = 1e-12
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        _require(isinstance(self.r_init, int) and self.r_init >= 1, "r_init", self.r_init, "an integer >= 1")
+        _require(
+            isinstance(self.r_target, int) and 0 <= self.r_target <= self.r_init,
+            "r_target",
+            self.r_target,
+            f"an integer with 0 <= r_target <= r_init ({self.r_init})",
+        )
+        _require(self.alpha > 0, "alpha", self.alpha, "> 0")
+        _require(
+            isinstance(self.targets, str) and self.targets, "targets", self.targets, "a non-empty string"
+        )
+        for name in ("beta1", "beta2", "running_decay"):
+            value = getattr(self, name)
+            _require(0.0 < value < 1.0, name, value, "in the open interval (0, 1)")
+        _require(self.t_init >= 0, "t_init", self.t_init, ">= 0")
+        _require(self.t_final >= 0, "t_final", self.t_final, ">= 0")
+        _require(self.delta_t >= 1, "delta_t", self.delta_t, ">= 1")
+        _require(self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight, ">= 0")
+        _require(self.score in SCORES, "score", self.score, f"one of {SCORES}")
+        _require(self.statistics in STATISTICS, "statistics", self.statistics, f"one of {STATISTICS}")
+        _require(self.smoothing in SMOOTHINGS, "smoothing", self.smoothing, f"one of {SMOOTHINGS}")
+        _require(self.gsnr_eps > 0, "gsnr_eps", self.gsnr_eps, "> 0")
+        _require(self.init_std > 0, "init_std", self.init_std, "> 0")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r_init
+
+    @property
+    def needs_variance(self) -> bool:
+        """Whether the score reads second moments (Fisher, GSNR) rather than the batch gradient alone."""
+        return self.score in ("fisher", "gsnr")
+
+    def replace(self, **overrides) -> AdaLoRAConfig:
+        return dataclasses.replace(self, **overrides)
+
+    def validate_schedule(self, total_steps: int) -> None:
+        """Checks the schedule fields against the run length; raises ``ValueError`` naming the field."""
+        _require(
+            isinstance(total_steps, int) and total_steps >= 1, "total_steps", total_steps, "an integer >= 1"
+        )
+        if self.t_init >= total_steps - self.t_final:
+            raise ValueError(
+                f"AdaLoRAConfig.t_init={self.t_init} must be < total_steps - t_final "
+                f"({total_steps} - {self.t_final} = {total_steps - self.t_final}): no steps are left for the "
+                "budget to decrease; lower t_init or t_final, or train longer"
+            )
+
+
+def _require(ok: bool, field: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"AdaLoRAConfig.{field}={value!r}: expected {rule}")

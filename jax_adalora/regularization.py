@@ -1,0 +1,27 @@
+"""AdaLoRA's orthogonal regularisation of the singular vectors P and Q.
+
+``R = (Σ_k ‖Q_k Q_kᵀ - I‖_F + ‖P_kᵀ P_k - I‖_F) / (number of P and Q matrices)``: the mean of the
+non-squared Frobenius norms over all Q (PEFT's ``lora_A``) and P (``lora_B``) matrices, as PEFT and
+the official code compute it (the AdaLoRA paper writes squared norms). The loss adds ``γ · R``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def orthogonal_regularization(triplets: dict[str, dict[str, jax.Array]]) -> jax.Array:
+    """Mean over all P and Q matrices of ``‖QQᵀ - I‖_F`` and ``‖PᵀP - I‖_F``; 0 with no adapters."""
+    norms = []
+    for t in triplets.values():
+        q, p = t["Q"].astype(jnp.float32), t["P"].astype(jnp.float32)
+        r = q.shape[0]
+        if r == 0:
+            continue
+        eye = jnp.eye(r, dtype=jnp.float32)
+        norms.append(jnp.linalg.norm(q @ q.T - eye))
+        norms.append(jnp.linalg.norm(p.T @ p - eye))
+    if not norms:
+        return jnp.zeros((), jnp.float32)
+    return jnp.mean(jnp.stack(norms))

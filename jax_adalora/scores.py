@@ -1,0 +1,131 @@
+"""Element importance scores, their smoothing, and triplet importance.
+
+Element scores map ``(params, moments)`` to a pytree shaped like ``params``:
+
+====================  ================================  =========================================
+name                  s(w)                              reads
+====================  ================================  =========================================
+``sensitivity``       ``|w · E[g]|``                    batch gradient (AdaLoRA's original)
+``movement``          ``-w · E[g]``                     batch gradient (Sanh et al., 2020)
+``fisher``            ``E[g²]``                         second moment over examples
+``gsnr``              ``E[g]² / (Var[g] + eps)``        mean and variance over examples
+====================  ================================  =========================================
+
+Smoothing turns raw element scores into the scores the allocator ranks, one state per run:
+
+* ``adalora``: ``ema = β1 ema + (1-β1) s``; ``unc = β2 unc + (1-β2) |s - ema|`` (with the updated
+  ema); score ``ema · unc``. EMAs start at 0 without bias correction, exactly as AdaLoRA / PEFT.
+* ``ema``: ``ema = β1 ema + (1-β1) s``; score ``ema``.
+* ``none``: score ``s``.
+
+Triplet importance (AdaLoRA's eq.): ``S_i = s(λ_i) + mean_j s(P_{j,i}) + mean_j s(Q_{i,j})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jax_adalora.stats import Moments
+
+PyTree = Any
+ElementScore = Callable[[PyTree, Moments], PyTree]
+
+DEFAULT_GSNR_EPS = 1e-12
+
+
+def sensitivity(params: PyTree, moments: Moments) -> PyTree:
+    """``|w · g|`` with ``g = moments.mean`` (AdaLoRA's sensitivity)."""
+    return jax.tree.map(lambda w, g: jnp.abs(w * g), params, moments.mean)
+
+
+def movement(params: PyTree, moments: Moments) -> PyTree:
+    """``-w · g`` with ``g = moments.mean`` (movement pruning's first-order score)."""
+    return jax.tree.map(lambda w, g: -w * g, params, moments.mean)
+
+
+def fisher(params: PyTree, moments: Moments) -> PyTree:
+    """Empirical Fisher diagonal ``E[g²]``."""
+    del params
+    return moments.sq_mean
+
+
+def gsnr(params: PyTree, moments: Moments, eps: float = DEFAULT_GSNR_EPS) -> PyTree:
+    """Gradient signal-to-noise ratio ``E[g]² / (Var[g] + eps)``.
+
+    ``eps`` (default 1e-12) keeps the score finite where the variance is 0 (e.g. a batch of one, or
+    elements with identical per-example gradients); there the score is ``E[g]² / eps``.
+    """
+    del params
+    return jax.tree.map(lambda m, v: (m * m) / (v + eps), moments.mean, moments.var)
+
+
+_SCORES: dict[str, ElementScore] = {
+    "sensitivity": sensitivity,
+    "movement": movement,
+    "fisher": fisher,
+    "gsnr": gsnr,
+}
+
+
+def get(name: str) -> ElementScore:
+    """The element score function called ``name``."""
+    try:
+        return _SCORES[name]
+    except KeyError:
+        raise ValueError(f"unknown score {name!r}: expected one of {tuple(_SCORES)}") from None
+
+
+# ---- smoothing -----------------------------------------------------------------------------------
+
+
+class SmoothingState(NamedTuple):
+    ema: PyTree  # smoothed element score
+    unc: PyTree  # smoothed |score - ema| (used by "adalora" only; kept zero otherwise)
+
+
+def smoothing_init(params: PyTree) -> SmoothingState:
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+    return SmoothingState(ema=zeros, unc=zeros)
+
+
+def smooth(
+    kind: str, state: SmoothingState, element_scores: PyTree, *, beta1: float = 0.85, beta2: float = 0.85
+) -> SmoothingState:
+    """One smoothing update; read the result with :func:`smoothed_score`."""
+    if kind == "none":
+        return SmoothingState(ema=element_scores, unc=state.unc)
+    ema = jax.tree.map(lambda e, s: beta1 * e + (1 - beta1) * s, state.ema, element_scores)
+    if kind == "ema":
+        return SmoothingState(ema=ema, unc=state.unc)
+    if kind == "adalora":
+        unc = jax.tree.map(
+            lambda u, s, e: beta2 * u + (1 - beta2) * jnp.abs(s - e), state.unc, element_scores, ema
+        )
+        return SmoothingState(ema=ema, unc=unc)
+    raise ValueError(f"unknown smoothing {kind!r}: expected one of ('adalora', 'ema', 'none')")
+
+
+def smoothed_score(kind: str, state: SmoothingState) -> PyTree:
+    """The element score the allocator ranks: ``ema · unc`` for "adalora", else ``ema``."""
+    if kind == "adalora":
+        return jax.tree.map(jnp.multiply, state.ema, state.unc)
+    return state.ema
+
+
+# ---- triplets ------------------------------------------------------------------------------------
+
+
+def triplet_importance(element_scores: PyTree) -> dict[str, jax.Array]:
+    """``{module_path: (r,)}``: ``s(λ) + mean over d_out of s(P) + mean over d_in of s(Q)``.
+
+    Args:
+      element_scores: a triplet-shaped pytree ``{path: {"P": (d_out, r), "lam": (r,), "Q": (r, d_in)}}``.
+    """
+    return {
+        path: s["lam"] + jnp.mean(s["P"], axis=0) + jnp.mean(s["Q"], axis=1)
+        for path, s in element_scores.items()
+    }

@@ -1,0 +1,152 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_adalora.adapters import (
+    AdaLoRALinear,
+    AdaLoRAParam,
+    adapter_modules,
+    get_triplets,
+    inject_adapters,
+    linear_paths,
+    merge_adapters,
+    set_masks,
+    set_triplets,
+)
+from jax_adalora.config import AdaLoRAConfig
+
+
+class _Block(nnx.Module):
+    def __init__(self, d, *, rngs):
+        self.query = nnx.Linear(d, d, rngs=rngs)
+        self.up = nnx.Linear(d, 2 * d, rngs=rngs)
+        self.down = nnx.Linear(2 * d, d, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.down(jax.nn.gelu(self.up(self.query(x))))
+
+
+class _Toy(nnx.Module):
+    def __init__(self, d=6, n=2, *, rngs):
+        self.layers = nnx.List([_Block(d, rngs=rngs) for _ in range(n)])
+        self.head = nnx.Linear(d, 3, rngs=rngs)
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+TARGETS = r"layers\.\d+\.(query|up|down)"
+
+
+def _adapted(seed=0, r=4):
+    model = _Toy(rngs=nnx.Rngs(seed))
+    config = AdaLoRAConfig(r_init=r, r_target=2, alpha=8.0, targets=TARGETS)
+    spec = inject_adapters(model, config, rngs=nnx.Rngs(seed + 1))
+    return model, spec, config
+
+
+def _randomise_lambda(model, seed=3):
+    triplets = get_triplets(model)
+    key = jax.random.key(seed)
+    for t in triplets.values():
+        key, sub = jax.random.split(key)
+        t["lam"] = jax.random.normal(sub, t["lam"].shape)
+    set_triplets(model, triplets)
+    return triplets
+
+
+def test_injection_matches_regex_and_returns_the_rank_spec():
+    model, spec, _ = _adapted()
+    assert sorted(spec) == sorted(f"layers.{i}.{n}" for i in range(2) for n in ("query", "up", "down"))
+    assert set(spec.values()) == {4}
+    assert "head" in linear_paths(model) and "layers.0.query" not in linear_paths(model)
+    modules = adapter_modules(model)
+    assert modules["layers.0.up"].P.shape == (12, 4) and modules["layers.0.up"].Q.shape == (4, 6)
+    assert modules["layers.0.up"].lam.shape == (4,)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, AdaLoRAParam)))
+    assert n_params == sum(4 * (m.base.in_features + m.base.out_features + 1) for m in modules.values())
+
+
+def test_adapted_model_at_lambda_zero_equals_base():
+    base = _Toy(rngs=nnx.Rngs(0))
+    model, _, _ = _adapted(seed=0)
+    x = jax.random.normal(jax.random.key(1), (5, 6))
+    chex.assert_trees_all_close(model(x), base(x), rtol=1e-6, atol=1e-6)
+
+
+def test_adapter_output_equals_float64_formula():
+    model, _, config = _adapted()
+    _randomise_lambda(model)
+    adapter = adapter_modules(model)["layers.1.up"]
+    x = np.asarray(jax.random.normal(jax.random.key(2), (3, 6)), np.float64)
+    w = np.asarray(adapter.base.kernel[...], np.float64)
+    b = np.asarray(adapter.base.bias[...], np.float64)
+    p, lam, q = (np.asarray(v[...], np.float64) for v in (adapter.P, adapter.lam, adapter.Q))
+    want = x @ w + b + ((x @ q.T) * lam) @ p.T * (config.alpha / config.r_init)
+    np.testing.assert_allclose(adapter(jnp.asarray(x, jnp.float32)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_equals_adapter_output():
+    model, _, _ = _adapted()
+    _randomise_lambda(model)
+    set_masks(model, {"layers.0.query": jnp.array([1.0, 0.0, 1.0, 0.0])})
+    merged = merge_adapters(model)
+    assert not adapter_modules(merged) and adapter_modules(model)
+    x = jax.random.normal(jax.random.key(4), (7, 6))
+    chex.assert_trees_all_close(merged(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_zero_removes_the_adapter():
+    base = _Toy(rngs=nnx.Rngs(0))
+    model, spec, _ = _adapted(seed=0)
+    _randomise_lambda(model)
+    x = jax.random.normal(jax.random.key(5), (2, 6))
+    assert not np.allclose(model(x), base(x))
+    set_masks(model, {path: jnp.zeros(r) for path, r in spec.items()})
+    chex.assert_trees_all_close(model(x), base(x), rtol=1e-6, atol=1e-6)
+
+
+def test_triplets_round_trip_and_functional_use_under_jit():
+    model, _, _ = _adapted()
+    triplets = _randomise_lambda(model)
+    chex.assert_trees_all_equal(get_triplets(model), triplets)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, triplets, x):
+        m = nnx.merge(graphdef, state)
+        set_triplets(m, triplets)
+        return m(x)
+
+    x = jax.random.normal(jax.random.key(6), (2, 6))
+    chex.assert_trees_all_close(forward(state, triplets, x), model(x), rtol=1e-6, atol=1e-6)
+    zeroed = jax.tree.map(jnp.zeros_like, triplets)
+    base = _Toy(rngs=nnx.Rngs(0))
+    chex.assert_trees_all_close(forward(state, zeroed, x), base(x), rtol=1e-6, atol=1e-6)
+
+
+def test_targets_matching_nothing_list_the_available_paths():
+    model = _Toy(rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match=r"targets='attention.*nothing' matched no nnx.Linear.*layers\.0\.query"
+    ):
+        inject_adapters(model, AdaLoRAConfig(targets=r"attention\.nothing"), rngs=nnx.Rngs(1))
+
+
+def test_set_triplets_rejects_mismatched_paths():
+    model, _, _ = _adapted()
+    triplets = get_triplets(model)
+    triplets.pop("layers.0.up")
+    with pytest.raises(ValueError, match="missing.*layers.0.up"):
+        set_triplets(model, triplets)
+
+
+def test_adapter_is_an_adalora_linear_with_the_base_inside():
+    model, _, _ = _adapted()
+    adapter = model.layers[0].query
+    assert isinstance(adapter, AdaLoRALinear) and isinstance(adapter.base, nnx.Linear)

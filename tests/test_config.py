@@ -1,0 +1,42 @@
+import pytest
+
+from jax_adalora.config import AdaLoRAConfig
+
+
+def test_defaults_are_valid():
+    config = AdaLoRAConfig()
+    assert config.scaling == config.alpha / config.r_init
+    config.validate_schedule(100)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"r_init": 4, "r_target": 8}, "r_target"),
+        ({"r_init": 0}, "r_init"),
+        ({"score": "magnitude"}, "score"),
+        ({"statistics": "exact"}, "statistics"),
+        ({"smoothing": "adam"}, "smoothing"),
+        ({"beta1": 1.0}, "beta1"),
+        ({"beta2": 0.0}, "beta2"),
+        ({"beta1": -0.5}, "beta1"),
+        ({"delta_t": 0}, "delta_t"),
+        ({"t_init": -1}, "t_init"),
+        ({"orth_reg_weight": -0.1}, "orth_reg_weight"),
+        ({"gsnr_eps": 0.0}, "gsnr_eps"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"targets": ""}, "targets"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"AdaLoRAConfig\.{field}="):
+        AdaLoRAConfig(**overrides)
+
+
+def test_schedule_without_budgeting_phase_is_rejected():
+    config = AdaLoRAConfig(t_init=60, t_final=40)
+    with pytest.raises(ValueError, match=r"t_init=60 must be < total_steps - t_final"):
+        config.validate_schedule(100)
+    config.validate_schedule(101)
+    with pytest.raises(ValueError, match="total_steps"):
+        config.validate_schedule(0)

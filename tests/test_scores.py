@@ -1,0 +1,102 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_adalora import scores
+from jax_adalora.stats import Moments
+
+
+def _triplet_tree(rng, d_out=5, r=3, d_in=4, paths=("a", "b")):
+    return {
+        p: {
+            "P": rng.normal(size=(d_out, r)),
+            "lam": rng.normal(size=(r,)),
+            "Q": rng.normal(size=(r, d_in)),
+        }
+        for p in paths
+    }
+
+
+def _as_jax(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+
+
+@pytest.fixture
+def inputs():
+    rng = np.random.default_rng(0)
+    params = _triplet_tree(rng)
+    mean = _triplet_tree(rng)
+    sq_mean = jax.tree.map(lambda m: m**2 + rng.uniform(0.1, 1.0, size=m.shape), mean)
+    var = jax.tree.map(lambda s, m: s - m**2, sq_mean, mean)
+    moments = Moments(_as_jax(mean), _as_jax(sq_mean), _as_jax(var), jnp.asarray(8.0))
+    return params, mean, sq_mean, var, moments
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("sensitivity", lambda w, m, s, v: np.abs(w * m)),
+        ("movement", lambda w, m, s, v: -w * m),
+        ("fisher", lambda w, m, s, v: s),
+        ("gsnr", lambda w, m, s, v: m**2 / (v + scores.DEFAULT_GSNR_EPS)),
+    ],
+)
+def test_element_scores_match_numpy_float64(inputs, name, reference):
+    params, mean, sq_mean, var, moments = inputs
+    got = scores.get(name)(_as_jax(params), moments)
+    want = jax.tree.map(reference, params, mean, sq_mean, var)
+    for path in params:
+        for leaf in ("P", "lam", "Q"):
+            np.testing.assert_allclose(got[path][leaf], want[path][leaf], rtol=2e-5, atol=1e-7)
+
+
+def test_gsnr_is_finite_at_zero_variance():
+    mean = {"a": jnp.array([0.0, 1e-3, -2.0, 5.0])}
+    moments = Moments(mean, jax.tree.map(jnp.square, mean), {"a": jnp.zeros(4)}, jnp.asarray(1.0))
+    got = scores.gsnr(mean, moments)["a"]
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, np.asarray(mean["a"]) ** 2 / scores.DEFAULT_GSNR_EPS, rtol=1e-5)
+    assert float(got[0]) == 0.0
+
+
+def test_unknown_score_is_rejected():
+    with pytest.raises(ValueError, match="unknown score 'magnitude'"):
+        scores.get("magnitude")
+
+
+def test_adalora_smoothing_matches_the_reference_loop():
+    rng = np.random.default_rng(1)
+    series = [rng.normal(size=(3, 4)) for _ in range(6)]
+    beta1, beta2 = 0.85, 0.7
+    state = scores.smoothing_init(jnp.zeros((3, 4)))
+    ema = np.zeros((3, 4))
+    unc = np.zeros((3, 4))
+    for s in series:
+        state = scores.smooth("adalora", state, jnp.asarray(s, jnp.float32), beta1=beta1, beta2=beta2)
+        ema = beta1 * ema + (1 - beta1) * s
+        unc = beta2 * unc + (1 - beta2) * np.abs(s - ema)  # uses the updated ema
+    np.testing.assert_allclose(scores.smoothed_score("adalora", state), ema * unc, rtol=1e-5, atol=1e-7)
+
+    ema_state = scores.smoothing_init(jnp.zeros((3, 4)))
+    plain = np.zeros((3, 4))
+    for s in series:
+        ema_state = scores.smooth("ema", ema_state, jnp.asarray(s, jnp.float32), beta1=beta1)
+        plain = beta1 * plain + (1 - beta1) * s
+    np.testing.assert_allclose(scores.smoothed_score("ema", ema_state), plain, rtol=1e-5, atol=1e-7)
+
+    none_state = scores.smooth("none", scores.smoothing_init(jnp.zeros((3, 4))), jnp.asarray(series[-1]))
+    np.testing.assert_allclose(scores.smoothed_score("none", none_state), series[-1], rtol=1e-6)
+
+
+def test_triplet_importance_reduces_the_right_axes():
+    """P is (d_out, r): mean over rows; Q is (r, d_in): mean over columns. d_out != d_in != r."""
+    rng = np.random.default_rng(2)
+    element = _triplet_tree(rng, d_out=7, r=3, d_in=5)
+    got = scores.triplet_importance(_as_jax(element))
+    for path, s in element.items():
+        want = np.array(
+            [s["lam"][i] + np.mean(s["P"][:, i]) + np.mean(s["Q"][i, :]) for i in range(3)], np.float64
+        )
+        assert got[path].shape == (3,)
+        np.testing.assert_allclose(got[path], want, rtol=1e-5)
