@@ -113,9 +113,7 @@ def inject_adapters(
     for path in chosen:
         parent, leaf = _parent_and_leaf(model, path)
         base = _get_child(parent, leaf)
-        adapter = AdaLoRALinear(
-            base, rank=config.r_init, alpha=config.alpha, init_std=config.init_std, rngs=rngs
-        )
+        adapter = AdaLoRALinear(base, rank=config.r_init, alpha=config.alpha, init_std=config.init_std, rngs=rngs)
         _set_child(parent, leaf, adapter)
     return {path: config.r_init for path in chosen}
 
@@ -123,9 +121,7 @@ def inject_adapters(
 def adapter_modules(model: nnx.Module) -> dict[str, AdaLoRALinear]:
     """``{module_path: AdaLoRALinear}`` in model order."""
     return {
-        module_path_str(path): module
-        for path, module in nnx.iter_modules(model)
-        if isinstance(module, AdaLoRALinear)
+        module_path_str(path): module for path, module in nnx.iter_modules(model) if isinstance(module, AdaLoRALinear)
     }
 
 
@@ -135,9 +131,7 @@ def rank_spec(model: nnx.Module) -> RankSpec:
 
 def get_triplets(model: nnx.Module) -> Triplets:
     """The triplet pytree ``{path: {"P", "lam", "Q"}}`` of the model's current adapter values."""
-    return {
-        path: {"P": m.P[...], "lam": m.lam[...], "Q": m.Q[...]} for path, m in adapter_modules(model).items()
-    }
+    return {path: {"P": m.P[...], "lam": m.lam[...], "Q": m.Q[...]} for path, m in adapter_modules(model).items()}
 
 
 def set_triplets(model: nnx.Module, triplets: Mapping[str, Mapping[str, jax.Array]]) -> None:
@@ -147,8 +141,7 @@ def set_triplets(model: nnx.Module, triplets: Mapping[str, Mapping[str, jax.Arra
     unknown = set(triplets) - set(modules)
     if missing or unknown:
         raise ValueError(
-            "triplets do not match the model's adapters: "
-            f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            f"triplets do not match the model's adapters: missing {sorted(missing)}, unknown {sorted(unknown)}"
         )
     for path, module in modules.items():
         for name in ("P", "lam", "Q"):

@@ -43,9 +43,7 @@ class BudgetSchedule:
     a different integer). Inside ``jit`` a call is one table look-up; it also takes Python ints.
     """
 
-    def __init__(
-        self, init_budget: int, target_budget: int, t_init: int, t_final: int, total_steps: int, delta_t: int
-    ):
+    def __init__(self, init_budget: int, target_budget: int, t_init: int, t_final: int, total_steps: int, delta_t: int):
         self.init_budget, self.target_budget = int(init_budget), int(target_budget)
         self.t_init, self.t_final, self.total_steps = int(t_init), int(t_final), int(total_steps)
         self.delta_t = int(delta_t)
@@ -163,9 +161,7 @@ def rank_allocator(
     def update_fn(updates, state, params=None, *, moments: Moments, **extra_args):
         del extra_args
         if params is None:
-            raise ValueError(
-                "rank_allocator needs params: call tx.update(updates, state, params, moments=...)"
-            )
+            raise ValueError("rank_allocator needs params: call tx.update(updates, state, params, moments=...)")
         triplets, triplet_updates = select(params), select(updates)
         schedule = _schedule_for(config, triplets, total_steps)
         step = state.count + 1
@@ -217,9 +213,7 @@ def rank_allocator(
 def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:
     init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
     target_budget = config.r_target * len(triplets)
-    return budget_schedule(
-        init_budget, target_budget, config.t_init, config.t_final, total_steps, config.delta_t
-    )
+    return budget_schedule(init_budget, target_budget, config.t_init, config.t_final, total_steps, config.delta_t)
 
 
 def find_allocator_state(opt_state) -> RankAllocatorState:
@@ -230,9 +224,7 @@ def find_allocator_state(opt_state) -> RankAllocatorState:
         if isinstance(s, RankAllocatorState)
     ]
     if len(found) != 1:
-        raise ValueError(
-            f"expected exactly one RankAllocatorState in the optimizer state, found {len(found)}"
-        )
+        raise ValueError(f"expected exactly one RankAllocatorState in the optimizer state, found {len(found)}")
     return found[0]
 
 

@@ -69,9 +69,7 @@ class AdaLoRAConfig:
             f"an integer with 0 <= r_target <= r_init ({self.r_init})",
         )
         _require(self.alpha > 0, "alpha", self.alpha, "> 0")
-        _require(
-            isinstance(self.targets, str) and self.targets, "targets", self.targets, "a non-empty string"
-        )
+        _require(isinstance(self.targets, str) and self.targets, "targets", self.targets, "a non-empty string")
         for name in ("beta1", "beta2", "running_decay"):
             value = getattr(self, name)
             _require(0.0 < value < 1.0, name, value, "in the open interval (0, 1)")
@@ -99,9 +97,7 @@ class AdaLoRAConfig:
 
     def validate_schedule(self, total_steps: int) -> None:
         """Checks the schedule fields against the run length; raises ``ValueError`` naming the field."""
-        _require(
-            isinstance(total_steps, int) and total_steps >= 1, "total_steps", total_steps, "an integer >= 1"
-        )
+        _require(isinstance(total_steps, int) and total_steps >= 1, "total_steps", total_steps, "an integer >= 1")
         if self.t_init >= total_steps - self.t_final:
             raise ValueError(
                 f"AdaLoRAConfig.t_init={self.t_init} must be < total_steps - t_final "

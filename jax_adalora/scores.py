@@ -102,9 +102,7 @@ def smooth(
     if kind == "ema":
         return SmoothingState(ema=ema, unc=state.unc)
     if kind == "adalora":
-        unc = jax.tree.map(
-            lambda u, s, e: beta2 * u + (1 - beta2) * jnp.abs(s - e), state.unc, element_scores, ema
-        )
+        unc = jax.tree.map(lambda u, s, e: beta2 * u + (1 - beta2) * jnp.abs(s - e), state.unc, element_scores, ema)
         return SmoothingState(ema=ema, unc=unc)
     raise ValueError(f"unknown smoothing {kind!r}: expected one of ('adalora', 'ema', 'none')")
 
@@ -125,7 +123,4 @@ def triplet_importance(element_scores: PyTree) -> dict[str, jax.Array]:
     Args:
       element_scores: a triplet-shaped pytree ``{path: {"P": (d_out, r), "lam": (r,), "Q": (r, d_in)}}``.
     """
-    return {
-        path: s["lam"] + jnp.mean(s["P"], axis=0) + jnp.mean(s["Q"], axis=1)
-        for path, s in element_scores.items()
-    }
+    return {path: s["lam"] + jnp.mean(s["P"], axis=0) + jnp.mean(s["Q"], axis=1) for path, s in element_scores.items()}

@@ -74,9 +74,7 @@ def per_example_value_and_moments(
     mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Moments]:
     """Like :func:`per_example_moments`, also returning the mean loss over (real) examples."""
-    losses, grads = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0) + (None,) * len(args))(
-        params, batch, *args
-    )
+    losses, grads = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0) + (None,) * len(args))(params, batch, *args)
     batch_size = losses.shape[0]
     weights = jnp.ones((batch_size,), jnp.float32) if mask is None else mask.astype(jnp.float32)
     count = jnp.sum(weights)

@@ -132,9 +132,7 @@ def test_triplets_round_trip_and_functional_use_under_jit():
 
 def test_targets_matching_nothing_list_the_available_paths():
     model = _Toy(rngs=nnx.Rngs(0))
-    with pytest.raises(
-        ValueError, match=r"targets='attention.*nothing' matched no nnx.Linear.*layers\.0\.query"
-    ):
+    with pytest.raises(ValueError, match=r"targets='attention.*nothing' matched no nnx.Linear.*layers\.0\.query"):
         inject_adapters(model, AdaLoRAConfig(targets=r"attention\.nothing"), rngs=nnx.Rngs(1))
 
 

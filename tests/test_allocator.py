@@ -29,9 +29,7 @@ def _triplets(key, shapes=(("l0.q", 6, 5), ("l0.v", 6, 5), ("l1.q", 4, 6)), r=4)
 
 
 def test_schedule_phases():
-    schedule = budget_schedule(
-        init_budget=100, target_budget=40, t_init=10, t_final=20, total_steps=100, delta_t=5
-    )
+    schedule = budget_schedule(init_budget=100, target_budget=40, t_init=10, t_final=20, total_steps=100, delta_t=5)
     assert tuple(map(int, schedule(0))) == (100, 0)
     assert tuple(map(int, schedule(10))) == (100, 0)
     assert int(schedule(11)[0]) < 100
@@ -78,9 +76,7 @@ def test_allocator_in_a_jitted_optax_chain_reaches_the_target_budget():
     state = tx.init(params)
 
     def loss(p, x):
-        return sum(
-            jnp.sum(jnp.tanh(t["P"] @ (t["lam"] * (t["Q"] @ x[: t["Q"].shape[1]])))) for t in p.values()
-        )
+        return sum(jnp.sum(jnp.tanh(t["P"] @ (t["lam"] * (t["Q"] @ x[: t["Q"].shape[1]])))) for t in p.values())
 
     @jax.jit
     def step(params, state, x):

@@ -113,8 +113,7 @@ def test_sensitivity_scores_and_masks_equal_peft_over_a_run():
 
     for step in range(1, total + 1):
         grads_np = {
-            p: {k: rng.normal(size=tuple(v.shape)).astype(np.float32) for k, v in t.items()}
-            for p, t in lora.items()
+            p: {k: rng.normal(size=tuple(v.shape)).astype(np.float32) for k, v in t.items()} for p, t in lora.items()
         }
         updates_np = {
             p: {k: 0.01 * rng.normal(size=tuple(v.shape)).astype(np.float32) for k, v in t.items()}
@@ -139,12 +138,8 @@ def test_sensitivity_scores_and_masks_equal_peft_over_a_run():
         if step < total - tfinal:
             ours = scores_lib.smoothed_score("adalora", state.smoothing)
             for path in PATHS:
-                np.testing.assert_allclose(
-                    ours[path]["Q"], _peft_score(allocator, path, "A"), rtol=1e-6, atol=1e-12
-                )
-                np.testing.assert_allclose(
-                    ours[path]["P"], _peft_score(allocator, path, "B"), rtol=1e-6, atol=1e-12
-                )
+                np.testing.assert_allclose(ours[path]["Q"], _peft_score(allocator, path, "A"), rtol=1e-6, atol=1e-12)
+                np.testing.assert_allclose(ours[path]["P"], _peft_score(allocator, path, "B"), rtol=1e-6, atol=1e-12)
                 ref_e = _peft_score(allocator, path, "E")[:, 0]
                 np.testing.assert_allclose(ours[path]["lam"], ref_e, rtol=1e-6, atol=1e-12)
                 checked_scores += 1

@@ -95,8 +95,6 @@ def test_triplet_importance_reduces_the_right_axes():
     element = _triplet_tree(rng, d_out=7, r=3, d_in=5)
     got = scores.triplet_importance(_as_jax(element))
     for path, s in element.items():
-        want = np.array(
-            [s["lam"][i] + np.mean(s["P"][:, i]) + np.mean(s["Q"][i, :]) for i in range(3)], np.float64
-        )
+        want = np.array([s["lam"][i] + np.mean(s["P"][:, i]) + np.mean(s["Q"][i, :]) for i in range(3)], np.float64)
         assert got[path].shape == (3,)
         np.testing.assert_allclose(got[path], want, rtol=1e-5)

@@ -126,9 +126,7 @@ def test_running_moments_formula_against_python_loop():
     m_ema = np.zeros((3, 2))
     u_ema = np.zeros((3, 2))
     for t, g in enumerate(grads, start=1):
-        moments, state = running_moments(
-            state, jnp.asarray(g, jnp.float32), batch_size=batch_size, decay=decay
-        )
+        moments, state = running_moments(state, jnp.asarray(g, jnp.float32), batch_size=batch_size, decay=decay)
         m_ema = decay * m_ema + (1 - decay) * g
         u_ema = decay * u_ema + (1 - decay) * g**2
         c = 1 / (1 - decay**t)

@@ -48,9 +48,7 @@ class EncoderConfig:
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"EncoderConfig.model_type={self.model_type!r}: expected one of {SUPPORTED_MODEL_TYPES}"
-            )
+            raise ValueError(f"EncoderConfig.model_type={self.model_type!r}: expected one of {SUPPORTED_MODEL_TYPES}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"EncoderConfig.hidden_size={self.hidden_size} must be divisible by "

@@ -1,0 +1,82 @@
+"""Run outputs that describe the rank allocation: the rank pattern JSON and the heatmap PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+
+
+def rank_table(ranks: dict[str, int]) -> tuple[list[int], list[str], np.ndarray]:
+    """Arranges ``{module_path: rank}`` as a (layers × matrix types) array, in first-seen order."""
+    layers: list[int] = []
+    kinds: list[str] = []
+    cells = {}
+    for path, rank in ranks.items():
+        match = _LAYER.search(path)
+        layer, kind = (int(match.group(1)), match.group(2)) if match else (0, path)
+        if layer not in layers:
+            layers.append(layer)
+        if kind not in kinds:
+            kinds.append(kind)
+        cells[(layer, kind)] = rank
+    layers.sort()
+    table = np.full((len(layers), len(kinds)), np.nan)
+    for (layer, kind), rank in cells.items():
+        table[layers.index(layer), kinds.index(kind)] = rank
+    return layers, kinds, table
+
+
+def save_rank_heatmap(ranks: dict[str, int], path: str | Path, *, title: str = "") -> None:
+    """A heatmap of kept ranks: rows = layers, columns = adapted matrix types (the AdaLoRA paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, kinds, table = rank_table(ranks)
+    fig, ax = plt.subplots(figsize=(1.2 * len(kinds) + 2.0, 0.45 * len(layers) + 1.6))
+    image = ax.imshow(table, cmap="YlGn", aspect="auto", vmin=0)
+    ax.set_xticks(range(len(kinds)), [k.replace("attention.", "attn.") for k in kinds], rotation=30, ha="right")
+    ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers])
+    for i in range(len(layers)):
+        for j in range(len(kinds)):
+            if not np.isnan(table[i, j]):
+                ax.text(j, i, int(table[i, j]), ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="kept rank")
+    ax.set_title(title or f"rank allocation (total {int(np.nansum(table))})")
+    fig.tight_layout()
+    atomic_write_bytes(path, _figure_png(fig))
+    plt.close(fig)
+
+
+def _figure_png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path`` and renames it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

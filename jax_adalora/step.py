@@ -1,0 +1,231 @@
+"""The jitted training and evaluation steps over a functional view of an adapted NNX model.
+
+The trainable parameters form one pytree ``{"adapters": triplets, "head": {path: array}}``; the rest
+of the model (frozen base weights, rank masks) is a separate argument. One training step computes
+the task loss plus γ · orthogonal regularisation, the gradient statistics the score needs, and the
+``optax.chain(clip, adamw, rank_allocator)`` update, all inside one ``jax.jit``.
+
+Gradient statistics per score and ``statistics`` mode:
+
+* sensitivity / movement: the batch gradient only (``jax.grad`` of the mean loss).
+* fisher / gsnr, ``per_example``: exact moments from ``jax.vmap(jax.grad(loss_one_example))``; the
+  batch gradient is their mean, so no second backward pass is needed.
+* fisher / gsnr, ``running``: the batch gradient plus EMA estimates of ``E[g²]`` and ``Var[g]``.
+
+Dropout draws one key per example, ``fold_in(step_key, example_index)``, so per-example and batch
+gradients see the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jax_adalora.adapters import AdaLoRAParam, get_triplets, set_triplets
+from jax_adalora.allocator import rank_allocator
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.dropout import example_keys
+from jax_adalora.regularization import orthogonal_regularization
+from jax_adalora.stats import (
+    RunningMomentsState,
+    batch_gradient_moments,
+    per_example_value_and_moments,
+    running_moments,
+    running_moments_init,
+)
+
+PyTree = Any
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer settings: AdamW with linear warm-up and linear decay, global-norm clipping."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+
+class TrainState(NamedTuple):
+    params: PyTree  # {"adapters": triplets, "head": {path: array}}
+    opt_state: PyTree
+    running: RunningMomentsState | None  # only with statistics="running" and a score that reads it
+    step: jax.Array  # shape=(), int32
+
+
+# ---- functional view of the model ----------------------------------------------------------------
+
+
+def head_params(model: nnx.Module, pattern: str) -> dict[str, jax.Array]:
+    """Trainable non-adapter parameters (e.g. the classifier) whose '.'-joined path fully matches."""
+    regex = re.compile(pattern)
+    out = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if isinstance(variable, AdaLoRAParam):
+            continue
+        name = ".".join(str(p) for p in path)
+        if regex.fullmatch(name):
+            out[name] = variable[...]
+    return out
+
+
+def set_head_params(model: nnx.Module, values: dict[str, jax.Array]) -> None:
+    for name, value in values.items():
+        node = model
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        getattr(node, parts[-1]).set_value(value)
+
+
+def trainable_params(model: nnx.Module, head_pattern: str) -> PyTree:
+    return {"adapters": get_triplets(model), "head": head_params(model, head_pattern)}
+
+
+def set_trainable_params(model: nnx.Module, params: PyTree) -> None:
+    set_triplets(model, params["adapters"])
+    set_head_params(model, params["head"])
+
+
+class FunctionalModel:
+    """``apply(params, frozen, inputs, dropout_keys)`` over a graphdef: a pure function of its inputs."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, self.frozen = nnx.split(model)
+
+    def apply(self, params: PyTree, frozen: PyTree, inputs: dict, dropout_keys=None):
+        model = nnx.merge(self.graphdef, frozen)
+        set_trainable_params(model, params)
+        return model(*(inputs.get(k) for k in MODEL_INPUTS), dropout_keys=dropout_keys)
+
+    def to_model(self, params: PyTree, frozen: PyTree | None = None) -> nnx.Module:
+        model = nnx.merge(self.graphdef, self.frozen if frozen is None else frozen)
+        set_trainable_params(model, params)
+        return model
+
+
+# ---- losses --------------------------------------------------------------------------------------
+
+
+def task_loss(kind: str, outputs, batch: dict) -> jax.Array:
+    """Per-example losses (B,) for ``kind`` in classification | regression | qa."""
+    if kind == "classification":
+        logits = outputs.astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    if kind == "regression":
+        prediction = outputs.astype(jnp.float32)[..., 0]
+        return jnp.square(prediction - batch["labels"].astype(jnp.float32))
+    if kind == "qa":
+        start_logits, end_logits = (o.astype(jnp.float32) for o in outputs)
+        length = start_logits.shape[-1]
+        start = jnp.clip(batch["start_positions"], 0, length - 1)
+        end = jnp.clip(batch["end_positions"], 0, length - 1)
+        start_loss = optax.softmax_cross_entropy_with_integer_labels(start_logits, start)
+        end_loss = optax.softmax_cross_entropy_with_integer_labels(end_logits, end)
+        return 0.5 * (start_loss + end_loss)
+    raise ValueError(f"unknown task kind {kind!r}: expected classification, regression or qa")
+
+
+# ---- optimizer -----------------------------------------------------------------------------------
+
+
+def make_optimizer(
+    optim: OptimConfig, adalora: AdaLoRAConfig, total_steps: int
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(clip, adamw with warm-up/decay, rank_allocator)``; the allocator is last."""
+    warmup = int(round(optim.warmup_ratio * total_steps))
+    learning_rate = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, optim.learning_rate, max(warmup, 1)),
+            optax.linear_schedule(optim.learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(optim.max_grad_norm),
+        optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay),
+        rank_allocator(adalora, total_steps, adapter_key="adapters"),
+    )
+
+
+def init_train_state(params: PyTree, tx, adalora: AdaLoRAConfig) -> TrainState:
+    uses_running = adalora.needs_variance and adalora.statistics == "running"
+    return TrainState(
+        params=params,
+        opt_state=tx.init(params),
+        running=running_moments_init(params) if uses_running else None,
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    functional: FunctionalModel, tx, adalora: AdaLoRAConfig, kind: str, *, dropout: bool = True
+) -> Callable:
+    """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
+
+    ``batch`` holds the model inputs, the labels, ``example_mask`` (B,) and ``example_index`` (B,).
+    """
+    gamma = adalora.orth_reg_weight
+    mode = "batch"
+    if adalora.needs_variance:
+        mode = adalora.statistics
+
+    def regulariser(params):
+        return gamma * orthogonal_regularization(params["adapters"]) if gamma > 0 else 0.0
+
+    def loss_one(params, example, frozen, step_key):
+        batch = jax.tree.map(lambda a: a[None], example)
+        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        outputs = functional.apply(params, frozen, batch, keys)
+        return task_loss(kind, outputs, batch)[0] + regulariser(params)
+
+    def loss_batch(params, batch, frozen, step_key):
+        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        outputs = functional.apply(params, frozen, batch, keys)
+        weights = batch["example_mask"].astype(jnp.float32)
+        per_example = task_loss(kind, outputs, batch)
+        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0) + regulariser(params)
+
+    def train_step(state: TrainState, frozen, batch, step_key):
+        mask = batch["example_mask"]
+        running = state.running
+        if mode == "per_example":
+            loss, moments = per_example_value_and_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
+            grads = moments.mean
+        else:
+            loss, grads = jax.value_and_grad(loss_batch)(state.params, batch, frozen, step_key)
+            count = jnp.sum(mask.astype(jnp.float32))
+            if mode == "running":
+                moments, running = running_moments(running, grads, batch_size=count, decay=adalora.running_decay)
+            else:
+                moments = batch_gradient_moments(grads, count)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(params, opt_state, running, state.step + 1), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(functional: FunctionalModel) -> Callable:
+    """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted."""
+
+    def eval_step(params, frozen, batch):
+        return functional.apply(params, frozen, batch, None)
+
+    return jax.jit(eval_step)

@@ -1,0 +1,142 @@
+"""Step time of the AdaLoRA training step per gradient-statistics mode (a benchmark, not a test).
+
+Model: a MiniLM-sized BERT stand-in (6 layers, hidden 384, 12 heads, FFN 1536; random weights) with a
+classification head, rank-16 adapters on the six matrices per layer; batch 32 x 64 tokens, fp32.
+Modes: sensitivity (batch gradient), GSNR with exact per-example moments, GSNR with running moments.
+Each step is the full jitted train step (loss + orthogonal regularisation, statistics, clip + AdamW +
+rank allocator). Compile time is reported apart; step times are medians over repeats, the modes
+interleaved so that machine noise hits them alike.
+
+    python scripts/bench_step.py --out docs/bench_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_adalora.adapters import inject_adapters
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.step import (
+    FunctionalModel,
+    OptimConfig,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+    trainable_params,
+)
+
+MODES = {
+    "sensitivity (batch gradient)": dict(score="sensitivity", statistics="per_example"),
+    "gsnr (per-example moments)": dict(score="gsnr", statistics="per_example"),
+    "gsnr (running moments)": dict(score="gsnr", statistics="running"),
+}
+
+
+def build(mode: dict, args, total_steps: int = 1000):
+    config = EncoderConfig.minilm_l6()
+    model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
+    adalora = AdaLoRAConfig(r_init=args.rank, r_target=args.rank // 2, t_init=10, t_final=10, **mode)
+    inject_adapters(model, adalora, rngs=nnx.Rngs(1))
+    params = trainable_params(model, r"classifier\..*")
+    functional = FunctionalModel(model)
+    tx = make_optimizer(OptimConfig(), adalora, total_steps)
+    state = init_train_state(params, tx, adalora)
+    step = make_train_step(functional, tx, adalora, "classification", dropout=True)
+    return step, state, functional.frozen
+
+
+def make_batch(args, vocab: int = 30522):
+    rng = np.random.default_rng(0)
+    b, length = args.batch_size, args.seq_len
+    return {
+        "input_ids": jnp.asarray(rng.integers(1000, vocab, (b, length)), jnp.int32),
+        "attention_mask": jnp.ones((b, length), jnp.int32),
+        "token_type_ids": jnp.zeros((b, length), jnp.int32),
+        "labels": jnp.asarray(rng.integers(0, 2, (b,)), jnp.int32),
+        "example_mask": jnp.ones((b,), jnp.int32),
+        "example_index": jnp.arange(b, dtype=jnp.int32),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+
+    batch = make_batch(args)
+    runs = {}
+    for name, mode in MODES.items():
+        step, state, frozen = build(mode, args)
+        t0 = time.perf_counter()
+        state, metrics = step(state, frozen, batch, jax.random.key(0))
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        state, metrics = step(state, frozen, batch, jax.random.key(1))  # one more warm-up
+        jax.block_until_ready(metrics)
+        runs[name] = {"step": step, "state": state, "frozen": frozen, "compile_s": compile_s, "times": []}
+        print(f"compiled {name}: {compile_s:.1f} s", flush=True)
+    for i in range(args.repeats):
+        for run in runs.values():
+            t0 = time.perf_counter()
+            run["state"], metrics = run["step"](run["state"], run["frozen"], batch, jax.random.key(2 + i))
+            jax.block_until_ready(metrics)
+            run["times"].append(time.perf_counter() - t0)
+
+    base = statistics.median(runs["sensitivity (batch gradient)"]["times"])
+    rows = []
+    for name, run in runs.items():
+        median = statistics.median(run["times"])
+        rows.append(
+            {
+                "mode": name,
+                "median_step_s": median,
+                "min_step_s": min(run["times"]),
+                "ratio_to_batch_gradient": median / base,
+                "compile_s": run["compile_s"],
+            }
+        )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+        },
+        "setup": {"model": "MiniLM-L6 shape, random weights", **vars(args)},
+        "rows": rows,
+        "target": "per-example / batch-gradient step <= 1.10",
+        "met": rows[1]["ratio_to_batch_gradient"] <= 1.10,
+    }
+    print(f"\n{'mode':<32}{'median s':>10}{'min s':>9}{'ratio':>8}{'compile s':>11}")
+    for r in rows:
+        print(
+            f"{r['mode']:<32}{r['median_step_s']:>10.3f}{r['min_step_s']:>9.3f}"
+            f"{r['ratio_to_batch_gradient']:>8.2f}{r['compile_s']:>11.1f}"
+        )
+    print(
+        f"per-example / batch-gradient = {rows[1]['ratio_to_batch_gradient']:.2f} (target <= 1.10: "
+        f"{'met' if result['met'] else 'not met'})"
+    )
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
