@@ -88,8 +88,10 @@ class SmoothingState(NamedTuple):
 
 
 def smoothing_init(params: PyTree) -> SmoothingState:
-    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
-    return SmoothingState(ema=zeros, unc=zeros)
+    def zeros():  # distinct buffers, so that a donated state holds no buffer twice
+        return jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+
+    return SmoothingState(ema=zeros(), unc=zeros())
 
 
 def smooth(

@@ -114,8 +114,10 @@ class RunningMomentsState(NamedTuple):
 
 
 def running_moments_init(params: PyTree) -> RunningMomentsState:
-    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
-    return RunningMomentsState(count=jnp.zeros((), jnp.int32), grad_ema=zeros, grad_sq_ema=zeros)
+    def zeros():  # distinct buffers, so that a donated state holds no buffer twice
+        return jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+
+    return RunningMomentsState(count=jnp.zeros((), jnp.int32), grad_ema=zeros(), grad_sq_ema=zeros())
 
 
 def running_moments(

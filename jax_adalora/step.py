@@ -106,7 +106,7 @@ class FunctionalModel:
         self.graphdef, self.frozen = nnx.split(model)
 
     def apply(self, params: PyTree, frozen: PyTree, inputs: dict, dropout_keys=None):
-        model = nnx.merge(self.graphdef, frozen)
+        model = nnx.merge(self.graphdef, frozen, copy=True)
         set_trainable_params(model, params)
         return model(*(inputs.get(k) for k in MODEL_INPUTS), dropout_keys=dropout_keys)
 

@@ -1,0 +1,383 @@
+"""DeBERTa-v2/v3 encoder in Flax NNX, computing what transformers' ``DebertaV2Model`` computes.
+
+Disentangled attention adds content-to-position (c2p) and position-to-content (p2c) terms to the
+content scores, read from one table of relative-position embeddings shared by all layers. Relative
+positions (log-bucketed when ``position_buckets > 0``) depend only on the static sequence length,
+so they are numpy constants at trace time and the forward stays shape-static.
+
+The six matrices AdaLoRA adapts sit at the paths shared with the BERT encoder
+(``layers[i].attention.query|key|value|output``, ``layers[i].intermediate``, ``layers[i].output``)
+and are only ever called, never read, so an adapter wrapper can replace them. With
+``share_att_key`` the relative embeddings go through the same ``query`` / ``key`` modules, adapters
+included, as in transformers.
+
+Dropout draws one mask per example (``models.dropout``), so a batch forward equals per-example
+forwards with the same keys. Unlike transformers, which draws one mask for the relative embeddings
+per batch, each example draws its own; the relative projections are then per example (only while
+dropout is on).
+
+Example::
+
+    config = EncoderConfig.deberta_v3_base(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=64, vocab_size=100, position_buckets=8)
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    hidden = encoder(input_ids, attention_mask)  # (B, L, 32)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.dropout import dropout
+
+_INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
+
+# Dropout site ids: the embeddings, then four per layer. The pooler's id lies above any encoder id.
+EMBEDDINGS_DROPOUT_SITE = 0
+POOLER_DROPOUT_SITE = 100_000
+_SITES_PER_LAYER = 4
+_REL_EMBEDDINGS, _ATTENTION_PROBS, _ATTENTION_OUTPUT, _FFN_OUTPUT = range(_SITES_PER_LAYER)
+
+
+def _layer_site(layer_index: int, slot: int) -> int:
+    return 1 + _SITES_PER_LAYER * layer_index + slot
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "linear": lambda x: x,
+}
+
+
+def _activation(name: str, field: str = "hidden_act") -> Callable[[jax.Array], jax.Array]:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"{field}={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+# ---- relative positions ------------------------------------------------------------------------
+def _max_relative_positions(config: EncoderConfig) -> int:
+    return config.max_relative_positions if config.max_relative_positions >= 1 else config.max_position_embeddings
+
+
+def attention_span(config: EncoderConfig) -> int:
+    """Half the size of the relative-embedding table: ``position_buckets`` or ``max_relative_positions``."""
+    return config.position_buckets if config.position_buckets > 0 else _max_relative_positions(config)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_positions(length: int, position_buckets: int, max_relative_positions: int) -> np.ndarray:
+    """Relative position ``q - k`` of every query/key pair, log-bucketed beyond ``position_buckets // 2``.
+
+    Returns an int32 (length, length) numpy array. The bucket arithmetic runs in float32, as
+    transformers runs it, so the bucket edges agree with it exactly.
+    """
+    rel = np.arange(length)[:, None] - np.arange(length)[None, :]
+    if position_buckets > 0 and max_relative_positions > 0:
+        mid = position_buckets // 2
+        sign = np.sign(rel)
+        abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel))
+        log_ratio = np.log(abs_pos.astype(np.float32) / np.float32(mid))
+        log_max = np.log(np.float32((max_relative_positions - 1) / mid))
+        log_pos = np.ceil(log_ratio / log_max * np.float32(mid - 1)) + np.float32(mid)
+        rel = np.where(abs_pos <= mid, rel.astype(np.float32), log_pos * sign)
+    return rel.astype(np.int32)
+
+
+def _norm_rel_ebd(config: EncoderConfig) -> list[str]:
+    return [part.strip() for part in config.norm_rel_ebd.lower().split("|")]
+
+
+def _check_supported(config: EncoderConfig) -> None:
+    if config.model_type != "deberta-v2":
+        raise ValueError(f"EncoderConfig.model_type={config.model_type!r}: DebertaV2Encoder needs 'deberta-v2'")
+    extra = dict(config.extra_hf_fields)
+    conv_kernel_size = extra.get("conv_kernel_size") or 0
+    if conv_kernel_size > 0:
+        raise NotImplementedError(f"conv_kernel_size={conv_kernel_size}: the DeBERTa-v2 ConvLayer is not implemented")
+    head_size = extra.get("attention_head_size", config.head_dim)
+    if head_size != config.head_dim:
+        raise NotImplementedError(
+            f"attention_head_size={head_size} differs from hidden_size / num_attention_heads={config.head_dim}"
+        )
+
+
+def _layer_norm(features: int, config: EncoderConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        features,
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        rngs=rngs,
+    )
+
+
+def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs, *, use_bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=_INIT, rngs=rngs
+    )
+
+
+def _embed(num: int, features: int, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, features, dtype=dtype, param_dtype=jnp.float32, embedding_init=_INIT, rngs=rngs)
+
+
+# ---- modules -----------------------------------------------------------------------------------
+class DebertaEmbeddings(nnx.Module):
+    """Word (+ absolute position) (+ token type) embeddings, projected to hidden size, normalised, masked."""
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        size = config.embedding_size or config.hidden_size
+        self.dropout_rate = config.hidden_dropout_prob
+        self.max_positions = config.max_position_embeddings
+        self.word_embeddings = _embed(config.vocab_size, size, dtype, rngs)
+        self.position_embeddings = (
+            _embed(config.max_position_embeddings, size, dtype, rngs) if config.position_biased_input else None
+        )
+        self.token_type_embeddings = (
+            _embed(config.type_vocab_size, size, dtype, rngs) if config.type_vocab_size > 0 else None
+        )
+        self.embed_proj = (
+            _linear(size, config.hidden_size, dtype, rngs, use_bias=False) if size != config.hidden_size else None
+        )
+        self.norm = _layer_norm(config.hidden_size, config, dtype, rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
+        length = input_ids.shape[-1]
+        x = self.word_embeddings(input_ids)  # (B, L, E)
+        if self.position_embeddings is not None:
+            if length > self.max_positions:
+                raise ValueError(f"sequence length {length} exceeds max_position_embeddings={self.max_positions}")
+            x = x + self.position_embeddings(jnp.arange(length))
+        if self.token_type_embeddings is not None:
+            types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.token_type_embeddings(types)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, L, H)
+        x = self.norm(x)
+        x = x * attention_mask[..., None].astype(x.dtype)
+        return dropout(x, self.dropout_rate, dropout_keys, EMBEDDINGS_DROPOUT_SITE)
+
+
+class DisentangledAttention(nnx.Module):
+    """Self-attention with c2p / p2c relative terms, then output projection, dropout, residual LayerNorm."""
+
+    def __init__(self, config: EncoderConfig, *, layer_index: int, dtype=jnp.float32, rngs: nnx.Rngs):
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.layer_index = layer_index
+        self.relative_attention = config.relative_attention
+        self.c2p = "c2p" in config.pos_att_type
+        self.p2c = "p2c" in config.pos_att_type
+        self.share_att_key = config.share_att_key
+        self.position_buckets = config.position_buckets
+        self.max_relative_positions = _max_relative_positions(config)
+        self.span = attention_span(config)
+        # transformers counts c2p and p2c in the scale even when relative attention is off.
+        self.scale = math.sqrt(self.head_dim * (1 + self.c2p + self.p2c))
+        self.hidden_dropout = config.hidden_dropout_prob
+        self.probs_dropout = config.attention_probs_dropout_prob
+
+        self.query = _linear(hidden, hidden, dtype, rngs)
+        self.key = _linear(hidden, hidden, dtype, rngs)
+        self.value = _linear(hidden, hidden, dtype, rngs)
+        separate = self.relative_attention and not self.share_att_key
+        self.pos_key = _linear(hidden, hidden, dtype, rngs) if separate and self.c2p else None
+        self.pos_query = _linear(hidden, hidden, dtype, rngs) if separate and self.p2c else None
+        self.output = _linear(hidden, hidden, dtype, rngs)
+        self.output_norm = _layer_norm(hidden, config, dtype, rngs)
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        """(..., L, H) -> (..., NH, L, D)."""
+        return jnp.swapaxes(x.reshape(*x.shape[:-1], self.num_heads, self.head_dim), -2, -3)
+
+    def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
+        """c2p + p2c terms (B, NH, L, L) from queries / keys (B, NH, L, D) and the table (2S, H) or (B, 2S, H)."""
+        rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)
+        rows = np.arange(length)[:, None]
+        score = 0.0
+        if self.c2p:
+            pos_key = self._heads(self.key(rel_embeddings) if self.share_att_key else self.pos_key(rel_embeddings))
+            c2p = q @ jnp.swapaxes(pos_key, -1, -2)  # (B, NH, L, 2S)
+            c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)
+            score = score + c2p[..., rows, c2p_index] / jnp.asarray(self.scale, c2p.dtype)
+        if self.p2c:
+            pos_query = self._heads(
+                self.query(rel_embeddings) if self.share_att_key else self.pos_query(rel_embeddings)
+            )
+            p2c = k @ jnp.swapaxes(pos_query, -1, -2)  # (B, NH, L_k, 2S)
+            p2c_index = np.clip(-rel_pos + self.span, 0, 2 * self.span - 1)
+            # Gathered as [key, query] with index[key, query], then transposed to [query, key].
+            p2c = jnp.swapaxes(p2c[..., rows, p2c_index], -1, -2)
+            score = score + p2c / jnp.asarray(self.scale, p2c.dtype)
+        return score
+
+    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None) -> jax.Array:
+        """x (B, L, H), pair_mask (B, L, L) bool, rel_embeddings (2S, H) or None -> (B, L, H)."""
+        batch, length, hidden = x.shape
+        q = self._heads(self.query(x))  # (B, NH, L, D)
+        k = self._heads(self.key(x))
+        v = self._heads(self.value(x))
+        scores = q @ jnp.swapaxes(k, -1, -2) / jnp.asarray(self.scale, q.dtype)  # (B, NH, L, L)
+        if self.relative_attention and (self.c2p or self.p2c):
+            if dropout_keys is not None and self.hidden_dropout > 0.0:
+                rel_embeddings = jnp.broadcast_to(rel_embeddings, (batch, *rel_embeddings.shape))
+                site = _layer_site(self.layer_index, _REL_EMBEDDINGS)
+                rel_embeddings = dropout(rel_embeddings, self.hidden_dropout, dropout_keys, site)
+            scores = scores + self._relative_scores(q, k, rel_embeddings, length)
+        # Masked pairs get the float32 minimum, as in transformers: zero probability in a row with
+        # any valid key; a padded query's row is all masked and comes out uniform.
+        scores = jnp.where(pair_mask[:, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = dropout(probs, self.probs_dropout, dropout_keys, _layer_site(self.layer_index, _ATTENTION_PROBS))
+        context = jnp.swapaxes(probs @ v, 1, 2).reshape(batch, length, hidden)  # (B, L, H)
+        out = dropout(
+            self.output(context), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _ATTENTION_OUTPUT)
+        )
+        return self.output_norm(out + x)
+
+
+class DebertaLayer(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, layer_index: int, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.layer_index = layer_index
+        self.hidden_dropout = config.hidden_dropout_prob
+        self.act = config.hidden_act
+        _activation(self.act)  # fail at construction on an unknown name
+        self.attention = DisentangledAttention(config, layer_index=layer_index, dtype=dtype, rngs=rngs)
+        self.intermediate = _linear(config.hidden_size, config.intermediate_size, dtype, rngs)
+        self.output = _linear(config.intermediate_size, config.hidden_size, dtype, rngs)
+        self.output_norm = _layer_norm(config.hidden_size, config, dtype, rngs)
+
+    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None) -> jax.Array:
+        attended = self.attention(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys)  # (B, L, H)
+        h = _activation(self.act)(self.intermediate(attended))  # (B, L, F)
+        h = dropout(self.output(h), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _FFN_OUTPUT))
+        return self.output_norm(h + attended)
+
+
+class DebertaV2Encoder(nnx.Module):
+    """``DebertaV2Model`` up to its last hidden state.
+
+    Args:
+        config: an ``EncoderConfig`` with ``model_type="deberta-v2"`` (DeBERTa-v2 and v3).
+        dtype: compute dtype of activations; parameters are always float32.
+        rngs: parameter initialisation keys.
+    """
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_supported(config)
+        self.embeddings = DebertaEmbeddings(config, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [DebertaLayer(config, layer_index=i, dtype=dtype, rngs=rngs) for i in range(config.num_hidden_layers)]
+        )
+        self.rel_embeddings = (
+            _embed(2 * attention_span(config), config.hidden_size, dtype, rngs) if config.relative_attention else None
+        )
+        # transformers builds this LayerNorm from norm_rel_ebd alone, relative attention or not.
+        self.rel_norm = (
+            _layer_norm(config.hidden_size, config, dtype, rngs) if "layer_norm" in _norm_rel_ebd(config) else None
+        )
+
+    def relative_embeddings(self) -> jax.Array | None:
+        """The relative-position table (2S, H), layer-normalised when ``norm_rel_ebd`` says so."""
+        if self.rel_embeddings is None:
+            return None
+        table = self.rel_embeddings.embedding[...].astype(self.rel_embeddings.dtype)
+        return self.rel_norm(table) if self.rel_norm is not None else table
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
+        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys (B,) keys or None -> (B, L, H)."""
+        x = self.embeddings(input_ids, attention_mask, token_type_ids, dropout_keys=dropout_keys)  # (B, L, H)
+        valid = attention_mask.astype(bool)
+        pair_mask = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
+        rel_embeddings = self.relative_embeddings()
+        for layer in self.layers:
+            x = layer(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys)
+        return x
+
+
+class DebertaContextPooler(nnx.Module):
+    """transformers' ``ContextPooler``: first token -> dropout -> dense -> ``pooler_hidden_act``."""
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        size = config.pooler_hidden_size or config.hidden_size
+        self.dropout_rate = config.pooler_dropout
+        self.act = config.pooler_hidden_act
+        _activation(self.act, "pooler_hidden_act")  # fail at construction on an unknown name
+        self.dense = _linear(size, size, dtype, rngs)
+
+    def __call__(self, hidden: jax.Array, *, dropout_keys=None) -> jax.Array:
+        """hidden (B, L, H) -> (B, pooler_hidden_size)."""
+        token = dropout(hidden[:, 0], self.dropout_rate, dropout_keys, POOLER_DROPOUT_SITE)
+        return _activation(self.act)(self.dense(token))
+
+
+# ---- Hugging Face key maps ---------------------------------------------------------------------
+def deberta_weight_map(config: EncoderConfig) -> WeightMap:
+    """Every weight of transformers' ``DebertaV2Model`` as ``(hf_key, path, kind)``.
+
+    ``hf_key`` is relative to the ``deberta.`` prefix; ``path`` is the attribute path of the
+    variable in ``DebertaV2Encoder`` (ints index ``layers``); ``kind`` is ``"linear"`` (torch
+    (out, in) weight, transposed to the nnx (in, out) kernel) or ``"copy"``.
+    """
+    out: WeightMap = [("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), "copy")]
+    if config.position_biased_input:
+        out.append(
+            ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings", "embedding"), "copy")
+        )
+    if config.type_vocab_size > 0:
+        out.append(
+            ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings", "embedding"), "copy")
+        )
+    if (config.embedding_size or config.hidden_size) != config.hidden_size:
+        out.append(("embeddings.embed_proj.weight", ("embeddings", "embed_proj", "kernel"), "linear"))  # no bias
+    out += norm_entries("embeddings.LayerNorm", ("embeddings", "norm"))
+    separate = config.relative_attention and not config.share_att_key
+    for i in range(config.num_hidden_layers):
+        hf, path = f"encoder.layer.{i}", ("layers", i)
+        attn_hf, attn = f"{hf}.attention", (*path, "attention")
+        out += linear_entries(f"{attn_hf}.self.query_proj", (*attn, "query"))
+        out += linear_entries(f"{attn_hf}.self.key_proj", (*attn, "key"))
+        out += linear_entries(f"{attn_hf}.self.value_proj", (*attn, "value"))
+        if separate and "c2p" in config.pos_att_type:
+            out += linear_entries(f"{attn_hf}.self.pos_key_proj", (*attn, "pos_key"))
+        if separate and "p2c" in config.pos_att_type:
+            out += linear_entries(f"{attn_hf}.self.pos_query_proj", (*attn, "pos_query"))
+        out += linear_entries(f"{attn_hf}.output.dense", (*attn, "output"))
+        out += norm_entries(f"{attn_hf}.output.LayerNorm", (*attn, "output_norm"))
+        out += linear_entries(f"{hf}.intermediate.dense", (*path, "intermediate"))
+        out += linear_entries(f"{hf}.output.dense", (*path, "output"))
+        out += norm_entries(f"{hf}.output.LayerNorm", (*path, "output_norm"))
+    if config.relative_attention:
+        out.append(("encoder.rel_embeddings.weight", ("rel_embeddings", "embedding"), "copy"))
+    if "layer_norm" in _norm_rel_ebd(config):
+        out += norm_entries("encoder.LayerNorm", ("rel_norm",))
+    return out
+
+
+def deberta_pooler_weight_map(config: EncoderConfig) -> WeightMap:
+    """The pooler's weights: top-level ``pooler.dense.*`` keys, paths relative to ``DebertaContextPooler``."""
+    del config  # the pooler's keys do not depend on it
+    return linear_entries("pooler.dense", ("dense",))

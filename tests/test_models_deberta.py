@@ -1,0 +1,221 @@
+"""DeBERTa-v2/v3 encoder: parity with transformers' PyTorch ``DebertaV2Model`` on random tiny configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
+from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.deberta import (
+    DebertaContextPooler,
+    DebertaV2Encoder,
+    deberta_pooler_weight_map,
+    deberta_weight_map,
+    relative_positions,
+)
+from jax_adalora.models.dropout import example_keys
+
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    layer_norm_eps=1e-7,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+CONFIGS = {
+    # Small max_relative_positions: relative positions beyond the span are clamped.
+    "c2p_only": dict(relative_attention=True, pos_att_type=["c2p"], max_relative_positions=8, type_vocab_size=2),
+    "p2c_only_buckets": dict(
+        relative_attention=True, pos_att_type=["p2c"], position_buckets=8, max_relative_positions=32, type_vocab_size=2
+    ),
+    "c2p_p2c_separate_keys": dict(
+        relative_attention=True, pos_att_type="p2c|c2p", max_relative_positions=-1, type_vocab_size=2
+    ),
+    "v3_like": dict(
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        share_att_key=True,
+        position_buckets=8,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        type_vocab_size=0,
+    ),
+    "v3_embed_proj_gelu_new": dict(
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        share_att_key=True,
+        position_buckets=16,
+        max_relative_positions=32,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        type_vocab_size=0,
+        embedding_size=16,
+        hidden_act="gelu_new",
+    ),
+    # transformers still counts pos_att_type in the attention scale without relative attention.
+    "absolute_only": dict(relative_attention=False, pos_att_type=["c2p", "p2c"], type_vocab_size=2),
+}
+
+
+def set_weights(module, weight_map, state_dict, prefix=""):
+    for hf_key, path, kind in weight_map:
+        value = state_dict[prefix + hf_key].detach().numpy()
+        if kind == "linear":
+            value = value.T
+        target = module
+        for part in path[:-1]:
+            target = target[part] if isinstance(part, int) else getattr(target, part)
+        variable = getattr(target, path[-1])
+        assert variable.shape == value.shape, (hf_key, path)
+        variable.set_value(jnp.asarray(value))
+
+
+def random_hf(model_cls, hf_config, seed=0):
+    """A transformers model with every parameter perturbed, so zero biases and unit LayerNorms don't hide bugs."""
+    torch.manual_seed(seed)
+    model = model_cls(hf_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def batch(config, *, batch_size=3, length=24, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, config.vocab_size, (batch_size, length)).astype(np.int32)
+    mask = np.ones((batch_size, length), np.int32)
+    for row, n in enumerate([length, 17, 9][:batch_size]):
+        mask[row, n:] = 0
+    ids = np.where(mask > 0, ids, 0).astype(np.int32)
+    types = (rng.random((batch_size, length)) < 0.4).astype(np.int32) * mask
+    return ids, mask, types
+
+
+def hf_hidden(model, ids, mask, types):
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            token_type_ids=torch.from_numpy(types).long(),
+        )
+    return out.last_hidden_state.numpy()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_encoder_matches_transformers(name):
+    hf_config = DebertaV2Config(**TINY, **CONFIGS[name])
+    config = EncoderConfig.from_hf_dict(hf_config.to_dict())
+    model = random_hf(DebertaV2Model, hf_config)
+    state_dict = model.state_dict()
+    weight_map = deberta_weight_map(config)
+
+    # The map covers every transformers weight and every parameter of ours, once.
+    assert sorted(k for k, _, _ in weight_map) == sorted(state_dict)
+    ours = {
+        tuple(path) for path, _ in nnx.to_flat_state(nnx.state(DebertaV2Encoder(config, rngs=nnx.Rngs(0)), nnx.Param))
+    }
+    assert ours == {path for _, path, _ in weight_map}
+
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    set_weights(encoder, weight_map, state_dict)
+    ids, mask, types = batch(config)
+    expected = hf_hidden(model, ids, mask, types)
+    # Padded positions too: both sides give a padded query uniform attention over all keys.
+    got = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_pooler_and_classifier_keys_match_transformers():
+    hf_config = DebertaV2Config(**TINY, **CONFIGS["v3_like"], pooler_hidden_act="tanh", num_labels=3)
+    config = EncoderConfig.from_hf_dict(hf_config.to_dict())
+    model = random_hf(DebertaV2ForSequenceClassification, hf_config, seed=1)
+    state_dict = model.state_dict()
+    encoder_map, pooler_map = deberta_weight_map(config), deberta_pooler_weight_map(config)
+    covered = {f"deberta.{k}" for k, _, _ in encoder_map} | {k for k, _, _ in pooler_map}
+    assert covered == {k for k in state_dict if not k.startswith("classifier.")}
+
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    pooler = DebertaContextPooler(config, rngs=nnx.Rngs(1))
+    set_weights(encoder, encoder_map, state_dict, prefix="deberta.")
+    set_weights(pooler, pooler_map, state_dict)
+    ids, mask, types = batch(config, seed=1)
+    with torch.no_grad():
+        hidden = model.deberta(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())[0]
+        expected = model.pooler(hidden).numpy()
+    got = pooler(encoder(jnp.asarray(ids), jnp.asarray(mask)))
+    assert got.shape == (3, config.pooler_hidden_size)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("buckets,max_positions", [(-1, 64), (8, 64), (256, 512), (16, 32)])
+def test_relative_positions_match_transformers(buckets, max_positions):
+    length = 512 if buckets == 256 else 40
+    hidden = torch.zeros(1, length, 1)
+    expected = build_relative_position(hidden, hidden, bucket_size=buckets, max_position=max_positions)[0].numpy()
+    np.testing.assert_array_equal(relative_positions(length, buckets, max_positions), expected)
+
+
+def dropout_config():
+    return EncoderConfig.deberta_v3_base(
+        **{k: v for k, v in TINY.items() if "dropout" not in k},
+        position_buckets=8,
+        hidden_dropout_prob=0.2,
+        attention_probs_dropout_prob=0.2,
+        pooler_dropout=0.2,
+        pooler_hidden_size=32,
+    )
+
+
+def test_dropout_batch_equals_per_example():
+    config = dropout_config()
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    pooler = DebertaContextPooler(config, rngs=nnx.Rngs(1))
+    ids, mask, _ = (jnp.asarray(a) for a in batch(config))
+    keys = example_keys(jax.random.key(7), jnp.arange(ids.shape[0]))
+
+    def forward(ids, mask, keys):
+        return pooler(encoder(ids, mask, dropout_keys=keys), dropout_keys=keys)
+
+    batched = jax.jit(forward)(ids, mask, keys)
+    one = jax.jit(jax.vmap(lambda i, m, k: forward(i[None], m[None], k[None])[0]))(ids, mask, keys)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(one), atol=1e-5, rtol=0)
+    # Dropout is on, and only the keys decide the masks.
+    assert not np.allclose(np.asarray(batched), np.asarray(jax.jit(forward)(ids, mask, None)), atol=1e-3)
+    again = jax.jit(forward)(ids, mask, example_keys(jax.random.key(7), jnp.arange(ids.shape[0])))
+    np.testing.assert_array_equal(np.asarray(batched), np.asarray(again))
+
+
+def test_jit_and_bfloat16_compute():
+    config = dropout_config()
+    ids, mask, _ = (jnp.asarray(a) for a in batch(config))
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    eager = encoder(ids, mask)
+    jitted = nnx.jit(lambda model, i, m: model(i, m))(encoder, ids, mask)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), atol=1e-5, rtol=0)
+
+    half = DebertaV2Encoder(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert all(v.dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(half, nnx.Param)))
+    out = half(ids, mask)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(eager), atol=0.1, rtol=0)
+
+
+def test_unsupported_configs_raise():
+    base = EncoderConfig.deberta_v3_base(**{k: v for k, v in TINY.items()})
+    with pytest.raises(NotImplementedError, match="conv_kernel_size"):
+        DebertaV2Encoder(base.replace(extra_hf_fields=(("conv_kernel_size", 3),)), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model_type"):
+        DebertaV2Encoder(base.replace(model_type="bert"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="hidden_act"):
+        DebertaV2Encoder(base.replace(hidden_act="nope"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="pooler_hidden_act"):
+        DebertaContextPooler(base.replace(pooler_hidden_act="nope"), rngs=nnx.Rngs(0))
