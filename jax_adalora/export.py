@@ -119,9 +119,9 @@ def save_peft_adapter(
     with torch.no_grad():
         for path, adapter in adapter_modules(model).items():
             layer = inner.get_submodule(names[path])
-            layer.lora_A["default"].copy_(torch.from_numpy(np.asarray(adapter.Q[...], np.float32)))
-            layer.lora_E["default"].copy_(torch.from_numpy(np.asarray(adapter.lam[...], np.float32))[:, None])
-            layer.lora_B["default"].copy_(torch.from_numpy(np.asarray(adapter.P[...], np.float32)))
+            layer.lora_A["default"].copy_(torch.from_numpy(np.array(adapter.Q[...], np.float32)))
+            layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...], np.float32))[:, None])
+            layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...], np.float32)))
     peft_model.peft_config["default"].rank_pattern = {
         f"{names[path]}.lora_E.default": [bool(k) for k in kept] for path, kept in rank_pattern.items()
     }

@@ -47,7 +47,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def _mesh() -> Mesh:
-    return Mesh(np.array(jax.local_devices()), ("data",))
+    """One ``data`` axis over every device of every process (one host: its local devices)."""
+    return Mesh(np.array(jax.devices()), ("data",))
 
 
 def _load(run: RunConfig):
@@ -85,10 +86,22 @@ def _batches(split, batch_size: int, *, shuffle: bool, seed: int):
 
 
 def _device_batch(batch: dict, sharding) -> dict:
+    """The global batch as arrays sharded over the ``data`` axis.
+
+    Every process iterates the same global batches (same seed); each contributes its contiguous slice
+    of rows, so on several hosts the result is the same global array as on one.
+    """
     batch = dict(batch)
     if "example_index" not in batch:
         batch["example_index"] = np.arange(len(batch["example_mask"]), dtype=np.int32)
-    return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items() if isinstance(v, np.ndarray)}
+    n_proc, pid = jax.process_count(), jax.process_index()
+    out = {}
+    for key, value in batch.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        rows = value.shape[0] // n_proc
+        out[key] = jax.make_array_from_process_local_data(sharding, value[pid * rows : (pid + 1) * rows], value.shape)
+    return out
 
 
 def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[str, float]:

@@ -1,0 +1,162 @@
+"""SQuAD v1.1 / v2.0 questions: from the official JSON, from flat files, or from the hub.
+
+Sources, first given wins:
+
+1. ``train_file`` / ``validation_file``: the official JSON (``data -> paragraphs -> qas``, with
+   ``is_impossible`` in v2.0), or JSON lines / parquet with the hub's flat columns (``id``, ``question``,
+   ``context``, ``answers: {text: [...], answer_start: [...]}``).
+2. ``data_dir`` holding the official ``train-v1.1.json`` / ``dev-v1.1.json`` (v2.0: ``-v2.0``).
+3. The hub's ``rajpurkar/squad`` / ``rajpurkar/squad_v2`` parquet files (offline: fails in seconds).
+
+Every answer is checked: ``context[answer_start : answer_start + len(text)]`` must equal its text, or
+loading stops with an error naming the file, the question id and both strings. Tokenised windows and
+post-processing live in ``squad_features``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from jax_adalora.tasks.registry import TaskSpec
+from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files, read_records, require_file
+
+SQUAD_FILES = {False: ("train-v1.1.json", "dev-v1.1.json"), True: ("train-v2.0.json", "dev-v2.0.json")}
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+    """One question. ``answers`` / ``answer_starts``: gold texts and their character offsets (empty when
+    unanswerable); training uses the first."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+    title: str = ""
+
+    @property
+    def is_impossible(self) -> bool:
+        return not self.answers
+
+
+def local_files_hint(spec: TaskSpec) -> str:
+    train, dev = SQUAD_FILES[spec.with_negative]
+    return (
+        f"Pass local files instead: --train-file {train} --validation-file {dev} (the official JSON), "
+        f"or --data-dir DIR holding both."
+    )
+
+
+def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, title="") -> QAExample:
+    for name, value in (("id", qid), ("question", question), ("context", context)):
+        if not isinstance(value, str):
+            raise TaskDataError(f"{where}: {name} must be text, got {value!r:.80}")
+    if len(texts) != len(starts):
+        raise TaskDataError(f"{where}, question {qid}: {len(texts)} answer texts but {len(starts)} answer starts")
+    for text, start in zip(texts, starts, strict=True):
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise TaskDataError(f"{where}, question {qid}: answer_start {start!r} is not an integer")
+        found = context[start : start + len(text)]
+        if found != text:
+            raise TaskDataError(
+                f"{where}, question {qid}: answer text {text!r} does not match the context at answer_start "
+                f"{start}: context[{start}:{start + len(text)}] = {found!r}"
+            )
+    if not texts and not spec.with_negative:
+        raise TaskDataError(
+            f"{where}, question {qid}: no answer; SQuAD v1.1 ({spec.name}) needs one (use squad_v2 for "
+            "unanswerable questions)"
+        )
+    return QAExample(qid, question, context, tuple(texts), tuple(starts), title)
+
+
+def _official(spec: TaskSpec, path: Path, data: dict) -> list[QAExample]:
+    examples = []
+    near = "the first article"
+    try:
+        for article in data["data"]:
+            title = article.get("title", "")
+            near = f"article {title!r}"
+            for paragraph in article["paragraphs"]:
+                context = paragraph["context"]
+                for qa in paragraph["qas"]:
+                    near = f"question {qa.get('id', '?')}"
+                    answers = [] if qa.get("is_impossible", False) else qa.get("answers", [])
+                    texts = [a["text"] for a in answers]
+                    starts = [a["answer_start"] for a in answers]
+                    examples.append(_example(spec, str(path), qa["id"], qa["question"], context, texts, starts, title))
+    except (KeyError, TypeError, AttributeError) as err:
+        raise TaskDataError(f"{path}: malformed SQuAD JSON at {near}: missing or wrong field ({err})") from None
+    return examples
+
+
+def _flat(spec: TaskSpec, path: Path) -> list[QAExample]:
+    examples = []
+    for where, row in read_records(path, required=("id", "question", "context", "answers")):
+        answers = row["answers"]
+        if not isinstance(answers, dict) or not {"text", "answer_start"} <= answers.keys():
+            raise TaskDataError(f"{where}: 'answers' must be {{'text': [...], 'answer_start': [...]}}")
+        texts, starts = list(answers["text"] or []), list(answers["answer_start"] or [])
+        examples.append(
+            _example(spec, where, row["id"], row["question"], row["context"], texts, starts, row.get("title", ""))
+        )
+    return examples
+
+
+def read_squad_file(spec: TaskSpec, path: str | os.PathLike) -> list[QAExample]:
+    """Questions of one file: the official JSON or flat records (JSON lines, parquet, list of records)."""
+    path = require_file(path)
+    examples = None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":
+                raise TaskDataError(
+                    f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+                ) from None
+            data = None  # JSON lines under a .json name
+        if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"]:
+            if isinstance(data["data"][0], dict) and "paragraphs" in data["data"][0]:
+                examples = _official(spec, path, data)
+    if examples is None:
+        examples = _flat(spec, path)
+    if not examples:
+        raise TaskDataError(f"{path}: no questions in the file")
+    seen = set()
+    for example in examples:
+        if example.id in seen:
+            raise TaskDataError(f"{path}: question id {example.id} appears more than once")
+        seen.add(example.id)
+    return examples
+
+
+def load_squad_splits(
+    spec: TaskSpec,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
+    """Train questions and ``{"validation": questions}`` from the first source given."""
+    if train_file or validation_file:
+        if not (train_file and validation_file):
+            raise TaskDataError("--train-file and --validation-file go together: pass both")
+        return read_squad_file(spec, train_file), {"validation": read_squad_file(spec, validation_file)}
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        train, dev = SQUAD_FILES[spec.with_negative]
+        for name in (train, dev):
+            if not (root / name).is_file():
+                raise FileNotFoundError(f"--data-dir {root}: {name} not found (expected the official SQuAD JSON files)")
+        return read_squad_file(spec, root / train), {"validation": read_squad_file(spec, root / dev)}
+    hint = local_files_hint(spec)
+    splits = {}
+    for name in ("train", "validation"):
+        files = hub_parquet_files(spec.hub_id, spec.hub_config, name, hint=hint)
+        splits[name] = [example for path in files for example in read_squad_file(spec, path)]
+    return splits["train"], {"validation": splits["validation"]}

