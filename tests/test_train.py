@@ -83,10 +83,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
     victim = _run_cli(_flags(assets, killed_dir, *common), stdout=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
-        steps = (
-            [p for p in (killed_dir / "checkpoints").glob("[0-9]*")] if (killed_dir / "checkpoints").exists() else []
-        )
-        if any(int(p.name) >= 6 for p in steps):
+        ckpt = killed_dir / "checkpoints"
+        steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.exists() else []
+        if any(s >= 6 for s in steps):
             break
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)

@@ -1,0 +1,45 @@
+"""Encoders (BERT, RoBERTa, DeBERTa-v2/v3), task heads, Hugging Face checkpoints, adapter target presets."""
+
+from jax_adalora.models.bert import BertEncoder, BertPooler, bert_weight_map
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.dropout import dropout, example_keys
+from jax_adalora.models.heads import (
+    EncoderModel,
+    QuestionAnswerer,
+    SequenceClassifier,
+    build_encoder,
+    build_model,
+)
+from jax_adalora.models.pretrained import (
+    LoadInfo,
+    ModelNotFoundError,
+    from_pretrained,
+    load_tokenizer,
+    packaged_minilm_path,
+    save_pretrained,
+    to_hf_state_dict,
+)
+from jax_adalora.models.targets import TARGET_PRESETS, resolve_targets
+
+__all__ = [
+    "TARGET_PRESETS",
+    "BertEncoder",
+    "BertPooler",
+    "EncoderConfig",
+    "EncoderModel",
+    "LoadInfo",
+    "ModelNotFoundError",
+    "QuestionAnswerer",
+    "SequenceClassifier",
+    "bert_weight_map",
+    "build_encoder",
+    "build_model",
+    "dropout",
+    "example_keys",
+    "from_pretrained",
+    "load_tokenizer",
+    "packaged_minilm_path",
+    "resolve_targets",
+    "save_pretrained",
+    "to_hf_state_dict",
+]

@@ -44,7 +44,9 @@ class EncoderConfig:
     pooler_dropout: float = 0.0
     pooler_hidden_act: str = "gelu"
     # Kept so that export can write back what it read.
-    extra_hf_fields: tuple[tuple[str, Any], ...] = ()
+    # hash=False: values may be lists or dicts (e.g. id2label); the config must stay hashable, since
+    # modules keep it as a static attribute of their graphdef.
+    extra_hf_fields: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), hash=False)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
