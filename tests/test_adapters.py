@@ -148,3 +148,32 @@ def test_adapter_is_an_adalora_linear_with_the_base_inside():
     model, _, _ = _adapted()
     adapter = model.layers[0].query
     assert isinstance(adapter, AdaLoRALinear) and isinstance(adapter.base, nnx.Linear)
+
+
+def test_factored_adapter_gradients_equal_autodiff():
+    from jax_adalora.adapters import factored_adapter
+
+    keys = jax.random.split(jax.random.key(7), 5)
+    x = jax.random.normal(keys[0], (3, 5, 6))
+    p, gate, q = (
+        jax.random.normal(keys[1], (4, 2)),
+        jax.random.normal(keys[2], (2,)),
+        jax.random.normal(keys[3], (2, 6)),
+    )
+    weights = jax.random.normal(keys[4], (3, 5, 4))
+
+    def reference(x, p, gate, q):
+        return ((x @ q.T) * gate) @ p.T
+
+    def loss(f):
+        return lambda *a: jnp.sum(jnp.tanh(f(*a)) * weights)
+
+    chex.assert_trees_all_close(
+        jax.grad(loss(factored_adapter), argnums=(0, 1, 2, 3))(x, p, gate, q),
+        jax.grad(loss(reference), argnums=(0, 1, 2, 3))(x, p, gate, q),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    per_example = jax.vmap(jax.grad(loss(factored_adapter), argnums=(1, 2, 3)), in_axes=(0, None, None, None))
+    per_example_ref = jax.vmap(jax.grad(loss(reference), argnums=(1, 2, 3)), in_axes=(0, None, None, None))
+    chex.assert_trees_all_close(per_example(x, p, gate, q), per_example_ref(x, p, gate, q), rtol=1e-5, atol=1e-6)

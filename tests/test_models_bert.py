@@ -1,0 +1,135 @@
+"""BERT / RoBERTa encoder: parity with transformers' PyTorch ``BertModel`` / ``RobertaModel`` on tiny configs."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+from jax_adalora.models.bert import BertEncoder, bert_weight_map, roberta_position_ids
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.heads import EncoderModel
+from jax_adalora.models.pretrained import load_state_dict, to_hf_state_dict
+
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    initializer_range=0.2,  # larger than the default so that attention is far from uniform
+)
+
+# name: (config class, model class, overrides, pass token type ids)
+CASES = {
+    "bert_token_types": (BertConfig, BertModel, dict(type_vocab_size=3), True),
+    "bert_no_token_types": (BertConfig, BertModel, dict(), False),
+    "bert_gelu_new_one_layer": (BertConfig, BertModel, dict(hidden_act="gelu_new", num_hidden_layers=1), True),
+    "roberta": (
+        RobertaConfig,
+        RobertaModel,
+        dict(type_vocab_size=1, pad_token_id=1, max_position_embeddings=66, layer_norm_eps=1e-5),
+        False,
+    ),
+}
+
+
+def make_inputs(pad_token_id: int, type_vocab_size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 99, (3, 11))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    ids = np.where(mask == 1, ids, pad_token_id)
+    types = rng.integers(0, type_vocab_size, ids.shape)
+    return ids, mask, types
+
+
+def hf_and_ours(config_cls, model_cls, overrides, seed=0):
+    torch.manual_seed(seed)
+    hf_config = config_cls(**{**TINY, **overrides})
+    hf = model_cls(hf_config).eval()
+    ours = EncoderModel(EncoderConfig.from_hf_dict(hf_config.to_dict()), rngs=nnx.Rngs(0))
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    info = load_state_dict(ours, state)
+    assert info.missing == info.initialised_head == info.unexpected == ()
+    return hf, ours
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_last_hidden_state_and_pooler_match_transformers(case):
+    config_cls, model_cls, overrides, with_types = CASES[case]
+    hf, ours = hf_and_ours(config_cls, model_cls, overrides)
+    ids, mask, types = make_inputs(hf.config.pad_token_id, hf.config.type_vocab_size)
+    kwargs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    if with_types:
+        kwargs["token_type_ids"] = torch.tensor(types)
+    with torch.no_grad():
+        expected = hf(**kwargs)
+    hidden = ours(
+        jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), jnp.asarray(types, jnp.int32) if with_types else None
+    )
+    assert hidden.shape == (3, 11, 32)
+    np.testing.assert_allclose(np.asarray(hidden), expected.last_hidden_state.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(ours.pooler(hidden)), expected.pooler_output.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["bert_token_types", "roberta"])
+def test_key_map_covers_exactly_the_transformers_state_dict(case):
+    config_cls, model_cls, overrides, _ = CASES[case]
+    hf, ours = hf_and_ours(config_cls, model_cls, overrides)
+    exported = to_hf_state_dict(ours)
+    reference = hf.state_dict()
+    assert set(exported) == set(reference)
+    for key, value in exported.items():
+        np.testing.assert_array_equal(value, reference[key].numpy(), err_msg=key)
+
+
+def test_weight_map_paths_exist_and_are_unique():
+    config = tiny_config()
+    encoder = BertEncoder(config, rngs=nnx.Rngs(0))
+    entries = bert_weight_map(config)
+    assert len({path for _, path, _ in entries}) == len(entries) == len(nnx.to_flat_state(nnx.state(encoder)))
+    assert {kind for _, _, kind in entries} == {"linear", "copy"}
+
+
+def test_roberta_positions_count_non_pad_tokens_from_pad_plus_one():
+    ids = jnp.asarray([[0, 5, 6, 1, 1], [0, 1, 7, 1, 8]])
+    np.testing.assert_array_equal(roberta_position_ids(ids, 1), [[2, 3, 4, 1, 1], [2, 1, 3, 1, 4]])
+
+
+def tiny_config(**overrides) -> EncoderConfig:
+    return EncoderConfig(**{k: v for k, v in TINY.items() if k != "initializer_range"}, **overrides)
+
+
+def test_adapted_matrices_sit_at_the_shared_paths():
+    layer = BertEncoder(tiny_config(), rngs=nnx.Rngs(0)).layers[0]
+    for module in (layer.attention.query, layer.attention.key, layer.attention.value, layer.attention.output):
+        assert isinstance(module, nnx.Linear) and module.kernel.shape == (32, 32)
+    assert layer.intermediate.kernel.shape == (32, 37) and layer.output.kernel.shape == (37, 32)
+
+
+def test_too_long_input_is_an_error():
+    encoder = BertEncoder(tiny_config().replace(max_position_embeddings=8), rngs=nnx.Rngs(0))
+    ids = jnp.ones((1, 9), jnp.int32)
+    with pytest.raises(ValueError, match="max_position_embeddings=8"):
+        encoder(ids, jnp.ones_like(ids))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_stays_close():
+    config = tiny_config()
+    fp32 = BertEncoder(config, rngs=nnx.Rngs(0))
+    bf16 = BertEncoder(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert all(v.dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(bf16, nnx.Param)))
+    ids, mask, types = make_inputs(0, 2)
+    args = (jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), jnp.asarray(types, jnp.int32))
+    low, high = bf16(*args), fp32(*args)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(low, np.float32), np.asarray(high), atol=0.1)
+
+
+def test_unknown_activation_fails_at_construction():
+    with pytest.raises(ValueError, match="hidden_act='mish'"):
+        BertEncoder(tiny_config(hidden_act="mish"), rngs=nnx.Rngs(0))
