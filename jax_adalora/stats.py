@@ -90,6 +90,46 @@ def per_example_value_and_moments(
     return weighted_mean(losses), Moments(mean=mean, sq_mean=sq_mean, var=var, count=count)
 
 
+def per_example_moments_with_shared(
+    loss_fn: Callable[..., jax.Array],
+    params: PyTree,
+    shared: PyTree,
+    batch: PyTree,
+    *args,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, Moments, PyTree]:
+    """Exact moments for ``params``, and only the batch gradient for ``shared``, in one backward pass.
+
+    ``params`` (e.g. the adapters, whose scores need per-example statistics) are given one copy per
+    example and differentiated per copy; ``shared`` (e.g. a task head, which needs only its batch
+    gradient) stays a single unbatched value, so its gradient is accumulated over the batch by one
+    contraction instead of being materialised per example (B × 384 × 384 for a BERT pooler).
+
+    Args:
+      loss_fn: ``loss_fn(params, shared, example, *args) -> scalar`` for ONE example.
+      params, shared: the two parameter pytrees.
+      batch, *args, mask: as in :func:`per_example_moments`.
+
+    Returns:
+      ``(mean loss, Moments of params, batch gradient of shared)``, all averaged over real examples.
+    """
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    weights = jnp.ones((batch_size,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    copies = jax.tree.map(lambda p: jnp.broadcast_to(p, (batch_size,) + p.shape), params)
+
+    def total(copies, shared):
+        losses = jax.vmap(loss_fn, in_axes=(0, None, 0) + (None,) * len(args))(copies, shared, batch, *args)
+        return jnp.sum(losses * weights) / count
+
+    loss, (copy_grads, shared_grad) = jax.value_and_grad(total, argnums=(0, 1))(copies, shared)
+    # d total / d copy_i = w_i / count * g_i, so sum_i copy_grad_i = mean of g and count * copy_grad_i = w_i g_i.
+    mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), copy_grads)
+    sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, copy_grads)
+    var = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0.0), sq_mean, mean)
+    return loss, Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights)), shared_grad
+
+
 def batch_gradient_moments(grad: PyTree, count: jax.Array | float) -> Moments:
     """``Moments`` carrying only a batch gradient (what sensitivity and movement read).
 

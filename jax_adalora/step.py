@@ -8,8 +8,9 @@ the task loss plus γ · orthogonal regularisation, the gradient statistics the 
 Gradient statistics per score and ``statistics`` mode:
 
 * sensitivity / movement: the batch gradient only (``jax.grad`` of the mean loss).
-* fisher / gsnr, ``per_example``: exact moments from ``jax.vmap(jax.grad(loss_one_example))``; the
-  batch gradient is their mean, so no second backward pass is needed.
+* fisher / gsnr, ``per_example``: exact moments of the adapter gradients over the batch's examples
+  (:func:`jax_adalora.stats.per_example_moments_with_shared`); the batch gradient is their mean, and the
+  head gets its batch gradient from the same backward pass, so no second pass is needed.
 * fisher / gsnr, ``running``: the batch gradient plus EMA estimates of ``E[g²]`` and ``Var[g]``.
 
 Dropout draws one key per example, ``fold_in(step_key, example_index)``, so per-example and batch
@@ -34,9 +35,10 @@ from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import example_keys
 from jax_adalora.regularization import orthogonal_regularization
 from jax_adalora.stats import (
+    Moments,
     RunningMomentsState,
     batch_gradient_moments,
-    per_example_value_and_moments,
+    per_example_moments_with_shared,
     running_moments,
     running_moments_init,
 )
@@ -188,7 +190,8 @@ def make_train_step(
     def regulariser(params):
         return gamma * orthogonal_regularization(params["adapters"]) if gamma > 0 else 0.0
 
-    def loss_one(params, example, frozen, step_key):
+    def loss_one(adapters, head, example, frozen, step_key):
+        params = {"adapters": adapters, "head": head}
         batch = jax.tree.map(lambda a: a[None], example)
         keys = example_keys(step_key, batch["example_index"]) if dropout else None
         outputs = functional.apply(params, frozen, batch, keys)
@@ -205,7 +208,17 @@ def make_train_step(
         mask = batch["example_mask"]
         running = state.running
         if mode == "per_example":
-            loss, moments = per_example_value_and_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
+            # Per-example statistics for the adapters (the scores read them); the head's batch gradient only.
+            loss, adapter_moments, head_grad = per_example_moments_with_shared(
+                loss_one, state.params["adapters"], state.params["head"], batch, frozen, step_key, mask=mask
+            )
+            head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
+            moments = Moments(
+                mean={"adapters": adapter_moments.mean, "head": head_moments.mean},
+                sq_mean={"adapters": adapter_moments.sq_mean, "head": head_moments.sq_mean},
+                var={"adapters": adapter_moments.var, "head": head_moments.var},
+                count=adapter_moments.count,
+            )
             grads = moments.mean
         else:
             loss, grads = jax.value_and_grad(loss_batch)(state.params, batch, frozen, step_key)

@@ -150,3 +150,28 @@ def test_running_moments_recover_population_moments():
     np.testing.assert_allclose(moments.mean, mu, atol=0.15)
     np.testing.assert_allclose(moments.var, sigma**2, rtol=0.3)
     np.testing.assert_allclose(moments.sq_mean, mu**2 + sigma**2, rtol=0.3)
+
+
+def test_shared_params_get_the_batch_gradient_and_params_the_exact_moments():
+    from jax_adalora.stats import per_example_moments_with_shared
+
+    params, batch = _mlp_params(jax.random.key(10)), _batch(jax.random.key(11), n=8)
+    mask = jnp.array([1, 1, 1, 1, 1, 1, 0, 0])
+    own = {k: params[k] for k in ("w1", "lam")}
+    shared = {k: params[k] for k in ("b1", "w2")}
+
+    def split_loss(own, shared, example):
+        return _example_loss({**own, **shared}, example)
+
+    loss, moments, shared_grad = jax.jit(per_example_moments_with_shared, static_argnums=0)(
+        split_loss, own, shared, batch, mask=mask
+    )
+    ref_loss, ref = per_example_value_and_moments(_example_loss, params, batch, mask=mask)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for k in own:
+        np.testing.assert_allclose(moments.mean[k], ref.mean[k], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(moments.sq_mean[k], ref.sq_mean[k], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(moments.var[k], ref.var[k], rtol=1e-4, atol=1e-7)
+    for k in shared:
+        np.testing.assert_allclose(shared_grad[k], ref.mean[k], rtol=1e-5, atol=1e-7)
+    assert float(moments.count) == 6
