@@ -55,6 +55,28 @@ def _head_state_dict(model, head_params: dict[str, np.ndarray]) -> dict[str, np.
     return out
 
 
+def peft_adalora_config(adalora, *, total_steps: int, target_modules, modules_to_save=None, task_type=None):
+    """PEFT's ``AdaLoraConfig`` with the same ranks, schedule, β's and γ as our ``AdaLoRAConfig``."""
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(
+        init_r=adalora.r_init,
+        target_r=adalora.r_target,
+        lora_alpha=adalora.alpha,
+        lora_dropout=0.0,
+        tinit=adalora.t_init,
+        tfinal=adalora.t_final,
+        deltaT=adalora.delta_t,
+        beta1=adalora.beta1,
+        beta2=adalora.beta2,
+        orth_reg_weight=adalora.orth_reg_weight,
+        total_step=total_steps,
+        target_modules=target_modules,
+        modules_to_save=modules_to_save,
+        task_type=task_type,
+    )
+
+
 def save_peft_adapter(
     model,
     directory: str | Path,
@@ -75,7 +97,7 @@ def save_peft_adapter(
         parameter matching ``run.train.head_pattern`` is read from ``model``.
     """
     import torch
-    from peft import AdaLoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
     from jax_adalora.step import head_params as read_head_params
@@ -96,19 +118,9 @@ def save_peft_adapter(
     head_modules = sorted({key.rsplit(".", 1)[0] for key in head_state})  # e.g. classifier, bert.pooler.dense
 
     names = hf_module_names(model)
-    a = run.adalora
-    config = AdaLoraConfig(
-        init_r=a.r_init,
-        target_r=a.r_target,
-        lora_alpha=a.alpha,
-        lora_dropout=0.0,
-        tinit=a.t_init,
-        tfinal=a.t_final,
-        deltaT=a.delta_t,
-        beta1=a.beta1,
-        beta2=a.beta2,
-        orth_reg_weight=a.orth_reg_weight,
-        total_step=total_steps,
+    config = peft_adalora_config(
+        run.adalora,
+        total_steps=total_steps,
         target_modules=sorted(set(names.values())),
         modules_to_save=head_modules or None,
         task_type=PEFT_TASK_TYPES[model.head_kind],

@@ -18,9 +18,10 @@ import time
 
 import numpy as np
 import torch
-from peft import AdaLoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
+from jax_adalora.export import peft_adalora_config
 from jax_adalora.models import load_tokenizer
 from jax_adalora.models.pretrained import resolve_model_dir
 from jax_adalora.run_config import build_run_config, load_config_file
@@ -67,20 +68,8 @@ def main() -> None:
     )
     train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed)
     total = t.epochs * train_iter.steps_per_epoch
-    peft_config = AdaLoraConfig(
-        init_r=a.r_init,
-        target_r=a.r_target,
-        lora_alpha=a.alpha,
-        lora_dropout=0.0,
-        tinit=a.t_init,
-        tfinal=a.t_final,
-        deltaT=a.delta_t,
-        beta1=a.beta1,
-        beta2=a.beta2,
-        orth_reg_weight=a.orth_reg_weight,
-        total_step=total,
-        target_modules=BERT_TARGETS,
-        modules_to_save=["classifier", "pooler"],
+    peft_config = peft_adalora_config(
+        a, total_steps=total, target_modules=BERT_TARGETS, modules_to_save=["classifier", "pooler"]
     )
     model = get_peft_model(model, peft_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
