@@ -40,12 +40,15 @@ def test_batches_pad_to_the_smallest_fitting_bucket():
     assert first["token_type_ids"].shape == (3, 128) and first["labels"].tolist() == [0, 1, 2]
 
 
-def test_buckets_wider_than_the_split_pad_with_the_pad_id():
+def test_buckets_wider_than_the_split_stop_at_its_width():
+    """A split cut at max_seq_length 20 never pads to a wider bucket (32): the width is the split's."""
     split = make_split([5, 20, 9], pad=7)
-    (batch,) = list(BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(32,)))
-    assert batch["input_ids"].shape == (3, 32)
-    assert (batch["input_ids"][:, 20:] == 7).all() and (batch["attention_mask"][:, 20:] == 0).all()
-    np.testing.assert_array_equal(batch["input_ids"][:, :20], split.input_ids)
+    (batch,) = list(BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(8, 32)))
+    assert batch["input_ids"].shape == (3, 20)
+    np.testing.assert_array_equal(batch["input_ids"], split.input_ids)
+    assert (batch["input_ids"][0, 5:] == 7).all() and (batch["attention_mask"][0, 5:] == 0).all()
+    (short,) = list(BatchIterator(split.select(np.array([0, 2])), 2, shuffle=False, seed=0, bucket_lengths=(8, 32)))
+    assert short["input_ids"].shape[1] <= 20
 
 
 def test_last_partial_batch_is_padded_and_masked_never_dropped():

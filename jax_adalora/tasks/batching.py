@@ -228,7 +228,8 @@ class BatchIterator:
         if self.split.fixed_length:
             return self.split.width
         longest = int(self.split.lengths[rows].max())
-        return next((b for b in self.bucket_lengths if b >= longest), longest)
+        # Never wider than the split's widest row (e.g. max_seq_length 48 with buckets 32, 64 gives 48).
+        return min(next((b for b in self.bucket_lengths if b >= longest), longest), self.split.width)
 
     def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch of split ``rows``, filled up to ``batch_size`` and padded to its bucket."""
