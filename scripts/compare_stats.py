@@ -1,0 +1,800 @@
+"""Exact per-example vs running-estimate gradient statistics for Fisher and GSNR, on one trajectory.
+
+Part 1, shadow trajectories (per task, per score in Fisher / GSNR): a training run with exact
+per-example moments, step for step the run ``train_and_evaluate`` makes with ``statistics=per_example``
+(same data order, dropout keys, optimizer and allocator). Inside the same jitted step the batch
+gradient (the mean of the per-example gradients) also feeds :func:`jax_adalora.stats.running_moments`
+and a *shadow* smoothing state, whose scores never touch the training. On every step where the
+allocator re-allocates, the two triplet-score vectors are compared (Spearman) and so are the triplet
+sets each would keep at that step's budget (Jaccard); the exact side is checked against the rank
+pattern the real allocator chose.
+
+Part 2, normal runs: ``train_and_evaluate`` with ``statistics=per_example`` and ``running`` for each
+score, for the final dev metric and final rank pattern of each mode.
+
+Part 3, cost per step: the library's jitted step (``make_train_step``) per mode on the same real
+batches, modes interleaved, after compilation; on a shared machine, so noisy (the load is recorded).
+
+Outputs in ``--out``: ``REPORT.md``, ``results.json``, ``agreement_<score>_<task>.png`` (Spearman and
+Jaccard over steps) and ``rank_patterns_<task>.png`` (final rank patterns side by side).
+
+    python scripts/compare_stats.py --max-train-examples 1024 --epochs 1 --max-seq-length 48
+    python scripts/compare_stats.py --max-train-examples 64 --epochs 1 --timing-repeats 1 \
+        --scratch /tmp/cs_smoke --out /tmp/cs_smoke/out                                   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import study_helpers as helpers
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jax_adalora import scores as scores_lib
+from jax_adalora.adapters import inject_adapters
+from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.dropout import example_keys
+from jax_adalora.regularization import orthogonal_regularization
+from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
+from jax_adalora.stats import (
+    Moments,
+    RunningMomentsState,
+    batch_gradient_moments,
+    per_example_moments_with_shared,
+    running_moments,
+    running_moments_init,
+)
+from jax_adalora.step import (
+    FunctionalModel,
+    init_train_state,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+    task_loss,
+    trainable_params,
+)
+
+PyTree = Any
+SCORES = ("fisher", "gsnr")
+MODES = ("per_example", "running")
+MAIN_METRIC = {"movie-sentiment": "accuracy", "movie-rating": "pearson"}
+
+
+def enable_compilation_cache(directory: str) -> None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["movie-sentiment"], choices=list(MAIN_METRIC))
+    parser.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one shadow + normal runs per seed")
+    parser.add_argument("--max-train-examples", type=int, default=1024, help="0: the whole train split")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate (default: the built-in run's); short runs need a larger one",
+    )
+    parser.add_argument("--init-fraction", type=float, default=0.1, help="t_init as a fraction of total steps")
+    parser.add_argument("--final-fraction", type=float, default=0.2, help="t_final as a fraction of total steps")
+    parser.add_argument("--delta-t", type=int, default=2)
+    parser.add_argument("--timing-repeats", type=int, default=6, help="timed steps per mode (0: skip part 3)")
+    parser.add_argument("--scratch", default="/tmp/compare_stats", help="run directories (outside the repo)")
+    parser.add_argument(
+        "--reuse-runs",
+        default="/tmp/score_study",
+        help="scripts/score_study.py's scratch folder: a per-example run there with the identical config is reused",
+    )
+    parser.add_argument("--out", default="docs/compare_stats")
+    parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
+    return parser.parse_args(argv)
+
+
+# ---- set-up --------------------------------------------------------------------------------------
+
+
+def make_run(
+    task: str, score: str, statistics_mode: str, seed: int, args, total_steps: int, out_dir: Path
+) -> RunConfig:
+    schedule = helpers.scaled_schedule(
+        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
+    )
+    return build_run_config(
+        dict(
+            DEFAULT_RUN,
+            task=task,
+            seed=seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_seq_length=args.max_seq_length,
+            max_train_examples=args.max_train_examples,
+            **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+            score=score,
+            statistics=statistics_mode,
+            output_dir=str(out_dir),
+            eval_every=total_steps,
+            log_every=max(total_steps // 8, 1),
+            export=False,
+            keep_checkpoints=1,
+            **schedule,
+        )
+    )
+
+
+def load(run: RunConfig):
+    """Task data and the adapted model, built as ``train_and_evaluate`` builds them."""
+    from jax_adalora.models import from_pretrained, load_tokenizer
+    from jax_adalora.tasks import load_task
+
+    t = run.train
+    data = load_task(
+        t.task,
+        tokenizer=load_tokenizer(t.model),
+        max_seq_length=t.max_seq_length,
+        max_train_examples=t.max_train_examples or None,
+        seed=t.seed,
+    )
+    num_labels = 1 if data.spec.kind == "regression" else max(data.spec.num_labels, 1)
+    model = from_pretrained(t.model, head="classification", num_labels=num_labels, seed=t.seed)
+    inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
+    return data, model
+
+
+def device_batch(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items() if isinstance(v, np.ndarray)}
+
+
+def total_steps_for(task: str, args) -> int:
+    from jax_adalora.models import load_tokenizer
+    from jax_adalora.tasks import load_task
+
+    data = load_task(task, tokenizer=load_tokenizer("minilm-l6"), max_seq_length=args.max_seq_length)
+    n = min(len(data.train), args.max_train_examples) if args.max_train_examples else len(data.train)
+    return args.epochs * (n // args.batch_size)
+
+
+# ---- part 1: the shadow step ---------------------------------------------------------------------
+
+
+class Shadow(NamedTuple):
+    """The running-estimate side: its moments and its smoothed scores; never fed back into training.
+
+    ``smoothing`` is updated exactly as ``rank_allocator`` would update it in ``statistics="running"``
+    mode (from step 1). ``smoothing_skip1`` leaves out step 1, where ``running_moments`` has seen a single
+    batch and its variance is float rounding noise (0 in exact arithmetic): a diagnostic variant.
+    """
+
+    running: RunningMomentsState
+    smoothing: scores_lib.SmoothingState
+    smoothing_skip1: scores_lib.SmoothingState
+
+
+def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str, total_steps: int):
+    """The per-example branch of ``jax_adalora.step.make_train_step``, plus the running-estimate shadow.
+
+    ``step(state, shadow, frozen, batch, key) -> (state, shadow, out)``; ``out`` holds the loss and both
+    sides' triplet importances (smoothed, as the allocator ranks them, and raw, from this step alone).
+    """
+    adalora = run.adalora
+    gamma = adalora.orth_reg_weight
+    freeze = total_steps - adalora.t_final
+    score_fn = scores_lib.get(adalora.score)
+    if adalora.score == "gsnr":
+        score_fn = lambda w, m: scores_lib.gsnr(w, m, eps=adalora.gsnr_eps)  # noqa: E731
+    dropout = run.train.dropout
+
+    def loss_one(adapters, head, example, frozen, step_key):
+        params = {"adapters": adapters, "head": head}
+        batch = jax.tree.map(lambda a: a[None], example)
+        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        outputs = functional.apply(params, frozen, batch, keys)
+        reg = gamma * orthogonal_regularization(adapters) if gamma > 0 else 0.0
+        return task_loss(kind, outputs, batch)[0] + reg
+
+    def smooth(state, element_scores):
+        return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
+
+    def importance(smoothing):
+        return scores_lib.triplet_importance(scores_lib.smoothed_score(adalora.smoothing, smoothing))
+
+    def step_fn(state, shadow: Shadow, frozen, batch, step_key):
+        mask = batch["example_mask"]
+        loss, adapter_moments, head_grad = per_example_moments_with_shared(
+            loss_one, state.params["adapters"], state.params["head"], batch, frozen, step_key, mask=mask
+        )
+        head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
+        moments = Moments(
+            mean={"adapters": adapter_moments.mean, "head": head_moments.mean},
+            sq_mean={"adapters": adapter_moments.sq_mean, "head": head_moments.sq_mean},
+            var={"adapters": adapter_moments.var, "head": head_moments.var},
+            count=adapter_moments.count,
+        )
+        updates, opt_state = tx.update(moments.mean, state.opt_state, state.params, moments=moments)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
+
+        # The shadow: the same batch gradient, seen only as a mean, through the running estimator.
+        running_m, running = running_moments(
+            shadow.running, adapter_moments.mean, batch_size=adapter_moments.count, decay=adalora.running_decay
+        )
+        # The allocator scores the post-step weights (Fisher and GSNR ignore them; kept for symmetry).
+        weights = optax.apply_updates(state.params["adapters"], updates["adapters"])
+        running_raw = score_fn(weights, running_m)
+        exact_raw = score_fn(weights, adapter_moments)
+        scoring = state.step + 1 < freeze
+        smoothed = smooth(shadow.smoothing, running_raw)
+        smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, shadow.smoothing)
+        smoothed = smooth(shadow.smoothing_skip1, running_raw)
+        skip1 = jax.tree.map(
+            lambda a, b: jnp.where(scoring & (state.step >= 1), a, b), smoothed, shadow.smoothing_skip1
+        )
+        out = {
+            "loss": loss,
+            "exact": importance(find_allocator_state(opt_state).smoothing),
+            "running": importance(smoothing),
+            "running_skip1": importance(skip1),
+            "exact_raw": scores_lib.triplet_importance(exact_raw),
+            "running_raw": scores_lib.triplet_importance(running_raw),
+        }
+        return new_state, Shadow(running, smoothing, skip1), out
+
+    return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def flat(tree: dict, paths: list[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(tree[p]).ravel() for p in paths])
+
+
+def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) -> dict:
+    from jax_adalora.tasks import BatchIterator
+    from jax_adalora.train import evaluate
+
+    run = make_run(task, score, "per_example", seed, args, total_steps, Path(args.scratch) / "unused")
+    data, model = load(run)
+    train_iter = BatchIterator(data.train, run.train.batch_size, shuffle=True, seed=seed)
+    if run.train.epochs * train_iter.steps_per_epoch != total_steps:
+        raise AssertionError("the schedule was sized for a different number of steps")
+    functional = FunctionalModel(model)
+    tx = make_optimizer(run.optim, run.adalora, total_steps)
+    state = init_train_state(trainable_params(model, run.train.head_pattern), tx, run.adalora)
+    adapters = state.params["adapters"]
+    shadow = Shadow(
+        running_moments_init(adapters), scores_lib.smoothing_init(adapters), scores_lib.smoothing_init(adapters)
+    )
+    frozen = functional.frozen
+    step_fn = make_shadow_step(functional, tx, run, data.spec.kind, total_steps)
+    a = run.adalora
+    realloc = set(
+        helpers.reallocation_steps(t_init=a.t_init, t_final=a.t_final, total_steps=total_steps, delta_t=a.delta_t)
+    )
+    paths = sorted(adapters)
+    init_budget = sum(int(adapters[p]["lam"].shape[0]) for p in paths)
+    schedule = budget_schedule(init_budget, a.r_target * len(paths), a.t_init, a.t_final, total_steps, a.delta_t)
+    base_key = jax.random.key(seed)
+    records, every_step = [], []
+    started = time.time()
+    for step in range(1, total_steps + 1):
+        batch = device_batch(train_iter.next_batch())
+        # step - 1: the key train_and_evaluate folds in before incrementing its step counter
+        state, shadow, out = step_fn(state, shadow, frozen, batch, jax.random.fold_in(base_key, step - 1))
+        exact, running = flat(out["exact"], paths), flat(out["running"], paths)
+        rho = helpers.spearman(exact, running)
+        rho_raw = helpers.spearman(flat(out["exact_raw"], paths), flat(out["running_raw"], paths))
+        every_step.append({"step": step, "spearman": rho, "spearman_raw": rho_raw, "loss": float(out["loss"])})
+        if step not in realloc:
+            continue
+        budget = int(schedule.budgets[step])
+        keep_exact = flat(mask_to_budget({p: jnp.asarray(out["exact"][p]) for p in paths}, budget), paths)
+        keep_running = flat(mask_to_budget({p: jnp.asarray(out["running"][p]) for p in paths}, budget), paths)
+        skip1 = flat(out["running_skip1"], paths)
+        keep_skip1 = flat(mask_to_budget({p: jnp.asarray(out["running_skip1"][p]) for p in paths}, budget), paths)
+        chosen = flat(find_allocator_state(state.opt_state).keep, paths)
+        if not np.array_equal(chosen, keep_exact):
+            raise AssertionError(f"step {step}: the exact side does not reproduce the allocator's rank pattern")
+        records.append(
+            {
+                "step": step,
+                "budget": budget,
+                "kept_exact": int(keep_exact.sum()),
+                "kept_running": int(keep_running.sum()),
+                "spearman": rho,
+                "spearman_raw": rho_raw,
+                "jaccard": helpers.jaccard(keep_exact, keep_running),
+                "chance_jaccard": helpers.chance_jaccard(int(keep_exact.sum()), len(keep_exact)),
+                "spearman_skip1": helpers.spearman(exact, skip1),
+                "jaccard_skip1": helpers.jaccard(keep_exact, keep_skip1),
+                "kept_running_skip1": int(keep_skip1.sum()),
+            }
+        )
+        print(
+            f"    step {step:4d} budget {budget:4d} spearman {rho:+.3f} (raw {rho_raw:+.3f}) "
+            f"jaccard {records[-1]['jaccard']:.3f} [{time.time() - started:.0f} s]",
+            flush=True,
+        )
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    metrics = evaluate(make_eval_step(functional), state.params, frozen, data, run, sharding)
+    ranks = {p: int(np.sum(np.asarray(k))) for p, k in find_allocator_state(state.opt_state).keep.items()}
+    return {
+        "task": task,
+        "score": score,
+        "seed": seed,
+        "total_steps": total_steps,
+        "schedule": {"t_init": a.t_init, "t_final": a.t_final, "delta_t": a.delta_t},
+        "reallocations": records,
+        "every_step": every_step,
+        "final_metrics": metrics,
+        "final_ranks": ranks,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+# ---- part 2: normal runs -------------------------------------------------------------------------
+
+
+def reusable_run(run: RunConfig, candidate: Path) -> bool:
+    """Whether ``candidate`` holds a finished run of exactly ``run`` (all fields but the output folder)."""
+    if not (candidate / "final_metrics.json").exists() or not (candidate / "config.json").exists():
+        return False
+    theirs, ours = json.loads((candidate / "config.json").read_text()), run.to_dict()
+    theirs["train"].pop("output_dir"), ours["train"].pop("output_dir")
+    return theirs == ours
+
+
+def normal_run(task: str, score: str, mode: str, seed: int, args, total_steps: int) -> dict:
+    from jax_adalora.train import train_and_evaluate
+
+    out = Path(args.scratch) / f"{task}-{score}-{mode}-s{seed}"
+    run = make_run(task, score, mode, seed, args, total_steps, out)
+    elsewhere = Path(args.reuse_runs) / f"{task}-{score}-s{seed}" if args.reuse_runs else None
+    reused = False
+    if elsewhere is not None and reusable_run(run, elsewhere):
+        out, reused = elsewhere, True  # the score study already made this very run
+    elif not (out / "final_metrics.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.time()
+        train_and_evaluate(run)
+        (out / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
+    final = json.loads((out / "final_metrics.json").read_text())
+    pattern = json.loads((out / "rank_pattern.json").read_text())
+    return {
+        "metrics": {k: v for k, v in final["final"].items() if k != "step"},
+        "ranks": pattern["ranks"],
+        "rank_pattern": pattern["rank_pattern"],
+        "total_budget": final["total_budget"],
+        "train_seconds": final["train_seconds_this_process"],
+        "wall_seconds": float((out / "wall_seconds.txt").read_text()),
+        "reused_from": str(out) if reused else None,
+    }
+
+
+# ---- part 3: cost per step -----------------------------------------------------------------------
+
+
+def time_steps(task: str, args, total_steps: int) -> dict:
+    """Median seconds per jitted library step for each mode, interleaved, on the same real batches."""
+    from jax_adalora.tasks import BatchIterator
+
+    started = time.time()
+    modes = {"sensitivity (batch gradient)": ("sensitivity", "per_example")}
+    for score in args.scores:
+        for mode in MODES:
+            modes[f"{score} ({mode})"] = (score, mode)
+    run0 = make_run(task, "sensitivity", "per_example", 0, args, total_steps, Path(args.scratch) / "unused")
+    data, _ = load(run0)
+    iterator = BatchIterator(data.train, args.batch_size, shuffle=True, seed=0)
+    batches = []
+    while len(batches) < 3:  # full-width batches only, so that every timed step has the same shape
+        batch = iterator.next_batch()
+        if batch["input_ids"].shape[1] == args.max_seq_length:
+            batches.append(device_batch(batch))
+    prepared = {}
+    for name, (score, mode) in modes.items():
+        run = make_run(task, score, mode, 0, args, total_steps, Path(args.scratch) / "unused")
+        _, model = load(run)
+        functional = FunctionalModel(model)
+        tx = make_optimizer(run.optim, run.adalora, total_steps)
+        state = init_train_state(trainable_params(model, run.train.head_pattern), tx, run.adalora)
+        step = make_train_step(functional, tx, run.adalora, data.spec.kind, dropout=True)
+        t0 = time.perf_counter()
+        for i in range(2):  # compile (or load from the cache), then one warm step
+            state, metrics = step(state, functional.frozen, batches[i % 3], jax.random.key(i))
+            jax.block_until_ready(metrics)
+        prepared[name] = {"step": step, "state": state, "frozen": functional.frozen, "times": []}
+        print(f"    {name}: ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    load_before = os.getloadavg()
+    for i in range(args.timing_repeats):
+        for entry in prepared.values():
+            t0 = time.perf_counter()
+            entry["state"], metrics = entry["step"](
+                entry["state"], entry["frozen"], batches[i % 3], jax.random.key(100 + i)
+            )
+            jax.block_until_ready(metrics)
+            entry["times"].append(time.perf_counter() - t0)
+    base = statistics.median(prepared["sensitivity (batch gradient)"]["times"])
+    rows = {
+        name: {
+            "median_s": statistics.median(e["times"]),
+            "min_s": min(e["times"]),
+            "times_s": e["times"],
+            "ratio_to_batch_gradient": statistics.median(e["times"]) / base,
+        }
+        for name, e in prepared.items()
+    }
+    return {
+        "task": task,
+        "batch": [args.batch_size, args.max_seq_length],
+        "repeats": args.timing_repeats,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "rows": rows,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+def cached(path: Path, compute):
+    """``compute()``, saved as JSON at ``path``; an existing file is reused (restartable study)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    helpers.write_json(path, value)
+    return value
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    enable_compilation_cache(args.cache_dir)
+    scratch, out = Path(args.scratch), Path(args.out)
+    scratch.mkdir(parents=True, exist_ok=True)
+    revision = helpers.recorded_revision(scratch)
+    started = time.time()
+
+    def say(message: str) -> None:
+        print(f"[{time.time() - started:7.0f} s] {message}", flush=True)
+
+    steps = {task: total_steps_for(task, args) for task in args.tasks}
+    shadows, normals = [], []
+    for task in args.tasks:
+        for seed in args.seeds:
+            for score in args.scores:
+                say(f"shadow trajectory: {task} {score} seed {seed} ({steps[task]} steps)")
+                shadows.append(
+                    cached(
+                        scratch / f"shadow-{task}-{score}-s{seed}.json",
+                        lambda t=task, sc=score, se=seed: shadow_trajectory(t, sc, se, args, steps[t]),
+                    )
+                )
+            for score in args.scores:
+                for mode in MODES:
+                    say(f"normal run: {task} {score} {mode} seed {seed}")
+                    result = normal_run(task, score, mode, seed, args, steps[task])
+                    normals.append({"task": task, "score": score, "mode": mode, "seed": seed, **result})
+                    say(f"  -> {result['metrics']}, {result['wall_seconds']:.0f} s")
+    timing = None
+    if args.timing_repeats > 0:
+        say(f"timing the step per mode ({args.timing_repeats} interleaved repeats)")
+        timing = cached(
+            scratch / f"timing-{args.tasks[0]}-r{args.timing_repeats}.json",
+            lambda: time_steps(args.tasks[0], args, steps[args.tasks[0]]),
+        )
+    elapsed = time.time() - started
+    write_outputs(out, args, argv, shadows, normals, timing, elapsed, revision)
+    say(f"done; wrote {out}/REPORT.md")
+    return 0
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+def command_line(argv) -> str:
+    return "python scripts/compare_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def pattern_jaccard(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> float:
+    paths = sorted(a)
+    return helpers.jaccard(np.concatenate([a[p] for p in paths]), np.concatenate([b[p] for p in paths]))
+
+
+def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revision) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        for seed in args.seeds:
+            mine = [s for s in shadows if s["task"] == task and s["seed"] == seed]
+            suffix = f"_{task}" + (f"_s{seed}" if len(args.seeds) > 1 else "")
+            for s in mine:
+                recs = s["reallocations"]
+                steps = [r["step"] for r in recs]
+                helpers.save_line_plot(
+                    {
+                        label: (steps, [r[key] for r in recs])
+                        for label, key in (
+                            ("Spearman, smoothed scores", "spearman"),
+                            ("Jaccard, kept sets", "jaccard"),
+                            ("Spearman, raw scores of the step", "spearman_raw"),
+                            ("Spearman, running w/o step 1", "spearman_skip1"),
+                            ("Jaccard, running w/o step 1", "jaccard_skip1"),
+                            ("Jaccard of two random sets this size", "chance_jaccard"),
+                        )
+                    },
+                    out / f"agreement_{s['score']}{suffix}.png",
+                    xlabel="step (re-allocation steps only)",
+                    ylabel="exact vs running",
+                    title=f"{task}, {s['score']}, seed {seed}: exact per-example vs running estimate, one trajectory",
+                    ylim=(-0.3, 1.02),
+                )
+            panels = {}
+            for score in args.scores:
+                for mode in MODES:
+                    match = [
+                        n for n in normals if (n["task"], n["score"], n["mode"], n["seed"]) == (task, score, mode, seed)
+                    ]
+                    panels[f"{score}, {mode}"] = match[0]["ranks"]
+            helpers.save_rank_panels(
+                panels, out / f"rank_patterns{suffix}.png", title=f"{task}, seed {seed}: final kept ranks per mode"
+            )
+    machine = {
+        "platform": platform.platform(),
+        "git_revision": revision,
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+    }
+    payload = {
+        "command": command_line(argv),
+        "scale": {k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir")},
+        "machine": machine,
+        "elapsed_seconds": round(elapsed, 1),
+        "shadow_trajectories": shadows,
+        "normal_runs": normals,
+        "timing": timing,
+    }
+    helpers.write_json(out / "results.json", payload)
+    helpers.write_text(out / "REPORT.md", report_markdown(args, argv, shadows, normals, timing, machine, elapsed))
+
+
+def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> str:
+    lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    first = shadows[0]
+    sched = first["schedule"]
+    # Part 1 tables
+    summary_rows, step_tables = [], []
+    for s in shadows:
+        recs = s["reallocations"]
+        rho = [r["spearman"] for r in recs]
+        jac = [r["jaccard"] for r in recs]
+        final = recs[-1]
+        summary_rows.append(
+            [
+                s["task"],
+                s["score"],
+                s["seed"],
+                len(recs),
+                f"{np.mean(rho):.3f} [{min(rho):.3f}, {max(rho):.3f}]",
+                f"{np.mean([r['spearman_raw'] for r in recs]):.3f}",
+                f"{np.mean(jac):.3f} [{min(jac):.3f}, {max(jac):.3f}]",
+                f"{final['spearman']:.3f} / {final['jaccard']:.3f}",
+                f"{np.mean([r['spearman_skip1'] for r in recs]):.3f} / "
+                f"{np.mean([r['jaccard_skip1'] for r in recs]):.3f}",
+                f"{MAIN_METRIC[s['task']]} {100 * s['final_metrics'][MAIN_METRIC[s['task']]]:.2f}",
+            ]
+        )
+        rows = [
+            [
+                r["step"],
+                r["budget"],
+                r["kept_exact"],
+                r["kept_running"],
+                f"{r['spearman']:.3f}",
+                f"{r['spearman_raw']:.3f}",
+                f"{r['jaccard']:.3f}",
+                f"{r['chance_jaccard']:.3f}",
+                f"{r['spearman_skip1']:.3f}",
+                f"{r['jaccard_skip1']:.3f}",
+            ]
+            for r in recs
+        ]
+        step_tables.append(
+            f"#### {s['task']}, {s['score']}, seed {s['seed']}\n\n"
+            + helpers.markdown_table(
+                [
+                    "step",
+                    "budget",
+                    "kept (exact)",
+                    "kept (running)",
+                    "Spearman",
+                    "Spearman raw",
+                    "Jaccard",
+                    "chance Jaccard",
+                    "Spearman w/o step 1",
+                    "Jaccard w/o step 1",
+                ],
+                rows,
+            )
+        )
+    summary_table = helpers.markdown_table(
+        [
+            "task",
+            "score",
+            "seed",
+            "re-allocations",
+            "Spearman mean [min, max]",
+            "raw Spearman mean",
+            "Jaccard mean [min, max]",
+            "at freeze: Spearman / Jaccard",
+            "w/o step 1: mean Spearman / Jaccard",
+            "dev (this trajectory)",
+        ],
+        summary_rows,
+    )
+    # Part 2 table
+    normal_rows = []
+    for n in normals:
+        if n["mode"] != "per_example":
+            continue
+        other = next(
+            m
+            for m in normals
+            if (m["task"], m["score"], m["seed"], m["mode"]) == (n["task"], n["score"], n["seed"], "running")
+        )
+        shadow = next(s for s in shadows if (s["task"], s["score"], s["seed"]) == (n["task"], n["score"], n["seed"]))
+        metric = MAIN_METRIC[n["task"]]
+        normal_rows.append(
+            [
+                n["task"],
+                n["score"],
+                n["seed"],
+                f"{100 * n['metrics'][metric]:.2f}",
+                f"{100 * shadow['final_metrics'][metric]:.2f}",
+                f"{100 * other['metrics'][metric]:.2f}",
+                f"{n['total_budget']} / {other['total_budget']}",
+                f"{pattern_jaccard(n['rank_pattern'], other['rank_pattern']):.3f}",
+                f"{n['wall_seconds']:.0f} / {other['wall_seconds']:.0f}",
+            ]
+        )
+    normal_table = helpers.markdown_table(
+        [
+            "task",
+            "score",
+            "seed",
+            "dev, per-example",
+            "dev, shadow trajectory (same as per-example)",
+            "dev, running",
+            "final budget (pe / run)",
+            "Jaccard of final kept sets",
+            "run wall s (pe / run)",
+        ],
+        normal_rows,
+    )
+    reused = [n for n in normals if n.get("reused_from")]
+    reuse_note = ""
+    if reused:
+        folders = {str(Path(n["reused_from"]).parent) for n in reused}
+        reuse_note = (
+            " The per-example runs were not repeated: `scripts/score_study.py` had made runs with an identical config"
+            f" (every field but the output folder), reused from {', '.join(sorted(folders))}."
+        )
+    rank_plots = (
+        "\n\n".join(f"![rank patterns](rank_patterns_{t}.png)" for t in args.tasks)
+        if len(args.seeds) == 1
+        else "(one figure per task and seed: rank_patterns_<task>_s<seed>.png)"
+    )
+    own_seconds = (
+        sum(s["seconds"] for s in shadows)
+        + sum(n["wall_seconds"] for n in normals if not n.get("reused_from"))
+        + ((timing or {}).get("seconds") or 0.0)
+    )
+    metric_names = ", ".join(f"{t}: {MAIN_METRIC[t]}" for t in args.tasks)
+    # Part 3 table
+    timing_text = "(skipped)"
+    if timing:
+        rows = [
+            [name, f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['ratio_to_batch_gradient']:.2f}"]
+            for name, r in timing["rows"].items()
+        ]
+        timing_text = (
+            f"Task {timing['task']}, batch {timing['batch'][0]} × {timing['batch'][1]} tokens, the library's full "
+            f"jitted step (loss + orthogonal regulariser, statistics, clip + AdamW + allocator), {timing['repeats']} "
+            f"interleaved repeats per mode after compilation and one warm step. Load average (1/5/15 min) before: "
+            f"{', '.join(f'{x:.2f}' for x in timing['load_average_before'])}; after: "
+            f"{', '.join(f'{x:.2f}' for x in timing['load_average_after'])}.\n\n"
+            + helpers.markdown_table(["mode", "median s/step", "min s/step", "median / batch-gradient"], rows)
+        )
+    plots = (
+        "\n\n".join(f"![agreement](agreement_{sc}_{t}.png)" for t in args.tasks for sc in args.scores)
+        if len(args.seeds) == 1
+        else "(one plot per task, score and seed: agreement_<score>_<task>_s<seed>.png)"
+    )
+    return f"""# Exact per-example vs running-estimate statistics for Fisher and GSNR
+
+Generated by `scripts/compare_stats.py`; the "Reading" section at the end is written by hand after the run
+(it is `reading.md` beside this file, pasted in by the script).
+
+## Setup (reduced scale — read this first)
+
+Command (from the repository root):
+
+    {command_line(argv)}
+
+* Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`) with a fresh task head; AdaLoRA r 16 → 8 on the six
+  matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), α = 16, γ = 0.1, β1 = β2 = 0.85, AdaLoRA
+  smoothing; AdamW lr {lr:g} (6 % warm-up, linear decay), dropout on; batch {args.batch_size}, max length
+  {args.max_seq_length}.
+* Data: tasks {", ".join(args.tasks)} with a seeded random subset of {args.max_train_examples or "all"} training
+  sentences, {args.epochs} epoch(s) = {first["total_steps"]} steps; the full dev split for the final metric.
+* Schedule scaled to the run: t_init = {sched["t_init"]}, t_final = {sched["t_final"]}, ΔT = {sched["delta_t"]};
+  the allocator re-allocates on every ΔT-th step in (t_init, T − t_final) and at T − t_final (the freeze).
+* Statistics. *Exact*: mean and mean of squares of the per-example gradients of the batch (population
+  variance). *Running*: `jax_adalora.stats.running_moments` with decay {AdaLoRAConfig().running_decay},
+  fed only the batch-mean gradient, `Var[g] ≈ B · (EMA[ḡ²] − EMA[ḡ]²)` with bias-corrected EMAs and B = the
+  batch's real examples; `E[g²] ≈ EMA[ḡ]² + Var[g]`.
+* Machine: {machine["cpu_count"]} CPU cores **shared with other jobs** ({machine["platform"]}, JAX {machine["jax"]});
+  library at commit `{machine["git_revision"]}`. This script's own work took {own_seconds / 60:.1f} min of wall
+  time (shadow trajectories, the runs it made, the timing; reused runs not counted; the invocation that wrote
+  this report: {elapsed / 60:.1f} min). Timings below are from this machine and noisy.
+
+## 1. Same trajectory: do the two estimates rank the triplets alike?
+
+Training follows the exact per-example statistics. At each re-allocation step both sides' smoothed triplet
+scores (the allocator's input) are compared over all 576 triplets, and each side's kept set at that step's
+budget (AdaLoRA's rule: ties at the threshold masked). "Raw" compares the unsmoothed triplet scores of that
+one step. "Chance" is the Jaccard overlap two random kept sets of the same size would have on average (at
+the final budget, 288 of 576, it is 1/3). The exact side is checked, at every re-allocation, to equal the rank
+pattern the real allocator chose.
+"w/o step 1" is a diagnostic second shadow whose smoothing skips step 1: after a single batch the running
+variance `B · (EMA[ḡ²]/c − (EMA[ḡ]/c)²)` is 0 in exact arithmetic and float32 rounding noise in practice, and the
+library's allocator smooths it in from step 1 like any other step.
+
+{summary_table}
+{plots}
+
+<details><summary>Every re-allocation step</summary>
+
+{chr(10).join(step_tables)}
+</details>
+
+## 2. Separate normal runs: per-example vs running statistics
+
+Each row: two `train_and_evaluate` runs of the same seed (same data subset, init, order and dropout), one
+per statistics mode; the final dev metric (×100, {metric_names}),
+the final budget, and the overlap of the two final kept-triplet sets (chance level for two random 288-of-576
+sets: 1/3). The shadow trajectory of part 1 follows
+the per-example run step for step; its dev metric is shown as a consistency check (it may differ in the last
+digits from floating-point reassociation between the two compiled programs).{reuse_note}
+
+{normal_table}
+{rank_plots}
+
+## 3. Cost per step (this shared 2-core CPU machine)
+
+{timing_text}
+
+## Reading
+
+{helpers.reading_text(args.out)}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

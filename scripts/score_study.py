@@ -1,0 +1,395 @@
+"""Score study: the four importance scores and a fixed-rank baseline, over seeds, on the movie tasks.
+
+For every task × score × seed, one ordinary run of ``jax_adalora.train.train_and_evaluate`` (pretrained
+MiniLM-L6, r 16 → 8 on the six matrices of each layer; Fisher and GSNR with exact per-example
+statistics). The baseline ``fixed`` is the same SVD adapter with ``r_init = r_target = 8``, so the
+budget never shrinks and nothing is ever masked (its score is irrelevant; sensitivity is computed and
+ignored). Runs write into ``--scratch``; only summaries go to ``--out``: ``results.json``, ``REPORT.md``
+and one rank heatmap per task (mean kept rank over seeds, per score).
+
+The schedule scales with the run: ``t_init`` and ``t_final`` are fractions of the total steps.
+A finished run (``final_metrics.json`` present) is reused, so an interrupted study can be restarted.
+
+    python scripts/score_study.py --max-train-examples 1024 --epochs 1 --max-seq-length 48 --seeds 0 1 2
+    python scripts/score_study.py --max-train-examples 64 --epochs 1 --seeds 0 --scratch /tmp/ss_smoke \
+        --out /tmp/ss_smoke/out                                                            # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import study_helpers as helpers
+
+ADALORA_SCORES = ("sensitivity", "movement", "fisher", "gsnr")
+BASELINE = "fixed"
+TASK_COLUMNS = {  # task -> the metrics reported (the first is the task's main metric)
+    "movie-sentiment": ("accuracy",),
+    "movie-rating": ("pearson", "spearman"),
+}
+ROW_NAMES = {
+    "sensitivity": "sensitivity (AdaLoRA orig.)",
+    "movement": "movement",
+    "fisher": "Fisher (per-example)",
+    "gsnr": "GSNR (per-example)",
+    BASELINE: "fixed rank 8 (no masking)",
+}
+
+
+def enable_compilation_cache(directory: str) -> None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_COLUMNS), choices=list(TASK_COLUMNS))
+    parser.add_argument("--scores", nargs="+", default=[*ADALORA_SCORES, BASELINE], choices=[*ADALORA_SCORES, BASELINE])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-train-examples", type=int, default=1024, help="0: the whole train split")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate (default: the built-in run's); short runs need a larger one",
+    )
+    parser.add_argument("--r-init", type=int, default=16)
+    parser.add_argument("--r-target", type=int, default=8)
+    parser.add_argument("--init-fraction", type=float, default=0.1, help="t_init as a fraction of total steps")
+    parser.add_argument("--final-fraction", type=float, default=0.2, help="t_final as a fraction of total steps")
+    parser.add_argument("--delta-t", type=int, default=2)
+    parser.add_argument("--scratch", default="/tmp/score_study", help="run directories (outside the repo)")
+    parser.add_argument("--out", default="docs/score_study", help="where the summaries go")
+    parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
+    return parser.parse_args(argv)
+
+
+def split_sizes(task: str, args) -> tuple[int, int]:
+    """Rows of the (possibly truncated) train split and of the dev split, to size the schedule up front."""
+    from jax_adalora.models import load_tokenizer
+    from jax_adalora.tasks import load_task
+
+    data = load_task(task, tokenizer=load_tokenizer("minilm-l6"), max_seq_length=args.max_seq_length)
+    n = len(data.train)
+    n_train = min(n, args.max_train_examples) if args.max_train_examples else n
+    return n_train, sum(len(split) for split in data.evals.values())
+
+
+def run_overrides(task: str, score: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    schedule = helpers.scaled_schedule(
+        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
+    )
+    fixed = score == BASELINE
+    return dict(
+        DEFAULT_RUN,
+        task=task,
+        seed=seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        max_train_examples=args.max_train_examples,
+        **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+        score="sensitivity" if fixed else score,
+        statistics="per_example",
+        r_init=args.r_target if fixed else args.r_init,
+        r_target=args.r_target,
+        output_dir=str(output_dir),
+        eval_every=total_steps,  # evaluate once, at the end
+        log_every=max(total_steps // 8, 1),
+        export=False,
+        keep_checkpoints=1,
+        **schedule,
+    )
+
+
+def one_run(overrides: dict) -> dict:
+    """Trains (or reuses a finished run in ``output_dir``); returns its summary."""
+    from jax_adalora.run_config import build_run_config
+    from jax_adalora.train import train_and_evaluate
+
+    out = Path(overrides["output_dir"])
+    if not (out / "final_metrics.json").exists():
+        shutil.rmtree(out, ignore_errors=True)  # a crashed, partial run: start it again
+        started = time.time()
+        train_and_evaluate(build_run_config(overrides))
+        wall = time.time() - started
+        (out / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+    final = json.loads((out / "final_metrics.json").read_text())
+    ranks = json.loads((out / "rank_pattern.json").read_text())["ranks"]
+    wall_file = out / "wall_seconds.txt"
+    return {
+        "metrics": {k: v for k, v in final["final"].items() if k != "step"},
+        "ranks": ranks,
+        "total_budget": final["total_budget"],
+        "target_budget": final["target_budget"],
+        "steps": final["steps"],
+        "train_seconds": final["train_seconds_this_process"],
+        "wall_seconds": float(wall_file.read_text()) if wall_file.exists() else None,
+    }
+
+
+def summarize(results: dict, tasks, scores, seeds) -> dict:
+    """Per score: mean ± std over seeds of every reported metric, the cross-task average, and paired gaps."""
+    summary = {}
+    for score in scores:
+        row = {}
+        for task in tasks:
+            for metric in TASK_COLUMNS[task]:
+                values = [results[task][score][str(s)]["metrics"][metric] for s in seeds]
+                mean, std = helpers.mean_std(values)
+                row[f"{task}/{metric}"] = {"values": values, "mean": mean, "std": std}
+        averages = [average_main_metric(results, tasks, score, s) for s in seeds]
+        mean, std = helpers.mean_std(averages)
+        row["average"] = {"values": averages, "mean": mean, "std": std}
+        summary[score] = row
+    if "sensitivity" in scores:
+        for score in scores:
+            gaps = [
+                a - b
+                for a, b in zip(
+                    summary[score]["average"]["values"], summary["sensitivity"]["average"]["values"], strict=True
+                )
+            ]
+            mean, std = helpers.mean_std(gaps)
+            summary[score]["average_minus_sensitivity"] = {
+                "values": gaps,
+                "mean": mean,
+                "std": std,
+                "seeds_better": sum(g > 0 for g in gaps),
+                "seeds_worse": sum(g < 0 for g in gaps),
+            }
+    return summary
+
+
+def average_main_metric(results, tasks, score, seed) -> float:
+    """The paper's "avg" column: the mean over tasks of each task's main metric, for one seed."""
+    return sum(results[t][score][str(seed)]["metrics"][TASK_COLUMNS[t][0]] for t in tasks) / len(tasks)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    enable_compilation_cache(args.cache_dir)
+    scratch, out = Path(args.scratch), Path(args.out)
+    revision = helpers.recorded_revision(scratch)
+    started = time.time()
+    results: dict = {}
+    schedules: dict = {}
+    n_runs = len(args.tasks) * len(args.scores) * len(args.seeds)
+    done = 0
+    for task in args.tasks:
+        n_train, n_dev = split_sizes(task, args)
+        total_steps = args.epochs * (n_train // args.batch_size)
+        schedules[task] = {
+            "train_examples": n_train,
+            "dev_examples": n_dev,
+            "total_steps": total_steps,
+            **helpers.scaled_schedule(
+                total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
+            ),
+        }
+        results[task] = {score: {} for score in args.scores}
+    for seed in args.seeds:  # seed-major: an interrupted study still has whole seeds
+        for task in args.tasks:
+            for score in args.scores:
+                done += 1
+                print(f"[{time.time() - started:7.0f} s] run {done}/{n_runs}: {task} {score} seed {seed}", flush=True)
+                output_dir = scratch / f"{task}-{score}-s{seed}"
+                overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
+                summary = one_run(overrides)
+                results[task][score][str(seed)] = summary
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+                print(f"    -> {shown}; budget {summary['total_budget']}; wall {summary['wall_seconds']} s", flush=True)
+    summary = summarize(results, args.tasks, args.scores, args.seeds)
+    elapsed = time.time() - started
+    write_outputs(out, args, argv, results, summary, schedules, elapsed, revision)
+    print(f"done in {elapsed:.0f} s; wrote {out}/REPORT.md", flush=True)
+    return 0
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+def command_line(argv) -> str:
+    shown = sys.argv[1:] if argv is None else argv
+    return "python scripts/score_study.py " + " ".join(shown)
+
+
+def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, revision) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        panels = {
+            ROW_NAMES[s]: helpers.mean_ranks([results[task][s][str(seed)]["ranks"] for seed in args.seeds])
+            for s in args.scores
+            if s != BASELINE
+        }
+        if panels:
+            helpers.save_rank_panels(
+                panels,
+                out / f"rank_heatmap_{task}.png",
+                title=f"{task}: kept rank per matrix, mean over seeds {args.seeds}",
+            )
+    machine = {
+        "platform": platform.platform(),
+        "git_revision": revision,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+    }
+    payload = {
+        "command": command_line(argv),
+        "scale": {k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir")},
+        "schedules": schedules,
+        "machine": machine,
+        "elapsed_seconds": round(elapsed, 1),
+        "summary": summary,
+        "runs": results,
+    }
+    helpers.write_json(out / "results.json", payload)
+    text = report_markdown(args, argv, summary, results, schedules, machine, elapsed)
+    helpers.write_text(out / "REPORT.md", text)
+
+
+def metric_headers(tasks) -> list[tuple[str, str]]:
+    return [(task, metric) for task in tasks for metric in TASK_COLUMNS[task]]
+
+
+def total_run_seconds(results) -> float:
+    return sum(run["wall_seconds"] or 0.0 for task in results.values() for s in task.values() for run in s.values())
+
+
+def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -> str:
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    columns = metric_headers(args.tasks)
+    headers = ["score"] + [f"{t} {m}" for t, m in columns] + ["avg"]
+    rows = []
+    for score in args.scores:
+        row = [ROW_NAMES[score]]
+        row += [helpers.format_mean_std(summary[score][f"{t}/{m}"]["values"], scale=100) for t, m in columns]
+        row.append(helpers.format_mean_std(summary[score]["average"]["values"], scale=100))
+        rows.append(row)
+    main_table = helpers.markdown_table(headers, rows)
+
+    seed_headers = ["score", "seed"] + [f"{t} {m}" for t, m in columns] + ["avg", "final budget", "wall s"]
+    seed_rows = []
+    for score in args.scores:
+        for seed in args.seeds:
+            cells = [ROW_NAMES[score], seed]
+            cells += [f"{100 * results[t][score][str(seed)]['metrics'][m]:.2f}" for t, m in columns]
+            cells.append(f"{100 * average_main_metric(results, args.tasks, score, seed):.2f}")
+            budgets = "/".join(str(results[t][score][str(seed)]["total_budget"]) for t in args.tasks)
+            walls = "/".join(f"{results[t][score][str(seed)]['wall_seconds'] or 0:.0f}" for t in args.tasks)
+            seed_rows += [cells + [budgets, walls]]
+    seed_table = helpers.markdown_table(seed_headers, seed_rows)
+
+    gap_table = ""
+    if "sensitivity" in args.scores:
+        gap_rows = []
+        for score in args.scores:
+            if score == "sensitivity":
+                continue
+            gap = summary[score]["average_minus_sensitivity"]
+            gap_rows.append(
+                [
+                    ROW_NAMES[score],
+                    helpers.format_mean_std(gap["values"], scale=100),
+                    " / ".join(f"{100 * g:+.2f}" for g in gap["values"]),
+                    f"{gap['seeds_better']} of {len(args.seeds)}",
+                ]
+            )
+        gap_table = helpers.markdown_table(
+            ["score", "avg − sensitivity avg (mean ± std)", "per seed", "seeds better"], gap_rows
+        )
+
+    schedule_rows = [
+        [t, s["train_examples"], s["dev_examples"], s["total_steps"], s["t_init"], s["t_final"], s["delta_t"]]
+        for t, s in schedules.items()
+    ]
+    schedule_table = helpers.markdown_table(
+        ["task", "train examples", "dev examples", "total steps", "t_init", "t_final", "ΔT"], schedule_rows
+    )
+    heatmaps = "\n".join(f"![{t}](rank_heatmap_{t}.png)" for t in args.tasks)
+    return f"""# Score study: sensitivity vs movement vs Fisher vs GSNR (and a fixed-rank baseline)
+
+Generated by `scripts/score_study.py`; the "Reading" section at the end is written by hand after the run
+(it is `reading.md` beside this file, pasted in by the script).
+
+## Setup (reduced scale — read this first)
+
+Command (from the repository root):
+
+    {command_line(argv)}
+
+* Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`, BERT, 6 layers, hidden 384) with a fresh classifier; the
+  task head (BERT pooler + classifier) trains fully alongside the adapters, the encoder is frozen.
+* Tasks: `movie-sentiment` (binary, dev accuracy) and `movie-rating` (regression, dev Pearson / Spearman), the
+  Rotten-Tomatoes sentences of `vadersentiment==3.3.2`; the dev split is fixed (sizes below) and always
+  evaluated in full. Training uses a **seeded random subset of {args.max_train_examples or "all"} training
+  examples** (a different subset per seed), {args.epochs} epoch(s), batch {args.batch_size}, max sequence length
+  {args.max_seq_length}.
+* AdaLoRA: adapters on the six matrices of each layer (36 matrices), r_init = {args.r_init} → r_target =
+  {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets), α = 16, γ = 0.1,
+  β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr {lr:g} with 6 % warm-up and linear decay,
+  weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR use exact per-example statistics.
+* Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the steps):
+
+{schedule_table}
+* Baseline **fixed rank 8**: the same SVD-form adapter (`P diag(λ) Q`, λ starting at 0, orthogonal
+  regularisation on) with r_init = r_target = {args.r_target}: the budget starts at its target, so no triplet is
+  ever masked. It has the same final number of triplets as the AdaLoRA runs and is, up to the SVD
+  parameterisation and the orthogonal regulariser, LoRA at rank {args.r_target} on the same 36 matrices. Its
+  adapter scale is α / r_init = 16 / {args.r_target} (the AdaLoRA runs use 16 / {args.r_init}).
+* Seeds {args.seeds}: the seed sets the training subset, the head and adapter init, the data order and dropout.
+  Each run evaluates once, at the end; the number reported is that final dev metric (no checkpoint selection).
+* Machine: {machine["cpu_count"]} CPU cores shared with other jobs ({machine["platform"]}, JAX {machine["jax"]},
+  backend {machine["backend"]}); library at commit `{machine["git_revision"]}`. The runs took
+  {total_run_seconds(results) / 60:.1f} min of wall time in all (sum over runs, compilation included; the
+  invocation that wrote this report: {elapsed / 60:.1f} min).
+
+This is far from the paper's setting (DeBERTa-v3-base, full GLUE, 3 epochs or more, tuned learning rates):
+each run here takes a few dozen optimizer steps, so it tests the scores in a short, small-data regime only.
+
+## Results (dev, ×100, mean ± sample std over {len(args.seeds)} seeds)
+
+"avg" is the mean over the tasks of each task's main metric (accuracy; Pearson), per seed, then mean ± std.
+
+{main_table}
+### Paired differences to sensitivity (same seed = same data subset, init and order)
+
+{gap_table or "(sensitivity not in this study)"}
+### Every run
+
+Final budget is the number of kept triplets at the end (per task, `/`-separated); wall s is the wall time of the
+run (load, compile or cache hit, training, one evaluation) per task.
+
+{seed_table}
+## Rank patterns (kept rank per matrix, mean over seeds)
+
+Rows are layers, columns the six matrices (Wq, Wk, Wv, Wo: attention query, key, value, output; Wf1, Wf2: the
+feed-forward up and down projections). The fixed-rank baseline is 8 everywhere and not drawn.
+
+{heatmaps}
+
+## Reading
+
+{helpers.reading_text(args.out)}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Small helpers shared by ``scripts/compare_stats.py`` and ``scripts/score_study.py``.
+
+Everything above the "outputs" section is pure (numpy in, numbers or strings out) and tested in
+``tests/test_study_helpers.py``: rank correlation, set overlap, mean ± std cells, Markdown tables, the
+AdaLoRA schedule scaled to a run's length and the steps on which the allocator re-allocates.
+The "outputs" section writes files (Markdown, JSON, heatmap panels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def average_ranks(values) -> np.ndarray:
+    """Ranks 1..n of ``values`` (1-D), ties sharing the mean of the ranks they span."""
+    values = np.asarray(values, np.float64).ravel()
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), np.float64)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        stop = start + 1
+        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop]] = 0.5 * (start + stop - 1) + 1.0
+        start = stop
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long 1-D arrays (ties get average ranks).
+
+    NaN when either side is constant (its ranks have no spread), as for a Pearson correlation.
+    """
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman: shapes differ, {a.shape} vs {b.shape}")
+    if a.size < 2:
+        raise ValueError("spearman: needs at least 2 values")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(np.sum(ra * ra) * np.sum(rb * rb)))
+    return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")
+
+
+def jaccard(a, b) -> float:
+    """``|A ∩ B| / |A ∪ B|`` of two boolean masks of one shape (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"jaccard: shapes differ, {a.shape} vs {b.shape}")
+    union = int(np.sum(a | b))
+    return 1.0 if union == 0 else int(np.sum(a & b)) / union
+
+
+def chance_jaccard(kept: int, total: int) -> float:
+    """Expected Jaccard overlap of two independent uniformly random ``kept``-of-``total`` subsets.
+
+    ``E|A ∩ B| = kept² / total``; the union is ``2 kept - |A ∩ B|`` (the ratio of expectations, which is
+    what a reader compares a measured overlap with; exact for ``kept`` in {0, total}).
+    """
+    if not 0 <= kept <= total or total < 1:
+        raise ValueError(f"chance_jaccard: need 0 <= kept <= total, total >= 1; got {kept}, {total}")
+    if kept == 0:
+        return 1.0
+    both = kept * kept / total
+    return both / (2 * kept - both)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0.0 for a single value)."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        raise ValueError("mean_std: no values")
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def format_mean_std(values: Sequence[float], *, scale: float = 1.0, digits: int = 2) -> str:
+    """``"mean ± std"`` of ``values * scale`` (e.g. ``scale=100`` for percentages)."""
+    mean, std = mean_std([v * scale for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def mean_ranks(rank_dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Element-wise mean of ``{path: rank}`` dicts over runs (the paths must agree)."""
+    if not rank_dicts:
+        raise ValueError("mean_ranks: no runs")
+    paths = list(rank_dicts[0])
+    for ranks in rank_dicts[1:]:
+        if set(ranks) != set(paths):
+            raise ValueError("mean_ranks: runs adapt different matrices")
+    return {p: float(np.mean([r[p] for r in rank_dicts])) for p in paths}
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+
+
+def scaled_schedule(total_steps: int, *, init_fraction: float, final_fraction: float, delta_t: int) -> dict[str, int]:
+    """AdaLoRA's ``t_init`` / ``t_final`` as fractions of the run, rounded, leaving >= 1 step to decrease in.
+
+    Returns ``{"t_init": ..., "t_final": ..., "delta_t": ...}`` satisfying
+    ``t_init < total_steps - t_final`` (what ``AdaLoRAConfig.validate_schedule`` asks).
+    """
+    if total_steps < 2:
+        raise ValueError(f"scaled_schedule: total_steps={total_steps}, needs >= 2")
+    if not (0 <= init_fraction < 1 and 0 <= final_fraction < 1 and init_fraction + final_fraction < 1):
+        raise ValueError("scaled_schedule: fractions must be in [0, 1) and sum to < 1")
+    t_init = int(round(init_fraction * total_steps))
+    t_final = int(round(final_fraction * total_steps))
+    while t_init >= total_steps - t_final:  # rounding can eat the decreasing phase of a very short run
+        if t_final > 0:
+            t_final -= 1
+        else:
+            t_init -= 1
+    return {"t_init": t_init, "t_final": t_final, "delta_t": int(delta_t)}
+
+
+def reallocation_steps(*, t_init: int, t_final: int, total_steps: int, delta_t: int) -> list[int]:
+    """Steps (1-based) on which ``rank_allocator`` recomputes the rank pattern.
+
+    Masking steps of the schedule before the freeze (``t_init < t < T - t_final``, ``t % delta_t == 0``),
+    plus the freeze step ``T - t_final`` itself; after it the frozen pattern is only re-applied.
+    """
+    freeze = total_steps - t_final
+    steps = [t for t in range(t_init + 1, freeze) if t % delta_t == 0]
+    return steps + [freeze]
+
+
+# ---- Markdown ------------------------------------------------------------------------------------
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are ``str()``-ed, floats as given by the caller."""
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"markdown_table: row {row!r} has {len(row)} cells, expected {len(headers)}")
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+def git_revision() -> str:
+    """``HEAD``'s commit of the repository this file is in, with ``+dirty`` when tracked files changed."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def recorded_revision(scratch: Path) -> str:
+    """The commit the runs in ``scratch`` were made with: recorded by the first call, read back later."""
+    path = Path(scratch) / "git_revision.txt"
+    now = git_revision()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(now + "\n")
+        return now
+    recorded = path.read_text().strip()
+    if recorded != now:
+        print(f"note: the runs in {scratch} were started at {recorded}; the checkout is now at {now}", flush=True)
+    return recorded
+
+
+def reading_text(out_dir: str | Path) -> str:
+    """The hand-written reading of a study (``reading.md`` in its output folder), or a placeholder."""
+    path = Path(out_dir) / "reading.md"
+    return path.read_text() if path.exists() else "(not written yet: put it in reading.md beside this report)\n"
+
+
+def write_text(path: str | Path, text: str) -> None:
+    from jax_adalora.report import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+    Path(path).chmod(0o644)  # the temporary file it renames is private (mkstemp)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "") -> None:
+    """Rank heatmaps side by side (rows: layers, columns: matrix types), one panel per ``{title: ranks}``.
+
+    Ranks may be means over seeds; cells show one decimal then. All panels share one colour scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jax_adalora.report import rank_table
+
+    tables = {name: rank_table(canonical_order(ranks)) for name, ranks in panels.items()}
+    vmax = max(float(np.nanmax(t[2])) for t in tables.values())
+    first_layers, first_kinds, _ = next(iter(tables.values()))
+    width = 1.0 * len(first_kinds) + 0.6
+    fig, axes = plt.subplots(
+        1, len(tables), figsize=(width * len(tables) + 1.2, 0.42 * len(first_layers) + 2.0), squeeze=False
+    )
+    image = None
+    for ax, (name, (layers, kinds, table)) in zip(axes[0], tables.items(), strict=True):
+        image = ax.imshow(table, cmap="YlGn", aspect="auto", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(kinds)), [_short_kind(k) for k in kinds], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), [f"L{i}" for i in layers], fontsize=7)
+        integral = bool(np.all(np.isnan(table) | (table == np.round(table))))
+        for i in range(len(layers)):
+            for j in range(len(kinds)):
+                if not np.isnan(table[i, j]):
+                    text = f"{int(table[i, j])}" if integral else f"{table[i, j]:.1f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6)
+        ax.set_title(f"{name}\n(total {np.nansum(table):.0f})", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), label="kept rank", fraction=0.02)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save_figure(fig, path)
+
+
+_SHORT_KINDS = {
+    "attention.query": "Wq",
+    "attention.key": "Wk",
+    "attention.value": "Wv",
+    "attention.output": "Wo",
+    "intermediate": "Wf1",
+    "output": "Wf2",
+}
+
+
+def canonical_order(ranks: Mapping[str, float]) -> dict[str, float]:
+    """``ranks`` ordered by layer, then Wq, Wk, Wv, Wo, Wf1, Wf2 (pytrees come back with sorted keys)."""
+    import re
+
+    def key(path: str):
+        match = re.search(r"layers\.(\d+)\.(.+)$", path)
+        if not match:
+            return (-1, len(_SHORT_KINDS), path)
+        kinds = list(_SHORT_KINDS)
+        kind = match.group(2)
+        return (int(match.group(1)), kinds.index(kind) if kind in kinds else len(kinds), kind)
+
+    return {path: ranks[path] for path in sorted(ranks, key=key)}
+
+
+def _short_kind(kind: str) -> str:
+    """The AdaLoRA paper's matrix names (Wq, Wk, Wv, Wo, Wf1, Wf2) where they apply."""
+    return _SHORT_KINDS.get(kind, kind)
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from jax_adalora.report import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    Path(path).chmod(0o644)
+
+
+def save_line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> None:
+    """One line per ``{label: (x, y)}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save_figure(fig, path)

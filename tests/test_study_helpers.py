@@ -1,0 +1,146 @@
+"""The helpers of scripts/compare_stats.py and scripts/score_study.py (no training, no timing)."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import study_helpers as helpers  # noqa: E402
+
+from jax_adalora.allocator import budget_schedule  # noqa: E402
+
+
+def test_average_ranks_ties_share_the_mean_rank():
+    np.testing.assert_allclose(helpers.average_ranks([10.0, 30.0, 20.0]), [1.0, 3.0, 2.0])
+    np.testing.assert_allclose(helpers.average_ranks([5.0, 1.0, 5.0, 0.0]), [3.5, 2.0, 3.5, 1.0])
+    np.testing.assert_allclose(helpers.average_ranks([2.0, 2.0, 2.0]), [2.0, 2.0, 2.0])
+
+
+def test_spearman_monotone_and_reversed():
+    x = np.array([0.1, 3.0, 2.0, 7.0, -1.0])
+    assert helpers.spearman(x, np.exp(x)) == pytest.approx(1.0)
+    assert helpers.spearman(x, -(x**3)) == pytest.approx(-1.0)
+
+
+def test_spearman_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 40).astype(float)  # many ties
+    b = a + rng.normal(size=40)
+    assert helpers.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_spearman_by_hand_and_errors():
+    # ranks (1,2,3) vs (2,1,3): d = (-1, 1, 0), rho = 1 - 6 * 2 / (3 * 8) = 0.5
+    assert helpers.spearman([1.0, 2.0, 3.0], [20.0, 10.0, 30.0]) == pytest.approx(0.5)
+    assert math.isnan(helpers.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="shapes differ"):
+        helpers.spearman([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        helpers.spearman([1.0], [1.0])
+
+
+def test_jaccard():
+    a = np.array([True, True, False, False])
+    b = np.array([True, False, True, False])
+    assert helpers.jaccard(a, b) == pytest.approx(1 / 3)
+    assert helpers.jaccard(a, a) == 1.0
+    assert helpers.jaccard(a, ~a) == 0.0
+    assert helpers.jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        helpers.jaccard(a, a[:3])
+
+
+def test_chance_jaccard():
+    assert helpers.chance_jaccard(288, 576) == pytest.approx(1 / 3)
+    assert helpers.chance_jaccard(576, 576) == 1.0
+    assert helpers.chance_jaccard(0, 576) == 1.0
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(2000):
+        a, b = np.zeros(100, bool), np.zeros(100, bool)
+        a[rng.choice(100, 70, replace=False)] = True
+        b[rng.choice(100, 70, replace=False)] = True
+        draws.append(helpers.jaccard(a, b))
+    assert np.mean(draws) == pytest.approx(helpers.chance_jaccard(70, 100), abs=0.01)
+    with pytest.raises(ValueError):
+        helpers.chance_jaccard(5, 4)
+
+
+def test_mean_std_is_the_sample_std():
+    mean, std = helpers.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert std == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    assert helpers.mean_std([0.7]) == (0.7, 0.0)
+    with pytest.raises(ValueError, match="no values"):
+        helpers.mean_std([])
+
+
+def test_format_mean_std_scales_then_rounds():
+    assert helpers.format_mean_std([0.81, 0.83], scale=100) == "82.00 ± 1.41"
+    assert helpers.format_mean_std([1.0], digits=1) == "1.0 ± 0.0"
+
+
+def test_mean_ranks():
+    runs = [{"a": 4, "b": 8}, {"a": 6, "b": 9}, {"b": 10, "a": 5}]
+    assert helpers.mean_ranks(runs) == {"a": 5.0, "b": 9.0}
+    with pytest.raises(ValueError, match="different matrices"):
+        helpers.mean_ranks([{"a": 1}, {"b": 1}])
+
+
+def test_scaled_schedule_rounds_fractions():
+    assert helpers.scaled_schedule(64, init_fraction=0.1, final_fraction=0.2, delta_t=2) == {
+        "t_init": 6,
+        "t_final": 13,
+        "delta_t": 2,
+    }
+    # a run too short for the rounded phases keeps one step to decrease in
+    tiny = helpers.scaled_schedule(2, init_fraction=0.4, final_fraction=0.5, delta_t=1)
+    assert tiny["t_init"] < 2 - tiny["t_final"]
+    with pytest.raises(ValueError):
+        helpers.scaled_schedule(10, init_fraction=0.6, final_fraction=0.5, delta_t=1)
+
+
+@pytest.mark.parametrize(
+    ("t_init", "t_final", "total", "delta_t"), [(6, 13, 64, 2), (0, 0, 2, 2), (3, 6, 32, 5), (10, 0, 30, 1)]
+)
+def test_reallocation_steps_match_the_allocator_rule(t_init, t_final, total, delta_t):
+    schedule = budget_schedule(576, 288, t_init, t_final, total, delta_t)
+    freeze = total - t_final
+    # rank_allocator re-allocates when (mask_now and t < freeze) or t == freeze
+    expected = [t for t in range(1, total + 1) if (schedule.mask_now[t] and t < freeze) or t == freeze]
+    assert helpers.reallocation_steps(t_init=t_init, t_final=t_final, total_steps=total, delta_t=delta_t) == expected
+
+
+def test_markdown_table():
+    text = helpers.markdown_table(["a", "b"], [[1, "x"], [2.5, "y"]])
+    assert text == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |\n"
+    with pytest.raises(ValueError, match="2 cells"):
+        helpers.markdown_table(["a", "b", "c"], [[1, 2]])
+
+
+def test_outputs_write_files(tmp_path):
+    helpers.write_json(tmp_path / "x.json", {"a": [1, 2]})
+    assert (tmp_path / "x.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    ranks = {f"encoder.layers.{i}.{k}": 4 + i for i in range(2) for k in ("attention.query", "intermediate")}
+    helpers.save_rank_panels({"one": ranks, "mean": {p: r + 0.5 for p, r in ranks.items()}}, tmp_path / "r.png")
+    helpers.save_line_plot({"s": ([1, 2], [0.5, 0.9])}, tmp_path / "l.png", xlabel="step", ylabel="rho")
+    for name in ("r.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_canonical_order_puts_layers_then_paper_matrix_order():
+    paths = [f"encoder.layers.{i}.{k}" for i in (1, 0) for k in ("output", "attention.key", "attention.query")]
+    ordered = list(helpers.canonical_order({p: 1 for p in sorted(paths)}))
+    assert ordered == [
+        "encoder.layers.0.attention.query",
+        "encoder.layers.0.attention.key",
+        "encoder.layers.0.output",
+        "encoder.layers.1.attention.query",
+        "encoder.layers.1.attention.key",
+        "encoder.layers.1.output",
+    ]
