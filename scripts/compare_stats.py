@@ -15,10 +15,15 @@ score, for the final dev metric and final rank pattern of each mode.
 Part 3, cost per step: the library's jitted step (``make_train_step``) per mode on the same real
 batches, modes interleaved, after compilation; on a shared machine, so noisy (the load is recorded).
 
+Run it after ``scripts/score_study.py`` at the same scale: the per-example runs of part 2 are then the score
+study's (``--reuse-runs``, checked field by field), not made again. The "Reading" of the report is
+``reading.md`` in ``--out``, written by hand and pasted in.
+
 Outputs in ``--out``: ``REPORT.md``, ``results.json``, ``agreement_<score>_<task>.png`` (Spearman and
 Jaccard over steps) and ``rank_patterns_<task>.png`` (final rank patterns side by side).
 
-    python scripts/compare_stats.py --max-train-examples 1024 --epochs 1 --max-seq-length 48
+    python scripts/compare_stats.py --max-train-examples 1024 --epochs 1 --max-seq-length 48 --learning-rate 1e-2 \
+        --timing-repeats 5                                                                 # committed results
     python scripts/compare_stats.py --max-train-examples 64 --epochs 1 --timing-repeats 1 \
         --scratch /tmp/cs_smoke --out /tmp/cs_smoke/out                                   # smoke test
 """
@@ -543,7 +548,7 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
                     xlabel="step (re-allocation steps only)",
                     ylabel="exact vs running",
                     title=f"{task}, {s['score']}, seed {seed}: exact per-example vs running estimate, one trajectory",
-                    ylim=(-0.3, 1.02),
+                    ylim=(-1.02, 1.02),
                 )
             panels = {}
             for score in args.scores:
@@ -577,6 +582,11 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
 
 def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> str:
     lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    lr_note = (
+        f" (the built-in run uses {DEFAULT_RUN['learning_rate']:g}; see Reading)"
+        if lr != DEFAULT_RUN["learning_rate"]
+        else ""
+    )
     first = shadows[0]
     sched = first["schedule"]
     # Part 1 tables
@@ -740,7 +750,7 @@ Command (from the repository root):
 
 * Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`) with a fresh task head; AdaLoRA r 16 → 8 on the six
   matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), α = 16, γ = 0.1, β1 = β2 = 0.85, AdaLoRA
-  smoothing; AdamW lr {lr:g} (6 % warm-up, linear decay), dropout on; batch {args.batch_size}, max length
+  smoothing; AdamW lr {lr:g}{lr_note}, 6 % warm-up and linear decay, dropout on; batch {args.batch_size}, max length
   {args.max_seq_length}.
 * Data: tasks {", ".join(args.tasks)} with a seeded random subset of {args.max_train_examples or "all"} training
   sentences, {args.epochs} epoch(s) = {first["total_steps"]} steps; the full dev split for the final metric.

@@ -8,9 +8,11 @@ ignored). Runs write into ``--scratch``; only summaries go to ``--out``: ``resul
 and one rank heatmap per task (mean kept rank over seeds, per score).
 
 The schedule scales with the run: ``t_init`` and ``t_final`` are fractions of the total steps.
-A finished run (``final_metrics.json`` present) is reused, so an interrupted study can be restarted.
+A finished run (``final_metrics.json`` present) is reused, so an interrupted study can be restarted and the
+report rewritten in seconds. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
-    python scripts/score_study.py --max-train-examples 1024 --epochs 1 --max-seq-length 48 --seeds 0 1 2
+    python scripts/score_study.py --max-train-examples 1024 --epochs 1 --max-seq-length 48 --learning-rate 1e-2 \
+        --seeds 0 1 2                                                                      # committed results
     python scripts/score_study.py --max-train-examples 64 --epochs 1 --seeds 0 --scratch /tmp/ss_smoke \
         --out /tmp/ss_smoke/out                                                            # smoke test
 """
@@ -172,6 +174,14 @@ def summarize(results: dict, tasks, scores, seeds) -> dict:
                 "seeds_better": sum(g > 0 for g in gaps),
                 "seeds_worse": sum(g < 0 for g in gaps),
             }
+            for task in tasks:
+                key = f"{task}/{TASK_COLUMNS[task][0]}"
+                gaps = [
+                    a - b
+                    for a, b in zip(summary[score][key]["values"], summary["sensitivity"][key]["values"], strict=True)
+                ]
+                mean, std = helpers.mean_std(gaps)
+                summary[score][f"{key}_minus_sensitivity"] = {"values": gaps, "mean": mean, "std": std}
     return summary
 
 
@@ -276,6 +286,11 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
     from jax_adalora.run_config import DEFAULT_RUN
 
     lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    lr_note = (
+        f" (the built-in run uses {DEFAULT_RUN['learning_rate']:g}; see Reading)"
+        if lr != DEFAULT_RUN["learning_rate"]
+        else ""
+    )
     columns = metric_headers(args.tasks)
     headers = ["score"] + [f"{t} {m}" for t, m in columns] + ["avg"]
     rows = []
@@ -305,16 +320,26 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
             if score == "sensitivity":
                 continue
             gap = summary[score]["average_minus_sensitivity"]
+            per_task = [
+                helpers.format_mean_std(
+                    summary[score][f"{t}/{TASK_COLUMNS[t][0]}_minus_sensitivity"]["values"], scale=100
+                )
+                for t in args.tasks
+            ]
             gap_rows.append(
                 [
                     ROW_NAMES[score],
+                    *per_task,
                     helpers.format_mean_std(gap["values"], scale=100),
                     " / ".join(f"{100 * g:+.2f}" for g in gap["values"]),
                     f"{gap['seeds_better']} of {len(args.seeds)}",
                 ]
             )
         gap_table = helpers.markdown_table(
-            ["score", "avg − sensitivity avg (mean ± std)", "per seed", "seeds better"], gap_rows
+            ["score"]
+            + [f"Δ {t} {TASK_COLUMNS[t][0]}" for t in args.tasks]
+            + ["Δ avg (mean ± std)", "Δ avg per seed", "seeds with Δ avg > 0"],
+            gap_rows,
         )
 
     schedule_rows = [
@@ -345,7 +370,7 @@ Command (from the repository root):
   {args.max_seq_length}.
 * AdaLoRA: adapters on the six matrices of each layer (36 matrices), r_init = {args.r_init} → r_target =
   {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets), α = 16, γ = 0.1,
-  β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr {lr:g} with 6 % warm-up and linear decay,
+  β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr {lr:g}{lr_note} with 6 % warm-up and linear decay,
   weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR use exact per-example statistics.
 * Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the steps):
 
@@ -371,6 +396,8 @@ each run here takes a few dozen optimizer steps, so it tests the scores in a sho
 
 {main_table}
 ### Paired differences to sensitivity (same seed = same data subset, init and order)
+
+Δ = score − sensitivity for the same seed, ×100, mean ± sample std over seeds.
 
 {gap_table or "(sensitivity not in this study)"}
 ### Every run
