@@ -175,6 +175,35 @@ def init_train_state(params: PyTree, tx, adalora: AdaLoRAConfig) -> TrainState:
 # ---- steps ---------------------------------------------------------------------------------------
 
 
+def example_loss(functional: FunctionalModel, adalora: AdaLoRAConfig, kind: str, *, dropout: bool = True) -> Callable:
+    """``loss_one(adapters, head, example, frozen, step_key)``: task loss + γ · orthogonal regularisation of ONE
+    example (no batch axis), with its dropout key folded from the step key and the example's index."""
+    gamma = adalora.orth_reg_weight
+
+    def loss_one(adapters, head, example, frozen, step_key):
+        batch = jax.tree.map(lambda a: a[None], example)
+        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys)
+        reg = gamma * orthogonal_regularization(adapters) if gamma > 0 else 0.0
+        return task_loss(kind, outputs, batch)[0] + reg
+
+    return loss_one
+
+
+def per_example_train_moments(loss_one: Callable, params: PyTree, batch, frozen, step_key, *, mask) -> tuple:
+    """``(mean loss, Moments)`` over the trainable tree: exact per-example moments for ``params["adapters"]``,
+    the batch gradient (with placeholder second moments) for ``params["head"]``, from one backward pass."""
+    loss, adapter_moments, head_grad = per_example_moments_with_shared(
+        loss_one, params["adapters"], params["head"], batch, frozen, step_key, mask=mask
+    )
+    head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
+    moments = Moments(
+        *({"adapters": a, "head": h} for a, h in zip(adapter_moments[:3], head_moments[:3], strict=True)),
+        count=adapter_moments.count,
+    )
+    return loss, moments
+
+
 def make_train_step(
     functional: FunctionalModel, tx, adalora: AdaLoRAConfig, kind: str, *, dropout: bool = True
 ) -> Callable:
@@ -190,12 +219,7 @@ def make_train_step(
     def regulariser(params):
         return gamma * orthogonal_regularization(params["adapters"]) if gamma > 0 else 0.0
 
-    def loss_one(adapters, head, example, frozen, step_key):
-        params = {"adapters": adapters, "head": head}
-        batch = jax.tree.map(lambda a: a[None], example)
-        keys = example_keys(step_key, batch["example_index"]) if dropout else None
-        outputs = functional.apply(params, frozen, batch, keys)
-        return task_loss(kind, outputs, batch)[0] + regulariser(params)
+    loss_one = example_loss(functional, adalora, kind, dropout=dropout)
 
     def loss_batch(params, batch, frozen, step_key):
         keys = example_keys(step_key, batch["example_index"]) if dropout else None
@@ -209,16 +233,7 @@ def make_train_step(
         running = state.running
         if mode == "per_example":
             # Per-example statistics for the adapters (the scores read them); the head's batch gradient only.
-            loss, adapter_moments, head_grad = per_example_moments_with_shared(
-                loss_one, state.params["adapters"], state.params["head"], batch, frozen, step_key, mask=mask
-            )
-            head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
-            moments = Moments(
-                mean={"adapters": adapter_moments.mean, "head": head_moments.mean},
-                sq_mean={"adapters": adapter_moments.sq_mean, "head": head_moments.sq_mean},
-                var={"adapters": adapter_moments.var, "head": head_moments.var},
-                count=adapter_moments.count,
-            )
+            loss, moments = per_example_train_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
             grads = moments.mean
         else:
             loss, grads = jax.value_and_grad(loss_batch)(state.params, batch, frozen, step_key)

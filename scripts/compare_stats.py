@@ -53,24 +53,21 @@ from jax_adalora import scores as scores_lib
 from jax_adalora.adapters import inject_adapters
 from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
 from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.dropout import example_keys
-from jax_adalora.regularization import orthogonal_regularization
 from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
 from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
-    batch_gradient_moments,
-    per_example_moments_with_shared,
     running_moments,
     running_moments_init,
 )
 from jax_adalora.step import (
     FunctionalModel,
+    example_loss,
     init_train_state,
     make_eval_step,
     make_optimizer,
     make_train_step,
-    task_loss,
+    per_example_train_moments,
     trainable_params,
 )
 
@@ -202,20 +199,13 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
     sides' triplet importances (smoothed, as the allocator ranks them, and raw, from this step alone).
     """
     adalora = run.adalora
-    gamma = adalora.orth_reg_weight
     freeze = total_steps - adalora.t_final
     score_fn = scores_lib.get(adalora.score)
     if adalora.score == "gsnr":
         score_fn = lambda w, m: scores_lib.gsnr(w, m, eps=adalora.gsnr_eps)  # noqa: E731
     dropout = run.train.dropout
 
-    def loss_one(adapters, head, example, frozen, step_key):
-        params = {"adapters": adapters, "head": head}
-        batch = jax.tree.map(lambda a: a[None], example)
-        keys = example_keys(step_key, batch["example_index"]) if dropout else None
-        outputs = functional.apply(params, frozen, batch, keys)
-        reg = gamma * orthogonal_regularization(adapters) if gamma > 0 else 0.0
-        return task_loss(kind, outputs, batch)[0] + reg
+    loss_one = example_loss(functional, adalora, kind, dropout=dropout)
 
     def smooth(state, element_scores):
         return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
@@ -225,16 +215,8 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
 
     def step_fn(state, shadow: Shadow, frozen, batch, step_key):
         mask = batch["example_mask"]
-        loss, adapter_moments, head_grad = per_example_moments_with_shared(
-            loss_one, state.params["adapters"], state.params["head"], batch, frozen, step_key, mask=mask
-        )
-        head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
-        moments = Moments(
-            mean={"adapters": adapter_moments.mean, "head": head_moments.mean},
-            sq_mean={"adapters": adapter_moments.sq_mean, "head": head_moments.sq_mean},
-            var={"adapters": adapter_moments.var, "head": head_moments.var},
-            count=adapter_moments.count,
-        )
+        loss, moments = per_example_train_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
+        adapter_moments = Moments(*(m["adapters"] for m in moments[:3]), count=moments.count)
         updates, opt_state = tx.update(moments.mean, state.opt_state, state.params, moments=moments)
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
