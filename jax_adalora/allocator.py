@@ -134,14 +134,13 @@ def rank_allocator(
         ``params`` is the triplet pytree itself. Other entries (e.g. a task head) pass through.
 
     Returns:
-      A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments)`` needs
-      ``params`` and the gradient ``moments`` (a :class:`jax_adalora.stats.Moments` over the same tree).
+      A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments,
+      update_scores=True)`` needs ``params`` and the gradient ``moments`` (a
+      :class:`jax_adalora.stats.Moments` over the same tree). ``update_scores=False`` (a bool or a traced
+      bool) leaves the smoothed scores as they are this step, e.g. while running estimates warm up.
     """
     config.validate_schedule(total_steps)
-    score_fn = scores_lib.get(config.score)
-    if config.score == "gsnr":
-        eps = config.gsnr_eps
-        score_fn = lambda w, m: scores_lib.gsnr(w, m, eps=eps)  # noqa: E731
+    score_fn = scores_lib.get(config.score, gsnr_eps=config.gsnr_eps)
     freeze_step = total_steps - config.t_final
 
     def select(tree):
@@ -158,7 +157,7 @@ def rank_allocator(
             budget=jnp.asarray(init_budget, jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, moments: Moments, **extra_args):
+    def update_fn(updates, state, params=None, *, moments: Moments, update_scores=True, **extra_args):
         del extra_args
         if params is None:
             raise ValueError("rank_allocator needs params: call tx.update(updates, state, params, moments=...)")
@@ -173,7 +172,7 @@ def rank_allocator(
         )
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
-        scoring = step < freeze_step
+        scoring = (step < freeze_step) & jnp.asarray(update_scores)
         smoothed = scores_lib.smooth(
             config.smoothing,
             state.smoothing,

@@ -11,10 +11,22 @@ from pathlib import Path
 import numpy as np
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+# The AdaLoRA paper's column order (W_q, W_k, W_v, W_o, W_f1, W_f2); other matrix types follow, first seen first.
+PAPER_MATRIX_ORDER = (
+    "attention.query",
+    "attention.key",
+    "attention.value",
+    "attention.output",
+    "intermediate",
+    "output",
+)
 
 
 def rank_table(ranks: dict[str, int]) -> tuple[list[int], list[str], np.ndarray]:
-    """Arranges ``{module_path: rank}`` as a (layers × matrix types) array, in first-seen order."""
+    """Arranges ``{module_path: rank}`` as a (layers × matrix types) array.
+
+    Layers ascend; matrix types follow :data:`PAPER_MATRIX_ORDER`, then any others in first-seen order
+    (pytrees hand dicts back with sorted keys, so first-seen alone would be alphabetical)."""
     layers: list[int] = []
     kinds: list[str] = []
     cells = {}
@@ -27,6 +39,7 @@ def rank_table(ranks: dict[str, int]) -> tuple[list[int], list[str], np.ndarray]
             kinds.append(kind)
         cells[(layer, kind)] = rank
     layers.sort()
+    kinds.sort(key=lambda k: PAPER_MATRIX_ORDER.index(k) if k in PAPER_MATRIX_ORDER else len(PAPER_MATRIX_ORDER))
     table = np.full((len(layers), len(kinds)), np.nan)
     for (layer, kind), rank in cells.items():
         table[layers.index(layer), kinds.index(kind)] = rank
@@ -48,7 +61,7 @@ def save_rank_heatmap(ranks: dict[str, int], path: str | Path, *, title: str = "
     for i in range(len(layers)):
         for j in range(len(kinds)):
             if not np.isnan(table[i, j]):
-                ax.text(j, i, int(table[i, j]), ha="center", va="center", fontsize=8)
+                ax.text(j, i, f"{table[i, j]:g}", ha="center", va="center", fontsize=8)
     fig.colorbar(image, ax=ax, label="kept rank")
     ax.set_title(title or f"rank allocation (total {int(np.nansum(table))})")
     fig.tight_layout()
@@ -64,14 +77,25 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path`` and renames it into place."""
+    """Writes ``data`` to a temporary file beside ``path`` and renames it into place.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    0600 of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

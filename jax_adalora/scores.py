@@ -23,6 +23,7 @@ Triplet importance (AdaLoRA's eq.): ``S_i = s(λ_i) + mean_j s(P_{j,i}) + mean_j
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -71,12 +72,15 @@ _SCORES: dict[str, ElementScore] = {
 }
 
 
-def get(name: str) -> ElementScore:
-    """The element score function called ``name``."""
+def get(name: str, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> ElementScore:
+    """The element score function called ``name`` (``gsnr`` with the given ``eps``)."""
     try:
-        return _SCORES[name]
+        score = _SCORES[name]
     except KeyError:
         raise ValueError(f"unknown score {name!r}: expected one of {tuple(_SCORES)}") from None
+    if name == "gsnr" and gsnr_eps != DEFAULT_GSNR_EPS:
+        return functools.partial(gsnr, eps=gsnr_eps)
+    return score
 
 
 # ---- smoothing -----------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Both return :class:`Moments` for the same quantities, so scores take either:
 
 * ``mean``    ``E[g]``  — the mean of the per-example gradients (= the batch gradient of a mean loss).
 * ``sq_mean`` ``E[g²]`` — the mean of the element-wise squared per-example gradients.
-* ``var``     ``Var[g] = E[g²] - E[g]²`` — the *biased* (population, divide-by-n) variance over
-  examples, clipped at 0 against rounding.
+* ``var``     ``Var[g] = E[(g - E[g])²]`` — the *biased* (population, divide-by-n) variance over
+  examples. The exact moments compute it in two passes (deviations from the mean), not as
+  ``E[g²] - E[g]²``, which cancels catastrophically in float32 where ``|E[g]|`` dominates the spread.
 
 Expectations are over the examples of the current mini-batch for :func:`per_example_moments`, and
 over a window of recent steps for :func:`running_moments`.
@@ -86,7 +87,7 @@ def per_example_value_and_moments(
 
     mean = jax.tree.map(weighted_mean, grads)
     sq_mean = jax.tree.map(lambda g: weighted_mean(g * g), grads)
-    var = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0.0), sq_mean, mean)
+    var = jax.tree.map(lambda g, m: weighted_mean(jnp.square(g - m)), grads, mean)
     return weighted_mean(losses), Moments(mean=mean, sq_mean=sq_mean, var=var, count=count)
 
 
@@ -123,10 +124,17 @@ def per_example_moments_with_shared(
         return jnp.sum(losses * weights) / count
 
     loss, (copy_grads, shared_grad) = jax.value_and_grad(total, argnums=(0, 1))(copies, shared)
+
     # d total / d copy_i = w_i / count * g_i, so sum_i copy_grad_i = mean of g and count * copy_grad_i = w_i g_i.
+    # With 0/1 weights, w_i (g_i - m)² = (w_i g_i - w_i m)²: the two-pass variance over real examples.
+    def expand(w, x):
+        return w.reshape((batch_size,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+
     mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), copy_grads)
     sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, copy_grads)
-    var = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0.0), sq_mean, mean)
+    var = jax.tree.map(
+        lambda g, m: jnp.sum(jnp.square(g * count - expand(weights, g) * m), axis=0) / count, copy_grads, mean
+    )
     return loss, Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights)), shared_grad
 
 

@@ -11,7 +11,8 @@ Gradient statistics per score and ``statistics`` mode:
 * fisher / gsnr, ``per_example``: exact moments of the adapter gradients over the batch's examples
   (:func:`jax_adalora.stats.per_example_moments_with_shared`); the batch gradient is their mean, and the
   head gets its batch gradient from the same backward pass, so no second pass is needed.
-* fisher / gsnr, ``running``: the batch gradient plus EMA estimates of ``E[g²]`` and ``Var[g]``.
+* fisher / gsnr, ``running``: the batch gradient plus EMA estimates of ``E[g²]`` and ``Var[g]``; the
+  scores start at the second step, when the estimates first see a spread.
 
 Dropout draws one key per example, ``fold_in(step_key, example_index)``, so per-example and batch
 gradients see the same masks.
@@ -44,6 +45,8 @@ from jax_adalora.stats import (
 )
 
 PyTree = Any
+# Running estimates give Var[g] = 0 after one step (no spread yet); the scores wait for the second step.
+RUNNING_WARMUP_STEPS = 2
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -175,24 +178,41 @@ def init_train_state(params: PyTree, tx, adalora: AdaLoRAConfig) -> TrainState:
 # ---- steps ---------------------------------------------------------------------------------------
 
 
-def example_loss(functional: FunctionalModel, adalora: AdaLoRAConfig, kind: str, *, dropout: bool = True) -> Callable:
-    """``loss_one(adapters, head, example, frozen, step_key)``: task loss + γ · orthogonal regularisation of ONE
-    example (no batch axis), with its dropout key folded from the step key and the example's index."""
-    gamma = adalora.orth_reg_weight
+def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True) -> Callable:
+    """``loss_one(adapters, head, example, frozen, step_key)``: the task loss of ONE example (no batch axis),
+    with its dropout key folded from the step key and the example's index. The regulariser is added
+    separately (:func:`regulariser_gradient`): it is the same for every example."""
 
     def loss_one(adapters, head, example, frozen, step_key):
         batch = jax.tree.map(lambda a: a[None], example)
         keys = example_keys(step_key, batch["example_index"]) if dropout else None
         outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys)
-        reg = gamma * orthogonal_regularization(adapters) if gamma > 0 else 0.0
-        return task_loss(kind, outputs, batch)[0] + reg
+        return task_loss(kind, outputs, batch)[0]
 
     return loss_one
 
 
-def per_example_train_moments(loss_one: Callable, params: PyTree, batch, frozen, step_key, *, mask) -> tuple:
-    """``(mean loss, Moments)`` over the trainable tree: exact per-example moments for ``params["adapters"]``,
-    the batch gradient (with placeholder second moments) for ``params["head"]``, from one backward pass."""
+def regulariser_gradient(adalora: AdaLoRAConfig, params: PyTree) -> tuple[jax.Array, PyTree]:
+    """``(γ · R(P, Q), its gradient over params)``: AdaLoRA's orthogonal regularisation, zero for the head."""
+    gamma = adalora.orth_reg_weight
+
+    def regulariser(params):
+        return gamma * orthogonal_regularization(params["adapters"]) if gamma > 0 else jnp.zeros((), jnp.float32)
+
+    return jax.value_and_grad(regulariser)(params)
+
+
+def per_example_train_moments(
+    loss_one: Callable, adalora: AdaLoRAConfig, params: PyTree, batch, frozen, step_key, *, mask
+) -> tuple[jax.Array, PyTree, Moments]:
+    """``(training loss, training gradient, Moments of the task-loss gradient)`` from one backward pass.
+
+    The moments hold exact per-example statistics for ``params["adapters"]`` and the batch gradient
+    (with placeholder second moments) for ``params["head"]``. The training loss and gradient add
+    γ · orthogonal regularisation; the moments do not, because a term with no sampling noise is not a
+    gradient statistic: added to every example it would make ``Var[g]`` of a triplet whose λ is 0
+    vanish while ``E[g]`` stays at the regulariser's pull, and give that (pruned) triplet the top GSNR.
+    """
     loss, adapter_moments, head_grad = per_example_moments_with_shared(
         loss_one, params["adapters"], params["head"], batch, frozen, step_key, mask=mask
     )
@@ -201,7 +221,8 @@ def per_example_train_moments(loss_one: Callable, params: PyTree, batch, frozen,
         *({"adapters": a, "head": h} for a, h in zip(adapter_moments[:3], head_moments[:3], strict=True)),
         count=adapter_moments.count,
     )
-    return loss, moments
+    reg, reg_grad = regulariser_gradient(adalora, params)
+    return loss + reg, jax.tree.map(jnp.add, moments.mean, reg_grad), moments
 
 
 def make_train_step(
@@ -210,39 +231,45 @@ def make_train_step(
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
     ``batch`` holds the model inputs, the labels, ``example_mask`` (B,) and ``example_index`` (B,).
+
+    Sensitivity and movement read the training gradient (task loss + regulariser), as AdaLoRA and PEFT
+    do; Fisher and GSNR read statistics of the task-loss gradient only (see
+    :func:`per_example_train_moments`), in both statistics modes.
     """
-    gamma = adalora.orth_reg_weight
     mode = "batch"
     if adalora.needs_variance:
         mode = adalora.statistics
 
-    def regulariser(params):
-        return gamma * orthogonal_regularization(params["adapters"]) if gamma > 0 else 0.0
+    loss_one = example_loss(functional, kind, dropout=dropout)
 
-    loss_one = example_loss(functional, adalora, kind, dropout=dropout)
-
-    def loss_batch(params, batch, frozen, step_key):
+    def task_loss_batch(params, batch, frozen, step_key):
         keys = example_keys(step_key, batch["example_index"]) if dropout else None
         outputs = functional.apply(params, frozen, batch, keys)
         weights = batch["example_mask"].astype(jnp.float32)
         per_example = task_loss(kind, outputs, batch)
-        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0) + regulariser(params)
+        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
     def train_step(state: TrainState, frozen, batch, step_key):
         mask = batch["example_mask"]
         running = state.running
+        update_scores = True
         if mode == "per_example":
-            # Per-example statistics for the adapters (the scores read them); the head's batch gradient only.
-            loss, moments = per_example_train_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
-            grads = moments.mean
+            loss, grads, moments = per_example_train_moments(
+                loss_one, adalora, state.params, batch, frozen, step_key, mask=mask
+            )
         else:
-            loss, grads = jax.value_and_grad(loss_batch)(state.params, batch, frozen, step_key)
+            task_value, task_grads = jax.value_and_grad(task_loss_batch)(state.params, batch, frozen, step_key)
+            reg, reg_grads = regulariser_gradient(adalora, state.params)
+            loss, grads = task_value + reg, jax.tree.map(jnp.add, task_grads, reg_grads)
             count = jnp.sum(mask.astype(jnp.float32))
             if mode == "running":
-                moments, running = running_moments(running, grads, batch_size=count, decay=adalora.running_decay)
+                moments, running = running_moments(running, task_grads, batch_size=count, decay=adalora.running_decay)
+                update_scores = running.count >= RUNNING_WARMUP_STEPS  # one step has no spread to measure
             else:
                 moments = batch_gradient_moments(grads, count)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)
+        updates, opt_state = tx.update(
+            grads, state.opt_state, state.params, moments=moments, update_scores=update_scores
+        )
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         return TrainState(params, opt_state, running, state.step + 1), metrics

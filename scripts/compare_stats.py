@@ -61,6 +61,7 @@ from jax_adalora.stats import (
     running_moments_init,
 )
 from jax_adalora.step import (
+    RUNNING_WARMUP_STEPS,
     FunctionalModel,
     example_loss,
     init_train_state,
@@ -182,14 +183,12 @@ def total_steps_for(task: str, args) -> int:
 class Shadow(NamedTuple):
     """The running-estimate side: its moments and its smoothed scores; never fed back into training.
 
-    ``smoothing`` is updated exactly as ``rank_allocator`` would update it in ``statistics="running"``
-    mode (from step 1). ``smoothing_skip1`` leaves out step 1, where ``running_moments`` has seen a single
-    batch and its variance is float rounding noise (0 in exact arithmetic): a diagnostic variant.
+    ``smoothing`` is updated exactly as ``make_train_step`` has ``rank_allocator`` update it in
+    ``statistics="running"`` mode: from step ``RUNNING_WARMUP_STEPS`` on, once the estimates see a spread.
     """
 
     running: RunningMomentsState
     smoothing: scores_lib.SmoothingState
-    smoothing_skip1: scores_lib.SmoothingState
 
 
 def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str, total_steps: int):
@@ -200,12 +199,10 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
     """
     adalora = run.adalora
     freeze = total_steps - adalora.t_final
-    score_fn = scores_lib.get(adalora.score)
-    if adalora.score == "gsnr":
-        score_fn = lambda w, m: scores_lib.gsnr(w, m, eps=adalora.gsnr_eps)  # noqa: E731
+    score_fn = scores_lib.get(adalora.score, gsnr_eps=adalora.gsnr_eps)
     dropout = run.train.dropout
 
-    loss_one = example_loss(functional, adalora, kind, dropout=dropout)
+    loss_one = example_loss(functional, kind, dropout=dropout)
 
     def smooth(state, element_scores):
         return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
@@ -215,9 +212,11 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
 
     def step_fn(state, shadow: Shadow, frozen, batch, step_key):
         mask = batch["example_mask"]
-        loss, moments = per_example_train_moments(loss_one, state.params, batch, frozen, step_key, mask=mask)
+        loss, grads, moments = per_example_train_moments(
+            loss_one, adalora, state.params, batch, frozen, step_key, mask=mask
+        )
         adapter_moments = Moments(*(m["adapters"] for m in moments[:3]), count=moments.count)
-        updates, opt_state = tx.update(moments.mean, state.opt_state, state.params, moments=moments)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
 
@@ -231,20 +230,16 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
         exact_raw = score_fn(weights, adapter_moments)
         scoring = state.step + 1 < freeze
         smoothed = smooth(shadow.smoothing, running_raw)
-        smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, shadow.smoothing)
-        smoothed = smooth(shadow.smoothing_skip1, running_raw)
-        skip1 = jax.tree.map(
-            lambda a, b: jnp.where(scoring & (state.step >= 1), a, b), smoothed, shadow.smoothing_skip1
-        )
+        running_scoring = scoring & (running.count >= RUNNING_WARMUP_STEPS)
+        smoothing = jax.tree.map(lambda a, b: jnp.where(running_scoring, a, b), smoothed, shadow.smoothing)
         out = {
             "loss": loss,
             "exact": importance(find_allocator_state(opt_state).smoothing),
             "running": importance(smoothing),
-            "running_skip1": importance(skip1),
             "exact_raw": scores_lib.triplet_importance(exact_raw),
             "running_raw": scores_lib.triplet_importance(running_raw),
         }
-        return new_state, Shadow(running, smoothing, skip1), out
+        return new_state, Shadow(running, smoothing), out
 
     return jax.jit(step_fn, donate_argnums=(0, 1))
 
@@ -266,9 +261,7 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
     tx = make_optimizer(run.optim, run.adalora, total_steps)
     state = init_train_state(trainable_params(model, run.train.head_pattern), tx, run.adalora)
     adapters = state.params["adapters"]
-    shadow = Shadow(
-        running_moments_init(adapters), scores_lib.smoothing_init(adapters), scores_lib.smoothing_init(adapters)
-    )
+    shadow = Shadow(running_moments_init(adapters), scores_lib.smoothing_init(adapters))
     frozen = functional.frozen
     step_fn = make_shadow_step(functional, tx, run, data.spec.kind, total_steps)
     a = run.adalora
@@ -294,8 +287,6 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
         budget = int(schedule.budgets[step])
         keep_exact = flat(mask_to_budget({p: jnp.asarray(out["exact"][p]) for p in paths}, budget), paths)
         keep_running = flat(mask_to_budget({p: jnp.asarray(out["running"][p]) for p in paths}, budget), paths)
-        skip1 = flat(out["running_skip1"], paths)
-        keep_skip1 = flat(mask_to_budget({p: jnp.asarray(out["running_skip1"][p]) for p in paths}, budget), paths)
         chosen = flat(find_allocator_state(state.opt_state).keep, paths)
         if not np.array_equal(chosen, keep_exact):
             raise AssertionError(f"step {step}: the exact side does not reproduce the allocator's rank pattern")
@@ -309,9 +300,6 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
                 "spearman_raw": rho_raw,
                 "jaccard": helpers.jaccard(keep_exact, keep_running),
                 "chance_jaccard": helpers.chance_jaccard(int(keep_exact.sum()), len(keep_exact)),
-                "spearman_skip1": helpers.spearman(exact, skip1),
-                "jaccard_skip1": helpers.jaccard(keep_exact, keep_skip1),
-                "kept_running_skip1": int(keep_skip1.sum()),
             }
         )
         print(
@@ -521,8 +509,6 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
                             ("Spearman, smoothed scores", "spearman"),
                             ("Jaccard, kept sets", "jaccard"),
                             ("Spearman, raw scores of the step", "spearman_raw"),
-                            ("Spearman, running w/o step 1", "spearman_skip1"),
-                            ("Jaccard, running w/o step 1", "jaccard_skip1"),
                             ("Jaccard of two random sets this size", "chance_jaccard"),
                         )
                     },
@@ -588,8 +574,6 @@ def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> s
                 f"{np.mean([r['spearman_raw'] for r in recs]):.3f}",
                 f"{np.mean(jac):.3f} [{min(jac):.3f}, {max(jac):.3f}]",
                 f"{final['spearman']:.3f} / {final['jaccard']:.3f}",
-                f"{np.mean([r['spearman_skip1'] for r in recs]):.3f} / "
-                f"{np.mean([r['jaccard_skip1'] for r in recs]):.3f}",
                 f"{MAIN_METRIC[s['task']]} {100 * s['final_metrics'][MAIN_METRIC[s['task']]]:.2f}",
             ]
         )
@@ -603,8 +587,6 @@ def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> s
                 f"{r['spearman_raw']:.3f}",
                 f"{r['jaccard']:.3f}",
                 f"{r['chance_jaccard']:.3f}",
-                f"{r['spearman_skip1']:.3f}",
-                f"{r['jaccard_skip1']:.3f}",
             ]
             for r in recs
         ]
@@ -620,8 +602,6 @@ def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> s
                     "Spearman raw",
                     "Jaccard",
                     "chance Jaccard",
-                    "Spearman w/o step 1",
-                    "Jaccard w/o step 1",
                 ],
                 rows,
             )
@@ -636,7 +616,6 @@ def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> s
             "raw Spearman mean",
             "Jaccard mean [min, max]",
             "at freeze: Spearman / Jaccard",
-            "w/o step 1: mean Spearman / Jaccard",
             "dev (this trajectory)",
         ],
         summary_rows,
@@ -755,9 +734,8 @@ budget (AdaLoRA's rule: ties at the threshold masked). "Raw" compares the unsmoo
 one step. "Chance" is the Jaccard overlap two random kept sets of the same size would have on average (at
 the final budget, 288 of 576, it is 1/3). The exact side is checked, at every re-allocation, to equal the rank
 pattern the real allocator chose.
-"w/o step 1" is a diagnostic second shadow whose smoothing skips step 1: after a single batch the running
-variance `B · (EMA[ḡ²]/c − (EMA[ḡ]/c)²)` is 0 in exact arithmetic and float32 rounding noise in practice, and the
-library's allocator smooths it in from step 1 like any other step.
+The running side starts scoring at step 2: after a single batch its variance is 0 (no spread yet), as in the
+library's running mode.
 
 {summary_table}
 {plots}

@@ -206,7 +206,7 @@ def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path
 
     from jax_adalora.report import rank_table
 
-    tables = {name: rank_table(canonical_order(ranks)) for name, ranks in panels.items()}
+    tables = {name: rank_table(ranks) for name, ranks in panels.items()}
     vmax = max(float(np.nanmax(t[2])) for t in tables.values())
     first_layers, first_kinds, _ = next(iter(tables.values()))
     width = 1.0 * len(first_kinds) + 0.6
@@ -239,21 +239,6 @@ _SHORT_KINDS = {
     "intermediate": "Wf1",
     "output": "Wf2",
 }
-
-
-def canonical_order(ranks: Mapping[str, float]) -> dict[str, float]:
-    """``ranks`` ordered by layer, then Wq, Wk, Wv, Wo, Wf1, Wf2 (pytrees come back with sorted keys)."""
-    import re
-
-    def key(path: str):
-        match = re.search(r"layers\.(\d+)\.(.+)$", path)
-        if not match:
-            return (-1, len(_SHORT_KINDS), path)
-        kinds = list(_SHORT_KINDS)
-        kind = match.group(2)
-        return (int(match.group(1)), kinds.index(kind) if kind in kinds else len(kinds), kind)
-
-    return {path: ranks[path] for path in sorted(ranks, key=key)}
 
 
 def _short_kind(kind: str) -> str:

@@ -121,3 +121,18 @@ def test_adapter_key_passes_other_entries_through():
         new_updates, state = tx.update(updates, state, tree, moments=batch_gradient_moments(grads, 1.0))
     chex.assert_trees_all_equal(new_updates["head"], updates["head"])
     assert sum(ranks(state).values()) == 3
+
+
+def test_update_scores_false_leaves_the_smoothed_scores_alone():
+    config = AdaLoRAConfig(r_init=4, r_target=2, t_init=2, t_final=2)
+    params = _triplets(jax.random.key(3))
+    tx = rank_allocator(config, 10)
+    state = tx.init(params)
+    moments = batch_gradient_moments(jax.tree.map(jnp.ones_like, params), 1.0)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    update = jax.jit(lambda s, flag: tx.update(zeros, s, params, moments=moments, update_scores=flag))
+    _, skipped = update(state, jnp.asarray(False))
+    chex.assert_trees_all_equal(skipped.smoothing, state.smoothing)
+    assert int(skipped.count) == 1  # the step still counts
+    _, scored = update(state, jnp.asarray(True))
+    assert all(float(jnp.max(s)) > 0 for s in jax.tree.leaves(scored.smoothing.ema))

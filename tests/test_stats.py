@@ -175,3 +175,25 @@ def test_shared_params_get_the_batch_gradient_and_params_the_exact_moments():
     for k in shared:
         np.testing.assert_allclose(shared_grad[k], ref.mean[k], rtol=1e-5, atol=1e-7)
     assert float(moments.count) == 6
+
+
+def test_variance_is_accurate_when_the_mean_dominates_the_spread():
+    """Gradients ``c + ε_i`` with ``|c| / std(ε) = 1e4``: ``E[g²] - E[g]²`` cancels to rounding noise in
+    float32; the two-pass variance must match a float64 loop to 1e-3 relative."""
+    from jax_adalora.stats import per_example_moments_with_shared
+
+    noise = np.random.default_rng(0).normal(size=(16, 6)) * 1e-3
+    batch = {"x": jnp.asarray(noise, jnp.float32)}
+
+    def loss(w, example):  # d/dw = 10 + x
+        return jnp.sum(w * (10.0 + example["x"]))
+
+    def split_loss(w, shared, example):
+        return loss(w, example) + 0.0 * jnp.sum(shared)
+
+    expected = (10.0 + np.asarray(batch["x"], np.float64)).var(axis=0)
+    moments = per_example_moments(loss, jnp.zeros(6), batch)
+    np.testing.assert_allclose(moments.var, expected, rtol=1e-3)
+    mask = jnp.array([1] * 12 + [0] * 4)
+    _, shared_moments, _ = per_example_moments_with_shared(split_loss, jnp.zeros(6), jnp.zeros(2), batch, mask=mask)
+    np.testing.assert_allclose(shared_moments.var, (10.0 + noise[:12]).var(axis=0), rtol=1e-3)

@@ -133,14 +133,15 @@ def test_outputs_write_files(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_canonical_order_puts_layers_then_paper_matrix_order():
-    paths = [f"encoder.layers.{i}.{k}" for i in (1, 0) for k in ("output", "attention.key", "attention.query")]
-    ordered = list(helpers.canonical_order({p: 1 for p in sorted(paths)}))
-    assert ordered == [
-        "encoder.layers.0.attention.query",
-        "encoder.layers.0.attention.key",
-        "encoder.layers.0.output",
-        "encoder.layers.1.attention.query",
-        "encoder.layers.1.attention.key",
-        "encoder.layers.1.output",
-    ]
+def test_rank_table_puts_layers_then_paper_matrix_order():
+    from jax_adalora.report import rank_table
+
+    kinds_seen = ("output", "pooler", "attention.key", "attention.query")
+    paths = [f"encoder.layers.{i}.{k}" for i in (1, 0) for k in kinds_seen]
+    ranks = {p: n for n, p in enumerate(sorted(paths))}  # sorted keys, as a pytree hands them back
+    layers, kinds, table = rank_table(ranks)
+    assert layers == [0, 1]
+    assert kinds == ["attention.query", "attention.key", "output", "pooler"]
+    for i in layers:
+        for j, kind in enumerate(kinds):
+            assert table[i, j] == ranks[f"encoder.layers.{i}.{kind}"]

@@ -20,14 +20,13 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_adalora.models.activations import activation
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout
 
@@ -40,28 +39,9 @@ EMBEDDINGS_DROPOUT_SITE = 0
 _SITES_PER_LAYER = 3
 _ATTENTION_PROBS, _ATTENTION_OUTPUT, _FFN_OUTPUT = range(_SITES_PER_LAYER)
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
-
 
 def _layer_site(layer_index: int, slot: int) -> int:
     return 1 + _SITES_PER_LAYER * layer_index + slot
-
-
-def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"hidden_act={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
 def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -158,7 +138,7 @@ class BertLayer(nnx.Module):
         self.layer_index = layer_index
         self.hidden_dropout = config.hidden_dropout_prob
         self.act = config.hidden_act
-        _activation(self.act)  # fail at construction on an unknown name
+        activation(self.act)  # fail at construction on an unknown name
         self.attention = BertAttention(config, layer_index=layer_index, dtype=dtype, rngs=rngs)
         self.intermediate = _linear(config.hidden_size, config.intermediate_size, dtype, rngs)
         self.output = _linear(config.intermediate_size, config.hidden_size, dtype, rngs)
@@ -166,7 +146,7 @@ class BertLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, key_bias: jax.Array, *, dropout_keys=None) -> jax.Array:
         attended = self.attention(x, key_bias, dropout_keys=dropout_keys)  # (B, L, H)
-        h = _activation(self.act)(self.intermediate(attended))  # (B, L, F)
+        h = activation(self.act)(self.intermediate(attended))  # (B, L, F)
         h = dropout(self.output(h), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _FFN_OUTPUT))
         return self.output_norm(h + attended)
 

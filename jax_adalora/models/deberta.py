@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_adalora.models.activations import activation
 from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout
@@ -50,29 +50,6 @@ _REL_EMBEDDINGS, _ATTENTION_PROBS, _ATTENTION_OUTPUT, _FFN_OUTPUT = range(_SITES
 
 def _layer_site(layer_index: int, slot: int) -> int:
     return 1 + _SITES_PER_LAYER * layer_index + slot
-
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_python": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "linear": lambda x: x,
-}
-
-
-def _activation(name: str, field: str = "hidden_act") -> Callable[[jax.Array], jax.Array]:
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"{field}={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
 # ---- relative positions ------------------------------------------------------------------------
@@ -264,7 +241,7 @@ class DebertaLayer(nnx.Module):
         self.layer_index = layer_index
         self.hidden_dropout = config.hidden_dropout_prob
         self.act = config.hidden_act
-        _activation(self.act)  # fail at construction on an unknown name
+        activation(self.act)  # fail at construction on an unknown name
         self.attention = DisentangledAttention(config, layer_index=layer_index, dtype=dtype, rngs=rngs)
         self.intermediate = _linear(config.hidden_size, config.intermediate_size, dtype, rngs)
         self.output = _linear(config.intermediate_size, config.hidden_size, dtype, rngs)
@@ -272,7 +249,7 @@ class DebertaLayer(nnx.Module):
 
     def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None) -> jax.Array:
         attended = self.attention(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys)  # (B, L, H)
-        h = _activation(self.act)(self.intermediate(attended))  # (B, L, F)
+        h = activation(self.act)(self.intermediate(attended))  # (B, L, F)
         h = dropout(self.output(h), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _FFN_OUTPUT))
         return self.output_norm(h + attended)
 
@@ -325,13 +302,13 @@ class DebertaContextPooler(nnx.Module):
         size = config.pooler_hidden_size or config.hidden_size
         self.dropout_rate = config.pooler_dropout
         self.act = config.pooler_hidden_act
-        _activation(self.act, "pooler_hidden_act")  # fail at construction on an unknown name
+        activation(self.act, "pooler_hidden_act")  # fail at construction on an unknown name
         self.dense = _linear(size, size, dtype, rngs)
 
     def __call__(self, hidden: jax.Array, *, dropout_keys=None) -> jax.Array:
         """hidden (B, L, H) -> (B, pooler_hidden_size)."""
         token = dropout(hidden[:, 0], self.dropout_rate, dropout_keys, POOLER_DROPOUT_SITE)
-        return _activation(self.act)(self.dense(token))
+        return activation(self.act)(self.dense(token))
 
 
 # ---- Hugging Face key maps ---------------------------------------------------------------------

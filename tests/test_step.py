@@ -1,0 +1,103 @@
+"""The training step's gradient bookkeeping: what the optimizer gets and what the scores read."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_adalora.adapters import inject_adapters
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.step import (
+    FunctionalModel,
+    OptimConfig,
+    example_loss,
+    per_example_train_moments,
+    regulariser_gradient,
+    task_loss,
+    trainable_params,
+)
+
+HEAD = r"(classifier|pooler)\..*"
+
+
+def _tiny_classifier(adalora: AdaLoRAConfig):
+    config = EncoderConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
+    inject_adapters(model, adalora, rngs=nnx.Rngs(1))
+    return model
+
+
+def _batch(n=6, length=7):
+    ids = jax.random.randint(jax.random.key(2), (n, length), 1, 50)
+    return {
+        "input_ids": ids,
+        "attention_mask": jnp.ones((n, length), jnp.int32),
+        "token_type_ids": jnp.zeros((n, length), jnp.int32),
+        "labels": jnp.arange(n) % 2,
+        "example_mask": jnp.ones((n,), jnp.int32),
+        "example_index": jnp.arange(n),
+    }
+
+
+def test_per_example_moments_read_the_task_loss_and_the_update_adds_the_regulariser():
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", orth_reg_weight=0.5)
+    model = _tiny_classifier(adalora)
+    params = trainable_params(model, HEAD)
+    # One triplet of one layer with λ = 0 (as after pruning): its P column and Q row get no task gradient.
+    path = next(iter(params["adapters"]))
+    params["adapters"][path]["lam"] = params["adapters"][path]["lam"].at[0].set(0.0)
+    params["adapters"][path]["lam"] = params["adapters"][path]["lam"].at[1:].set(0.3)
+    functional = FunctionalModel(model)
+    batch, key = _batch(), jax.random.key(5)
+
+    loss_one = example_loss(functional, "classification", dropout=False)
+    loss, grads, moments = per_example_train_moments(
+        loss_one, adalora, params, batch, functional.frozen, key, mask=batch["example_mask"]
+    )
+
+    def task_mean(p):
+        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
+
+    task_value, task_grads = jax.value_and_grad(task_mean)(params)
+    reg_value, reg_grads = regulariser_gradient(adalora, params)
+    assert float(reg_value) > 0
+    np.testing.assert_allclose(loss, task_value + reg_value, rtol=1e-5)
+    chex.assert_trees_all_close(moments.mean, task_grads, rtol=1e-4, atol=1e-7)
+    chex.assert_trees_all_close(grads, jax.tree.map(jnp.add, task_grads, reg_grads), rtol=1e-4, atol=1e-7)
+
+    pruned = jax.tree.map(lambda a: np.asarray(a), moments.mean["adapters"][path])
+    np.testing.assert_array_equal(pruned["P"][:, 0], 0.0)
+    np.testing.assert_array_equal(pruned["Q"][0], 0.0)
+    assert np.abs(np.asarray(grads["adapters"][path]["P"][:, 0])).max() > 0  # the regulariser still pulls it
+    # So GSNR gives the pruned triplet's P and Q nothing, instead of reg² / eps.
+    gsnr_p = np.asarray(moments.mean["adapters"][path]["P"] ** 2 / (moments.var["adapters"][path]["P"] + 1e-12))
+    assert gsnr_p[:, 0].max() == 0.0
+    assert gsnr_p[:, 1:].max() < 1e3
+
+
+def test_running_statistics_start_scoring_at_the_second_step():
+    from jax_adalora.allocator import find_allocator_state
+    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
+
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", statistics="running", t_init=2, t_final=2)
+    model = _tiny_classifier(adalora)
+    functional = FunctionalModel(model)
+    tx = make_optimizer(OptimConfig(), adalora, total_steps=10)
+    state = init_train_state(trainable_params(model, HEAD), tx, adalora)
+    step = make_train_step(functional, tx, adalora, "classification", dropout=False)
+    batch = _batch()
+    state, _ = step(state, functional.frozen, batch, jax.random.key(0))
+    first = find_allocator_state(state.opt_state).smoothing
+    assert all(float(jnp.max(jnp.abs(e))) == 0 for e in jax.tree.leaves(first.ema))  # Var[g] = 0: not scored
+    state, _ = step(state, functional.frozen, batch, jax.random.key(1))
+    second = find_allocator_state(state.opt_state).smoothing
+    assert all(np.isfinite(np.asarray(e)).all() for e in jax.tree.leaves(second.ema))
+    assert max(float(jnp.max(e)) for e in jax.tree.leaves(second.ema)) > 0
