@@ -118,8 +118,11 @@ def run_overrides(task: str, score: str, seed: int, total_steps: int, args, outp
     )
 
 
-def one_run(overrides: dict) -> dict:
-    """Trains (or reuses a finished run in ``output_dir``); returns its summary."""
+def one_run(overrides: dict, fallback_revision: str) -> dict:
+    """Trains (or reuses a finished run in ``output_dir``); returns its summary.
+
+    Each run records the commit it was made with (``git_revision.txt`` in its directory); a reused run
+    without one is attributed to ``fallback_revision``, the commit the scratch folder was started at."""
     from jax_adalora.run_config import build_run_config
     from jax_adalora.train import train_and_evaluate
 
@@ -130,10 +133,13 @@ def one_run(overrides: dict) -> dict:
         train_and_evaluate(build_run_config(overrides))
         wall = time.time() - started
         (out / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+        (out / "git_revision.txt").write_text(helpers.git_revision() + "\n")
     final = json.loads((out / "final_metrics.json").read_text())
     ranks = json.loads((out / "rank_pattern.json").read_text())["ranks"]
     wall_file = out / "wall_seconds.txt"
+    revision_file = out / "git_revision.txt"
     return {
+        "git_revision": revision_file.read_text().strip() if revision_file.exists() else fallback_revision,
         "metrics": {k: v for k, v in final["final"].items() if k != "step"},
         "ranks": ranks,
         "total_budget": final["total_budget"],
@@ -219,7 +225,7 @@ def main(argv=None) -> int:
                 print(f"[{time.time() - started:7.0f} s] run {done}/{n_runs}: {task} {score} seed {seed}", flush=True)
                 output_dir = scratch / f"{task}-{score}-s{seed}"
                 overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
-                summary = one_run(overrides)
+                summary = one_run(overrides, revision)
                 results[task][score][str(seed)] = summary
                 shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
                 print(f"    -> {shown}; budget {summary['total_budget']}; wall {summary['wall_seconds']} s", flush=True)
@@ -231,6 +237,18 @@ def main(argv=None) -> int:
 
 
 # ---- outputs -------------------------------------------------------------------------------------
+
+
+def runs_revisions(results: dict, scratch_revision: str) -> str:
+    """The commit(s) the runs were made with: one hash, or each hash with the scores whose runs used it."""
+    by_revision: dict[str, set] = {}
+    for per_score in results.values():
+        for score, per_seed in per_score.items():
+            for run in per_seed.values():
+                by_revision.setdefault(run.get("git_revision", scratch_revision), set()).add(score)
+    if len(by_revision) <= 1:
+        return next(iter(by_revision), scratch_revision)
+    return "; ".join(f"{rev} ({', '.join(sorted(scores))})" for rev, scores in sorted(by_revision.items()))
 
 
 def command_line(argv) -> str:
@@ -254,7 +272,7 @@ def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, r
             )
     machine = {
         "platform": platform.platform(),
-        "git_revision": revision,
+        "git_revision": runs_revisions(results, revision),
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
         "jax": jax.__version__,
@@ -383,7 +401,7 @@ Command (from the repository root):
 * Seeds {args.seeds}: the seed sets the training subset, the head and adapter init, the data order and dropout.
   Each run evaluates once, at the end; the number reported is that final dev metric (no checkpoint selection).
 * Machine: {machine["cpu_count"]} CPU cores shared with other jobs ({machine["platform"]}, JAX {machine["jax"]},
-  backend {machine["backend"]}); library at commit `{machine["git_revision"]}`. The runs took
+  backend {machine["backend"]}); library at commit(s) `{machine["git_revision"]}`. The runs took
   {total_run_seconds(results) / 60:.1f} min of wall time in all (sum over runs, compilation included; the
   invocation that wrote this report: {elapsed / 60:.1f} min).
 

@@ -187,7 +187,6 @@ def write_text(path: str | Path, text: str) -> None:
     from jax_adalora.report import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
-    Path(path).chmod(0o644)  # the temporary file it renames is private (mkstemp)
 
 
 def write_json(path: str | Path, obj) -> None:
