@@ -68,8 +68,15 @@ def main() -> None:
     )
     train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed)
     total = t.epochs * train_iter.steps_per_epoch
+    # task_type matters: with SEQ_CLS, PeftModelForSequenceClassification.forward goes through
+    # AdaLoraModel.forward, which adds γ · orthogonal regularisation to the loss; without a task type,
+    # PeftModel.forward calls the transformers model directly and the regulariser is silently skipped.
     peft_config = peft_adalora_config(
-        a, total_steps=total, target_modules=BERT_TARGETS, modules_to_save=["classifier", "pooler"]
+        a,
+        total_steps=total,
+        target_modules=BERT_TARGETS,
+        modules_to_save=["classifier", "pooler"],
+        task_type="SEQ_CLS",
     )
     model = get_peft_model(model, peft_config)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -194,3 +194,85 @@ def test_mask_to_budget_equals_peft_mask():
         for name, kept in reference.items():
             path = next(p for p in PATHS if f".{p}." in "." + name)
             assert list(map(bool, np.asarray(keep[path]))) == kept, (budget, path)
+
+
+def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
+    """Our training objective (task loss + γ · orthogonal regularisation) and its gradients for the adapters,
+    classifier and pooler equal PEFT's AdaLoRA on transformers' BERT with the same weights (dropout off)."""
+    import jax
+    from flax import nnx
+    from tiny_assets import make_tiny_bert
+    from transformers import AutoModelForSequenceClassification
+
+    from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_triplets
+    from jax_adalora.export import hf_module_names, peft_adalora_config
+    from jax_adalora.models import from_pretrained
+    from jax_adalora.run_config import build_run_config
+    from jax_adalora.step import FunctionalModel, regulariser_gradient, task_loss, trainable_params
+
+    model_dir = make_tiny_bert(tmp_path / "bert", num_labels=2)
+    run = build_run_config({"model": str(model_dir), "r_init": 4, "r_target": 2, "orth_reg_weight": 0.3})
+    model = from_pretrained(model_dir, head="classification", num_labels=2)
+    inject_adapters(model, run.adalora, rngs=nnx.Rngs(1))
+    triplets = get_triplets(model)
+    for i, t in enumerate(triplets.values()):
+        t["lam"] = jax.random.normal(jax.random.key(i), t["lam"].shape) * 0.3
+    set_triplets(model, triplets)
+
+    names = hf_module_names(model)
+    peft_model = get_peft_model(
+        AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2),
+        peft_adalora_config(
+            run.adalora,
+            total_steps=100,
+            target_modules=sorted(set(names.values())),
+            modules_to_save=["classifier", "pooler"],
+            task_type="SEQ_CLS",
+        ),
+    ).eval()
+    inner = peft_model.base_model.model
+    with torch.no_grad():
+        for path, adapter in adapter_modules(model).items():
+            layer = inner.get_submodule(names[path])
+            layer.lora_A["default"].copy_(torch.from_numpy(np.array(adapter.Q[...])))
+            layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...]))[:, None])
+            layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...])))
+
+    rng = np.random.default_rng(0)
+    inputs = {
+        "input_ids": rng.integers(1000, 30000, (4, 9)),
+        "attention_mask": np.array([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5, [1] * 9]),
+        "token_type_ids": np.zeros((4, 9), np.int64),
+    }
+    labels = np.array([0, 1, 1, 0])
+    torch_out = peft_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, labels=torch.from_numpy(labels))
+    torch_out.loss.backward()
+
+    params = trainable_params(model, run.train.head_pattern)
+    functional = FunctionalModel(model)
+    batch = {**{k: jnp.asarray(v, jnp.int32) for k, v in inputs.items()}, "labels": jnp.asarray(labels)}
+
+    def mean_task_loss(p):
+        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
+
+    task_value, grads = jax.value_and_grad(mean_task_loss)(params)
+    reg_value, reg_grads = regulariser_gradient(run.adalora, params)
+    grads = jax.tree.map(jnp.add, grads, reg_grads)
+    np.testing.assert_allclose(float(task_value + reg_value), torch_out.loss.item(), rtol=1e-5)
+    assert float(reg_value) > 0.05  # the regulariser is really in both losses
+
+    for path in names:
+        layer = inner.get_submodule(names[path])
+        for ours, theirs in (("Q", layer.lora_A), ("lam", layer.lora_E), ("P", layer.lora_B)):
+            expected = theirs["default"].grad.numpy().reshape(np.shape(grads["adapters"][path][ours]))
+            np.testing.assert_allclose(grads["adapters"][path][ours], expected, rtol=1e-4, atol=1e-7)
+    torch_head = {n: p.grad.numpy() for n, p in peft_model.named_parameters() if p.requires_grad and "lora" not in n}
+    pairs = {
+        "classifier.kernel": ("classifier.modules_to_save.default.weight", True),
+        "classifier.bias": ("classifier.modules_to_save.default.bias", False),
+        "pooler.dense.kernel": ("pooler.modules_to_save.default.dense.weight", True),
+        "pooler.dense.bias": ("pooler.modules_to_save.default.dense.bias", False),
+    }
+    for ours, (suffix, transpose) in pairs.items():
+        (theirs,) = [g for n, g in torch_head.items() if n.endswith(suffix)]
+        np.testing.assert_allclose(grads["head"][ours], theirs.T if transpose else theirs, rtol=1e-4, atol=1e-7)
