@@ -30,6 +30,7 @@ from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.checkpoint import Checkpointer
 from jax_adalora.report import atomic_write_bytes, atomic_write_json, save_rank_heatmap
 from jax_adalora.run_config import RunConfig, parse_args
+from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
     init_train_state,
@@ -302,6 +303,7 @@ def _tensorboard(directory: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # before JAX starts its backend; see jax_adalora.runtime
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run = parse_args(argv)
     try:

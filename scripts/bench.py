@@ -54,6 +54,7 @@ from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import example_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
+from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.stats import per_example_moments
 from jax_adalora.step import (
     FunctionalModel,
@@ -614,7 +615,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--matmul-size", type=int, default=0, help="0: 2048 on CPU, 8192 on GPU")
     parser.add_argument("--out", default="", help="write the results as JSON here")
+    parser.add_argument(
+        "--malloc-tuning",
+        choices=["on", "off"],
+        default="on",
+        help="on: jax_adalora.runtime.keep_freed_memory() as the training command does (applies to torch too)",
+    )
     args = parser.parse_args()
+    malloc_tuned = args.malloc_tuning == "on" and keep_freed_memory()  # before JAX or torch allocate
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only reads our temporary directory
     # On a GPU, JAX would otherwise take 75% of its memory up front and leave torch the rest.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -625,6 +633,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = jax.default_backend() != "cpu"
     machine = machine_info(device)
+    machine["malloc_tuning"] = malloc_tuned
     print(json.dumps(machine), flush=True)
 
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}

@@ -27,6 +27,7 @@ from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
     OptimConfig,
@@ -76,7 +77,10 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="")
+    parser.add_argument("--malloc-tuning", choices=["on", "off"], default="on", help="as the training command")
     args = parser.parse_args()
+    malloc_tuned = args.malloc_tuning == "on" and keep_freed_memory()
+    print(f"malloc tuning (jax_adalora.runtime): {'on' if malloc_tuned else 'off'}", flush=True)
 
     batch = make_batch(args)
     runs = {}
@@ -117,6 +121,7 @@ def main() -> None:
             "jax": jax.__version__,
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
+            "malloc_tuning": malloc_tuned,
         },
         "setup": {"model": "MiniLM-L6 shape, random weights", **vars(args)},
         "rows": rows,
