@@ -7,7 +7,9 @@
 
 Data: the 10,605 Rotten-Tomatoes sentences of ``vadersentiment==3.3.2`` (fetched once from PyPI into
 the cache), a fixed 90/10 split by sentence id. ``sentiment`` is the built-in default (1 epoch, 297
-steps); expected dev accuracy and time: see README.md ("Measured results").
+steps). Expected with ``--score gsnr``: dev accuracy 0.786 ± 0.006 over seeds 0-2 (0.7869 for the default seed
+0), about 6.5 minutes on 2 free CPU cores; PEFT's AdaLoRA at the same settings: 0.787 ± 0.002
+(README.md, "Measured results"). ``rating`` and ``paper`` have not been run to completion here.
 """
 
 from jax_adalora.run_config import DEFAULT_RUN
