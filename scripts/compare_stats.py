@@ -78,30 +78,12 @@ MODES = ("per_example", "running")
 MAIN_METRIC = {"movie-sentiment": "accuracy", "movie-rating": "pearson"}
 
 
-def enable_compilation_cache(directory: str) -> None:
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["movie-sentiment"], choices=list(MAIN_METRIC))
     parser.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one shadow + normal runs per seed")
-    parser.add_argument("--max-train-examples", type=int, default=1024, help="0: the whole train split")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-seq-length", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="peak AdamW learning rate (default: the built-in run's); short runs need a larger one",
-    )
-    parser.add_argument("--init-fraction", type=float, default=0.1, help="t_init as a fraction of total steps")
-    parser.add_argument("--final-fraction", type=float, default=0.2, help="t_final as a fraction of total steps")
-    parser.add_argument("--delta-t", type=int, default=2)
+    helpers.add_scale_arguments(parser)
     parser.add_argument("--timing-repeats", type=int, default=6, help="timed steps per mode (0: skip part 3)")
     parser.add_argument("--scratch", default="/tmp/compare_stats", help="run directories (outside the repo)")
     parser.add_argument(
@@ -110,7 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="scripts/score_study.py's scratch folder: a per-example run there with the identical config is reused",
     )
     parser.add_argument("--out", default="docs/compare_stats")
-    parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
     return parser.parse_args(argv)
 
 
@@ -120,28 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_run(
     task: str, score: str, statistics_mode: str, seed: int, args, total_steps: int, out_dir: Path
 ) -> RunConfig:
-    schedule = helpers.scaled_schedule(
-        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
-    )
     return build_run_config(
-        dict(
-            DEFAULT_RUN,
-            task=task,
-            seed=seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_seq_length=args.max_seq_length,
-            max_train_examples=args.max_train_examples,
-            **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
-            score=score,
-            statistics=statistics_mode,
-            output_dir=str(out_dir),
-            eval_every=total_steps,
-            log_every=max(total_steps // 8, 1),
-            export=False,
-            keep_checkpoints=1,
-            **schedule,
-        )
+        helpers.scaled_run_overrides(task, seed, total_steps, args, out_dir, score=score, statistics=statistics_mode)
     )
 
 
@@ -169,12 +130,7 @@ def device_batch(batch: dict) -> dict:
 
 
 def total_steps_for(task: str, args) -> int:
-    from jax_adalora.models import load_tokenizer
-    from jax_adalora.tasks import load_task
-
-    data = load_task(task, tokenizer=load_tokenizer("minilm-l6"), max_seq_length=args.max_seq_length)
-    n = min(len(data.train), args.max_train_examples) if args.max_train_examples else len(data.train)
-    return args.epochs * (n // args.batch_size)
+    return args.epochs * (helpers.split_sizes(task, args)[0] // args.batch_size)
 
 
 # ---- part 1: the shadow step ---------------------------------------------------------------------
@@ -441,7 +397,7 @@ def cached(path: Path, compute):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    enable_compilation_cache(args.cache_dir)
+    helpers.enable_compilation_cache(args.cache_dir)
     scratch, out = Path(args.scratch), Path(args.out)
     scratch.mkdir(parents=True, exist_ok=True)
     revision = helpers.recorded_revision(scratch)
@@ -482,10 +438,6 @@ def main(argv=None) -> int:
 
 
 # ---- outputs -------------------------------------------------------------------------------------
-
-
-def command_line(argv) -> str:
-    return "python scripts/compare_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def pattern_jaccard(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> float:
@@ -536,7 +488,7 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
         "backend": jax.default_backend(),
     }
     payload = {
-        "command": command_line(argv),
+        "command": helpers.command_line("compare_stats.py", argv),
         "scale": {k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir")},
         "machine": machine,
         "elapsed_seconds": round(elapsed, 1),
@@ -707,7 +659,7 @@ Generated by `scripts/compare_stats.py`; the "Reading" section at the end is wri
 
 Command (from the repository root):
 
-    {command_line(argv)}
+    {helpers.command_line("compare_stats.py", argv)}
 
 * Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`) with a fresh task head; AdaLoRA r 16 → 8 on the six
   matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), α = 16, γ = 0.1, β1 = β2 = 0.85, AdaLoRA

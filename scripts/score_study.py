@@ -46,75 +46,31 @@ ROW_NAMES = {
 }
 
 
-def enable_compilation_cache(directory: str) -> None:
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASK_COLUMNS), choices=list(TASK_COLUMNS))
     parser.add_argument("--scores", nargs="+", default=[*ADALORA_SCORES, BASELINE], choices=[*ADALORA_SCORES, BASELINE])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max-train-examples", type=int, default=1024, help="0: the whole train split")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-seq-length", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="peak AdamW learning rate (default: the built-in run's); short runs need a larger one",
-    )
     parser.add_argument("--r-init", type=int, default=16)
     parser.add_argument("--r-target", type=int, default=8)
-    parser.add_argument("--init-fraction", type=float, default=0.1, help="t_init as a fraction of total steps")
-    parser.add_argument("--final-fraction", type=float, default=0.2, help="t_final as a fraction of total steps")
-    parser.add_argument("--delta-t", type=int, default=2)
+    helpers.add_scale_arguments(parser)
     parser.add_argument("--scratch", default="/tmp/score_study", help="run directories (outside the repo)")
     parser.add_argument("--out", default="docs/score_study", help="where the summaries go")
-    parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
     return parser.parse_args(argv)
 
 
-def split_sizes(task: str, args) -> tuple[int, int]:
-    """Rows of the (possibly truncated) train split and of the dev split, to size the schedule up front."""
-    from jax_adalora.models import load_tokenizer
-    from jax_adalora.tasks import load_task
-
-    data = load_task(task, tokenizer=load_tokenizer("minilm-l6"), max_seq_length=args.max_seq_length)
-    n = len(data.train)
-    n_train = min(n, args.max_train_examples) if args.max_train_examples else n
-    return n_train, sum(len(split) for split in data.evals.values())
-
-
 def run_overrides(task: str, score: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
-    from jax_adalora.run_config import DEFAULT_RUN
-
-    schedule = helpers.scaled_schedule(
-        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
-    )
     fixed = score == BASELINE
-    return dict(
-        DEFAULT_RUN,
-        task=task,
-        seed=seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length,
-        max_train_examples=args.max_train_examples,
-        **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+    return helpers.scaled_run_overrides(
+        task,
+        seed,
+        total_steps,
+        args,
+        output_dir,
         score="sensitivity" if fixed else score,
         statistics="per_example",
         r_init=args.r_target if fixed else args.r_init,
         r_target=args.r_target,
-        output_dir=str(output_dir),
-        eval_every=total_steps,  # evaluate once, at the end
-        log_every=max(total_steps // 8, 1),
-        export=False,
-        keep_checkpoints=1,
-        **schedule,
     )
 
 
@@ -198,7 +154,7 @@ def average_main_metric(results, tasks, score, seed) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    enable_compilation_cache(args.cache_dir)
+    helpers.enable_compilation_cache(args.cache_dir)
     scratch, out = Path(args.scratch), Path(args.out)
     revision = helpers.recorded_revision(scratch)
     started = time.time()
@@ -207,7 +163,7 @@ def main(argv=None) -> int:
     n_runs = len(args.tasks) * len(args.scores) * len(args.seeds)
     done = 0
     for task in args.tasks:
-        n_train, n_dev = split_sizes(task, args)
+        n_train, n_dev = helpers.split_sizes(task, args)
         total_steps = args.epochs * (n_train // args.batch_size)
         schedules[task] = {
             "train_examples": n_train,
@@ -251,11 +207,6 @@ def runs_revisions(results: dict, scratch_revision: str) -> str:
     return "; ".join(f"{rev} ({', '.join(sorted(scores))})" for rev, scores in sorted(by_revision.items()))
 
 
-def command_line(argv) -> str:
-    shown = sys.argv[1:] if argv is None else argv
-    return "python scripts/score_study.py " + " ".join(shown)
-
-
 def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, revision) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:
@@ -279,7 +230,7 @@ def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, r
         "backend": jax.default_backend(),
     }
     payload = {
-        "command": command_line(argv),
+        "command": helpers.command_line("score_study.py", argv),
         "scale": {k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir")},
         "schedules": schedules,
         "machine": machine,
@@ -377,7 +328,7 @@ Generated by `scripts/score_study.py`; the "Reading" section at the end is writt
 
 Command (from the repository root):
 
-    {command_line(argv)}
+    {helpers.command_line("score_study.py", argv)}
 
 * Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`, BERT, 6 layers, hidden 384) with a fresh classifier; the
   task head (BERT pooler + classifier) trains fully alongside the adapters, the encoder is frozen.

@@ -101,6 +101,77 @@ def mean_ranks(rank_dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
 # ---- schedule ------------------------------------------------------------------------------------
 
 
+def add_scale_arguments(parser) -> None:
+    """The flags both studies share: the reduced scale of their runs and the compilation cache."""
+    parser.add_argument("--max-train-examples", type=int, default=1024, help="0: the whole train split")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak AdamW learning rate (default: the built-in run's); short runs need a larger one",
+    )
+    parser.add_argument("--init-fraction", type=float, default=0.1, help="t_init as a fraction of total steps")
+    parser.add_argument("--final-fraction", type=float, default=0.2, help="t_final as a fraction of total steps")
+    parser.add_argument("--delta-t", type=int, default=2)
+    parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
+
+
+def enable_compilation_cache(directory: str) -> None:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def split_sizes(task: str, args) -> tuple[int, int]:
+    """Rows of the (possibly truncated) train split and of the dev split, to size the schedule up front."""
+    from jax_adalora.models import load_tokenizer
+    from jax_adalora.tasks import load_task
+
+    data = load_task(task, tokenizer=load_tokenizer("minilm-l6"), max_seq_length=args.max_seq_length)
+    n = len(data.train)
+    n_train = min(n, args.max_train_examples) if args.max_train_examples else n
+    return n_train, sum(len(split) for split in data.evals.values())
+
+
+def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_dir: Path, **fields) -> dict:
+    """The built-in run at the study's scale (``add_scale_arguments``), schedule scaled to ``total_steps``,
+    one evaluation at the end, no export; ``fields`` (score, statistics, ranks, ...) override the rest."""
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    schedule = scaled_schedule(
+        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
+    )
+    return dict(
+        DEFAULT_RUN,
+        task=task,
+        seed=seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        max_train_examples=args.max_train_examples,
+        **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+        output_dir=str(output_dir),
+        eval_every=total_steps,  # evaluate once, at the end
+        log_every=max(total_steps // 8, 1),
+        export=False,
+        keep_checkpoints=1,
+        **schedule,
+        **fields,
+    )
+
+
+def command_line(script: str, argv) -> str:
+    """How the study was invoked, for its report: ``python scripts/<script> <flags>``."""
+    import sys
+
+    return f"python scripts/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
 def scaled_schedule(total_steps: int, *, init_fraction: float, final_fraction: float, delta_t: int) -> dict[str, int]:
     """AdaLoRA's ``t_init`` / ``t_final`` as fractions of the run, rounded, leaving >= 1 step to decrease in.
 

@@ -145,3 +145,21 @@ def test_rank_table_puts_layers_then_paper_matrix_order():
     for i in layers:
         for j, kind in enumerate(kinds):
             assert table[i, j] == ranks[f"encoder.layers.{i}.{kind}"]
+
+
+def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path):
+    import argparse
+
+    from jax_adalora.run_config import DEFAULT_RUN, build_run_config
+
+    parser = argparse.ArgumentParser()
+    helpers.add_scale_arguments(parser)
+    args = parser.parse_args(["--max-train-examples", "64", "--delta-t", "3"])
+    overrides = helpers.scaled_run_overrides("movie-rating", 5, 40, args, tmp_path / "run", score="gsnr")
+    assert overrides["learning_rate"] == DEFAULT_RUN["learning_rate"]  # --learning-rate not given
+    assert (overrides["task"], overrides["seed"], overrides["score"]) == ("movie-rating", 5, "gsnr")
+    assert (overrides["t_init"], overrides["t_final"], overrides["delta_t"]) == (4, 8, 3)
+    assert overrides["eval_every"] == 40 and overrides["export"] is False
+    build_run_config(overrides)  # a valid configuration
+    args = parser.parse_args(["--learning-rate", "0.01"])
+    assert helpers.scaled_run_overrides("movie-sentiment", 0, 40, args, tmp_path)["learning_rate"] == 0.01
