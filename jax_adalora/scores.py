@@ -78,9 +78,7 @@ def get(name: str, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> ElementScore:
         score = _SCORES[name]
     except KeyError:
         raise ValueError(f"unknown score {name!r}: expected one of {tuple(_SCORES)}") from None
-    if name == "gsnr" and gsnr_eps != DEFAULT_GSNR_EPS:
-        return functools.partial(gsnr, eps=gsnr_eps)
-    return score
+    return functools.partial(gsnr, eps=gsnr_eps) if name == "gsnr" else score
 
 
 # ---- smoothing -----------------------------------------------------------------------------------

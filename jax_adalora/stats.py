@@ -32,6 +32,11 @@ class Moments(NamedTuple):
     count: jax.Array  # shape=(), float32: examples averaged over (per-example) or steps seen (running)
 
 
+def _per_row(weights: jax.Array, x: jax.Array) -> jax.Array:
+    """``weights`` (B,) shaped to broadcast against ``x`` (B, ...), in ``x``'s dtype."""
+    return weights.reshape(weights.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+
 def per_example_moments(
     loss_fn: Callable[..., jax.Array],
     params: PyTree,
@@ -82,8 +87,7 @@ def per_example_value_and_moments(
     inv = 1.0 / jnp.maximum(count, 1.0)
 
     def weighted_mean(x):
-        w = weights.reshape((batch_size,) + (1,) * (x.ndim - 1)).astype(x.dtype)
-        return jnp.sum(w * x, axis=0) * inv.astype(x.dtype)
+        return jnp.sum(_per_row(weights, x) * x, axis=0) * inv.astype(x.dtype)
 
     mean = jax.tree.map(weighted_mean, grads)
     sq_mean = jax.tree.map(lambda g: weighted_mean(g * g), grads)
@@ -127,13 +131,10 @@ def per_example_moments_with_shared(
 
     # d total / d copy_i = w_i / count * g_i, so sum_i copy_grad_i = mean of g and count * copy_grad_i = w_i g_i.
     # With 0/1 weights, w_i (g_i - m)² = (w_i g_i - w_i m)²: the two-pass variance over real examples.
-    def expand(w, x):
-        return w.reshape((batch_size,) + (1,) * (x.ndim - 1)).astype(x.dtype)
-
     mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), copy_grads)
     sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, copy_grads)
     var = jax.tree.map(
-        lambda g, m: jnp.sum(jnp.square(g * count - expand(weights, g) * m), axis=0) / count, copy_grads, mean
+        lambda g, m: jnp.sum(jnp.square(g * count - _per_row(weights, g) * m), axis=0) / count, copy_grads, mean
     )
     return loss, Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights)), shared_grad
 
