@@ -43,7 +43,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    done = all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+    accepted = [mallopt(param, value) == 1 for param, value in _SETTINGS]  # every setting tried
+    done = all(accepted)
     if not done:
         log.debug("mallopt refused a setting; allocator left partly tuned")
     return done
