@@ -1,0 +1,83 @@
+"""Dropout masks from the keyed counter hash: the bits match a numpy reimplementation, and the masks keep the
+right fraction with no correlation between neighbours, examples or sites."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_adalora.models.dropout import dropout, example_keys, hashed_bits, keep_mask
+
+
+def numpy_mix32(h: np.ndarray) -> np.ndarray:
+    h = h.astype(np.uint64)
+    mask = np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x7FEB352D)) & mask
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x846CA68B)) & mask
+    h ^= h >> np.uint64(16)
+    return h
+
+
+def test_bits_equal_a_numpy_reimplementation_of_the_hash():
+    key = jax.random.key(7)
+    shape = (3, 5, 17)
+    seed = np.asarray(jax.random.bits(key, (2,), jnp.uint32)).astype(np.uint64)
+    counter = np.arange(np.prod(shape), dtype=np.uint64)
+    expected = numpy_mix32((numpy_mix32(counter ^ seed[0]) + seed[1]) & np.uint64(0xFFFFFFFF))
+    np.testing.assert_array_equal(np.asarray(hashed_bits(key, shape)).ravel().astype(np.uint64), expected)
+
+
+def test_every_bit_is_balanced_and_the_words_of_a_mask_are_distinct():
+    bits = np.asarray(hashed_bits(jax.random.key(0), (1 << 18,)))
+    assert len(np.unique(bits)) == bits.size  # a bijection of the counter
+    ones = np.stack([(bits >> k) & 1 for k in range(32)]).mean(axis=1)
+    sigma = 0.5 / np.sqrt(bits.size)
+    assert np.all(np.abs(ones - 0.5) < 5 * sigma), ones
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.9])
+def test_masks_keep_the_expected_fraction(rate):
+    n = 1 << 20
+    kept = float(np.mean(np.asarray(keep_mask(jax.random.key(1), rate, (n,)))))
+    sigma = np.sqrt(rate * (1 - rate) / n)
+    assert abs(kept - (1 - rate)) < 5 * sigma
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
+
+
+def test_masks_are_uncorrelated_across_neighbours_examples_and_sites():
+    rate, shape = 0.1, (12, 128, 128)  # one example's attention-probability mask in MiniLM
+    keys = example_keys(jax.random.key(3), jnp.arange(4))
+    masks = jax.vmap(lambda k, s: keep_mask(jax.random.fold_in(k, s), rate, shape), in_axes=(0, None))
+    site_a, site_b = np.asarray(masks(keys, 0)), np.asarray(masks(keys, 1))
+    bound = 5 / np.sqrt(np.prod(shape))
+    flat = site_a[0].ravel()
+    for lag in (1, 2, 128, 128 * 128):  # next key, next query, next head
+        assert abs(correlation(flat[:-lag], flat[lag:])) < bound, lag
+    for other in range(1, 4):
+        assert abs(correlation(site_a[0], site_a[other])) < bound  # another example, same site
+        assert abs(correlation(site_a[other], site_b[other])) < bound  # same example, another site
+    # A mask shifted against another example's mask must not line up either.
+    assert abs(correlation(site_a[0].ravel()[1:], site_a[1].ravel()[:-1])) < bound
+
+
+def test_dropout_zeroes_or_rescales_and_keeps_the_mean():
+    x = jnp.full((8, 4096), 2.0)
+    keys = example_keys(jax.random.key(5), jnp.arange(8))
+    y = np.asarray(dropout(x, 0.25, keys, site=3))
+    assert set(np.unique(y)) <= {0.0, np.float32(2.0 / 0.75)}
+    assert abs(y.mean() - 2.0) < 5 * 2.0 * np.sqrt(0.25 / 0.75 / y.size)
+    # Deterministic without keys or at rate 0; a rate of 1 or more is refused.
+    np.testing.assert_array_equal(dropout(x, 0.25, None, site=3), x)
+    np.testing.assert_array_equal(dropout(x, 0.0, keys, site=3), x)
+    with pytest.raises(ValueError, match="dropout rate"):
+        dropout(x, 1.0, keys, site=3)
+
+
+def test_a_mask_too_large_for_the_counter_is_refused():
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        hashed_bits(jax.random.key(0), (1 << 16, 1 << 16))
