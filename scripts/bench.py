@@ -54,6 +54,7 @@ from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import example_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
+from jax_adalora.report import atomic_write_json
 from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.stats import per_example_moments
 from jax_adalora.step import (
@@ -693,9 +694,7 @@ def main() -> None:
         "contention_warning": contention_warning(machine["load_average_at_start"][0], os.cpu_count()),
     }
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        atomic_write_json(args.out, report)
         print(f"wrote {args.out}")
     print(
         f"\n{args.model} ({config.num_hidden_layers} layers), batch {args.batch_size} x {args.seq_len}, "

@@ -13,7 +13,6 @@ interleaved so that machine noise hits them alike.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -27,6 +26,7 @@ from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.report import atomic_write_json
 from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
@@ -139,8 +139,7 @@ def main() -> None:
         f"{'met' if result['met'] else 'not met'})"
     )
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":
