@@ -33,7 +33,7 @@ from flax import nnx
 from jax_adalora.adapters import AdaLoRAParam, get_triplets, set_triplets
 from jax_adalora.allocator import rank_allocator
 from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.dropout import example_keys
+from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.regularization import orthogonal_regularization
 from jax_adalora.stats import (
     Moments,
@@ -185,7 +185,7 @@ def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True
 
     def loss_one(adapters, head, example, frozen, step_key):
         batch = jax.tree.map(lambda a: a[None], example)
-        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
         outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys)
         return task_loss(kind, outputs, batch)[0]
 
@@ -243,7 +243,7 @@ def make_train_step(
     loss_one = example_loss(functional, kind, dropout=dropout)
 
     def task_loss_batch(params, batch, frozen, step_key):
-        keys = example_keys(step_key, batch["example_index"]) if dropout else None
+        keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
         outputs = functional.apply(params, frozen, batch, keys)
         weights = batch["example_mask"].astype(jnp.float32)
         per_example = task_loss(kind, outputs, batch)

@@ -6,7 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_adalora.models.dropout import dropout, example_keys, hashed_bits, keep_mask
+from jax_adalora.models.dropout import (
+    DropoutKeys,
+    dropout,
+    dropout_keys,
+    example_keys,
+    hashed_bits,
+    keep_mask,
+    shared_dropout,
+)
 
 
 def numpy_mix32(h: np.ndarray) -> np.ndarray:
@@ -81,3 +89,39 @@ def test_dropout_zeroes_or_rescales_and_keeps_the_mean():
 def test_a_mask_too_large_for_the_counter_is_refused():
     with pytest.raises(ValueError, match="2\\*\\*32"):
         hashed_bits(jax.random.key(0), (1 << 16, 1 << 16))
+
+
+def test_step_keys_hold_the_example_keys_and_a_shared_key_of_the_step_alone():
+    step_key, index = jax.random.key(11), jnp.arange(5)
+    keys = dropout_keys(step_key, index)
+    assert isinstance(keys, DropoutKeys)
+    expected = jax.random.key_data(example_keys(step_key, index))
+    np.testing.assert_array_equal(jax.random.key_data(keys.examples), expected)
+    # The shared key depends on the step key only, and is none of the examples' keys.
+    np.testing.assert_array_equal(
+        jax.random.key_data(keys.shared), jax.random.key_data(dropout_keys(step_key, jnp.arange(2)).shared)
+    )
+    assert not (jax.random.key_data(keys.examples) == jax.random.key_data(keys.shared)).all(axis=-1).any()
+    # Per-example dropout reads the example keys whether given DropoutKeys or the keys alone.
+    x = jnp.ones((5, 64))
+    np.testing.assert_array_equal(dropout(x, 0.3, keys, site=2), dropout(x, 0.3, keys.examples, site=2))
+
+
+def test_shared_dropout_draws_one_mask_per_step_and_site():
+    table = jnp.full((16, 256), 3.0)  # no batch axis, as DeBERTa's relative-position table
+    keys = dropout_keys(jax.random.key(1), jnp.arange(4))
+    y = np.asarray(shared_dropout(table, 0.2, keys, site=5))
+    assert set(np.unique(y)) <= {0.0, np.float32(3.0 / 0.8)}
+    assert abs((y == 0).mean() - 0.2) < 5 * np.sqrt(0.2 * 0.8 / y.size)
+    # Other example keys, same step key: the same mask; another site or step: another mask.
+    others = DropoutKeys(example_keys(jax.random.key(2), jnp.arange(4)), keys.shared)
+    np.testing.assert_array_equal(shared_dropout(table, 0.2, others, site=5), y)
+    assert not np.array_equal(shared_dropout(table, 0.2, keys, site=6), y)
+    assert not np.array_equal(shared_dropout(table, 0.2, dropout_keys(jax.random.key(3), jnp.arange(4)), site=5), y)
+    # Evaluation, rate checks, and per-example keys alone are refused with a message naming what to pass.
+    np.testing.assert_array_equal(shared_dropout(table, 0.2, None, site=5), table)
+    np.testing.assert_array_equal(shared_dropout(table, 0.0, keys, site=5), table)
+    with pytest.raises(ValueError, match="dropout rate"):
+        shared_dropout(table, 1.5, keys, site=5)
+    with pytest.raises(TypeError, match="dropout_keys"):
+        shared_dropout(table, 0.2, keys.examples, site=5)

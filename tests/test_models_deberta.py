@@ -11,13 +11,19 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_po
 
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.deberta import (
+    _ATTENTION_OUTPUT,
+    _ATTENTION_PROBS,
+    _FFN_OUTPUT,
+    _REL_EMBEDDINGS,
+    EMBEDDINGS_DROPOUT_SITE,
     DebertaContextPooler,
     DebertaV2Encoder,
+    _layer_site,
     deberta_pooler_weight_map,
     deberta_weight_map,
     relative_positions,
 )
-from jax_adalora.models.dropout import example_keys
+from jax_adalora.models.dropout import DropoutKeys, dropout_keys, keep_mask
 
 TINY = dict(
     vocab_size=100,
@@ -180,18 +186,77 @@ def test_dropout_batch_equals_per_example():
     encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
     pooler = DebertaContextPooler(config, rngs=nnx.Rngs(1))
     ids, mask, _ = (jnp.asarray(a) for a in batch(config))
-    keys = example_keys(jax.random.key(7), jnp.arange(ids.shape[0]))
+    keys = dropout_keys(jax.random.key(7), jnp.arange(ids.shape[0]))
 
     def forward(ids, mask, keys):
         return pooler(encoder(ids, mask, dropout_keys=keys), dropout_keys=keys)
 
     batched = jax.jit(forward)(ids, mask, keys)
-    one = jax.jit(jax.vmap(lambda i, m, k: forward(i[None], m[None], k[None])[0]))(ids, mask, keys)
+    # Each example alone, with its own key and the batch's shared key (unbatched under vmap).
+    one = jax.jit(jax.vmap(lambda i, m, k: forward(i[None], m[None], DropoutKeys(k[None], keys.shared))[0]))(
+        ids, mask, keys.examples
+    )
     np.testing.assert_allclose(np.asarray(batched), np.asarray(one), atol=1e-5, rtol=0)
     # Dropout is on, and only the keys decide the masks.
     assert not np.allclose(np.asarray(batched), np.asarray(jax.jit(forward)(ids, mask, None)), atol=1e-3)
-    again = jax.jit(forward)(ids, mask, example_keys(jax.random.key(7), jnp.arange(ids.shape[0])))
+    again = jax.jit(forward)(ids, mask, dropout_keys(jax.random.key(7), jnp.arange(ids.shape[0])))
     np.testing.assert_array_equal(np.asarray(batched), np.asarray(again))
+    with pytest.raises(TypeError, match="DropoutKeys"):
+        forward(ids, mask, keys.examples)
+
+
+class _OurMasks(torch.nn.Module):
+    """Stands in for one of transformers' ``nn.Dropout`` modules, applying the mask our model draws at ``site``:
+    one per example from the per-example keys, or one for the batch from the shared key."""
+
+    def __init__(self, keys: DropoutKeys, site: int, rate: float, *, shared: bool):
+        super().__init__()
+        self.keys, self.site, self.rate, self.shared = keys, site, rate, shared
+
+    def forward(self, x):
+        shape = tuple(x.shape)
+        if self.shared:
+            mask = keep_mask(jax.random.fold_in(self.keys.shared, self.site), self.rate, shape)
+        else:
+            draw = lambda key: keep_mask(jax.random.fold_in(key, self.site), self.rate, shape[1:])  # noqa: E731
+            mask = jax.vmap(draw)(self.keys.examples)
+        return x * torch.from_numpy(np.asarray(mask, np.float32)) / (1.0 - self.rate)
+
+
+@pytest.mark.parametrize("name", ["v3_like", "c2p_p2c_separate_keys"])
+def test_dropout_sites_match_transformers(name):
+    """With every ``nn.Dropout`` of transformers' model replaced by our masks, the two forwards agree: our dropout
+    sits where transformers' does, and the relative-position table gets one mask per layer for the batch."""
+    rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.15)
+    hf_config = DebertaV2Config(**{**TINY, **rates}, **CONFIGS[name])
+    config = EncoderConfig.from_hf_dict(hf_config.to_dict())
+    model = random_hf(DebertaV2Model, hf_config)
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    set_weights(encoder, deberta_weight_map(config), model.state_dict())
+    ids, mask, types = batch(config)
+    keys = dropout_keys(jax.random.key(3), jnp.arange(ids.shape[0]))
+
+    hidden, probs = rates["hidden_dropout_prob"], rates["attention_probs_dropout_prob"]
+    model.embeddings.dropout = _OurMasks(keys, EMBEDDINGS_DROPOUT_SITE, hidden, shared=False)
+    for i, layer in enumerate(model.encoder.layer):
+        attention = layer.attention.self
+        attention.pos_dropout = _OurMasks(keys, _layer_site(i, _REL_EMBEDDINGS), hidden, shared=True)
+        attention.dropout = _OurMasks(keys, _layer_site(i, _ATTENTION_PROBS), probs, shared=False)
+        layer.attention.output.dropout = _OurMasks(keys, _layer_site(i, _ATTENTION_OUTPUT), hidden, shared=False)
+        layer.output.dropout = _OurMasks(keys, _layer_site(i, _FFN_OUTPUT), hidden, shared=False)
+    left = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert not left, f"transformers has dropout sites we do not model: {left}"
+
+    expected = hf_hidden(model, ids, mask, types)
+    got = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), dropout_keys=keys))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    deterministic = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
+    assert np.abs(got - deterministic).max() > 0.1  # the masks are really there
+    # And the table's masks matter: transformers with other table masks is far outside the tolerance.
+    other = keys._replace(shared=jax.random.key(4))
+    for i, layer in enumerate(model.encoder.layer):
+        layer.attention.self.pos_dropout = _OurMasks(other, _layer_site(i, _REL_EMBEDDINGS), hidden, shared=True)
+    assert np.abs(hf_hidden(model, ids, mask, types) - got).max() > 1e-2
 
 
 def test_jit_and_bfloat16_compute():

@@ -11,6 +11,7 @@ from flax import nnx
 from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.step import (
     FunctionalModel,
@@ -101,3 +102,47 @@ def test_running_statistics_start_scoring_at_the_second_step():
     second = find_allocator_state(state.opt_state).smoothing
     assert all(np.isfinite(np.asarray(e)).all() for e in jax.tree.leaves(second.ema))
     assert max(float(jnp.max(e)) for e in jax.tree.leaves(second.ema)) > 0
+
+
+def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
+    config = EncoderConfig.deberta_v3_base(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, position_buckets=4, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.2,
+        pooler_dropout=0.2, pooler_hidden_size=16,
+    )  # fmt: skip
+    model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
+    for layer in model.encoder.layers:  # attention logits of order 1, so the position terms (and their dropout) count
+        for projection in (layer.attention.query, layer.attention.key):
+            projection.kernel.set_value(projection.kernel[...] * 20.0)
+    inject_adapters(model, adalora, rngs=nnx.Rngs(1))
+    return model
+
+
+def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on():
+    """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key);
+    inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask."""
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
+    model = _tiny_deberta_classifier(adalora)
+    params = trainable_params(model, HEAD)
+    for triplet in params["adapters"].values():  # λ = 0 at init would leave P's and Q's gradients at zero
+        triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
+    functional = FunctionalModel(model)
+    batch, key = _batch(), jax.random.key(5)
+
+    loss_one = example_loss(functional, "classification", dropout=True)
+    _, _, moments = jax.jit(
+        lambda p, b, f, k: per_example_train_moments(loss_one, adalora, p, b, f, k, mask=b["example_mask"])
+    )(params, batch, functional.frozen, key)
+
+    def task_mean(p, keys):
+        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch, keys), batch))
+
+    keys = dropout_keys(key, batch["example_index"])
+    batch_grads = jax.jit(jax.grad(task_mean))(params, keys)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(batch_grads))
+    chex.assert_trees_all_close(moments.mean, batch_grads, rtol=1e-4, atol=1e-5 * scale)
+    # Dropout is on, including the shared relative-position site: another shared key changes the gradient.
+    other_shared = jax.jit(jax.grad(task_mean))(params, keys._replace(shared=jax.random.key(99)))
+    differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), batch_grads, other_shared)
+    difference = max(jax.tree.leaves(differences))
+    assert difference > 1e-3 * scale  # 100x the tolerance the equality above holds to

@@ -2,7 +2,7 @@
 
 from jax_adalora.models.bert import BertEncoder, BertPooler, bert_weight_map
 from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.dropout import dropout, example_keys
+from jax_adalora.models.dropout import DropoutKeys, dropout, dropout_keys, example_keys, shared_dropout
 from jax_adalora.models.heads import (
     EncoderModel,
     QuestionAnswerer,
@@ -25,6 +25,7 @@ __all__ = [
     "TARGET_PRESETS",
     "BertEncoder",
     "BertPooler",
+    "DropoutKeys",
     "EncoderConfig",
     "EncoderModel",
     "LoadInfo",
@@ -35,11 +36,13 @@ __all__ = [
     "build_encoder",
     "build_model",
     "dropout",
+    "dropout_keys",
     "example_keys",
     "from_pretrained",
     "load_tokenizer",
     "packaged_minilm_path",
     "resolve_targets",
     "save_pretrained",
+    "shared_dropout",
     "to_hf_state_dict",
 ]

@@ -173,7 +173,8 @@ class BertEncoder(nnx.Module):
         )
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
-        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys (B,) keys or None -> (B, L, H)."""
+        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys ``DropoutKeys`` (or (B,) keys) or None
+        -> (B, L, H)."""
         x = self.embeddings(input_ids, token_type_ids, dropout_keys=dropout_keys)  # (B, L, H)
         key_bias = jnp.where(attention_mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :]
         for layer in self.layers:

@@ -37,7 +37,7 @@ from flax import nnx
 from jax_adalora.models.activations import activation
 from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
 from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.dropout import dropout
+from jax_adalora.models.dropout import dropout, shared_dropout
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
 
@@ -191,7 +191,7 @@ class DisentangledAttention(nnx.Module):
         return jnp.swapaxes(x.reshape(*x.shape[:-1], self.num_heads, self.head_dim), -2, -3)
 
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
-        """c2p + p2c terms (B, NH, L, L) from queries / keys (B, NH, L, D) and the table (2S, H) or (B, 2S, H)."""
+        """c2p + p2c terms (B, NH, L, L) from queries / keys (B, NH, L, D) and the table (2S, H)."""
         rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)
         rows = np.arange(length)[:, None]
         score = 0.0
@@ -219,10 +219,9 @@ class DisentangledAttention(nnx.Module):
         v = self._heads(self.value(x))
         scores = q @ jnp.swapaxes(k, -1, -2) / jnp.asarray(self.scale, q.dtype)  # (B, NH, L, L)
         if self.relative_attention and (self.c2p or self.p2c):
-            if dropout_keys is not None and self.hidden_dropout > 0.0:
-                rel_embeddings = jnp.broadcast_to(rel_embeddings, (batch, *rel_embeddings.shape))
-                site = _layer_site(self.layer_index, _REL_EMBEDDINGS)
-                rel_embeddings = dropout(rel_embeddings, self.hidden_dropout, dropout_keys, site)
+            # One mask for the batch, as transformers' pos_dropout: the table's projections run once.
+            site = _layer_site(self.layer_index, _REL_EMBEDDINGS)
+            rel_embeddings = shared_dropout(rel_embeddings, self.hidden_dropout, dropout_keys, site)
             scores = scores + self._relative_scores(q, k, rel_embeddings, length)
         # Masked pairs get the float32 minimum, as in transformers: zero probability in a row with
         # any valid key; a padded query's row is all masked and comes out uniform.
@@ -285,7 +284,7 @@ class DebertaV2Encoder(nnx.Module):
         return self.rel_norm(table) if self.rel_norm is not None else table
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
-        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys (B,) keys or None -> (B, L, H)."""
+        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys ``DropoutKeys`` or None -> (B, L, H)."""
         x = self.embeddings(input_ids, attention_mask, token_type_ids, dropout_keys=dropout_keys)  # (B, L, H)
         valid = attention_mask.astype(bool)
         pair_mask = valid[:, :, None] & valid[:, None, :]  # (B, L, L)

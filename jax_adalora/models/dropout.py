@@ -1,22 +1,49 @@
-"""Dropout with one key per example.
+"""Dropout with one key per example, and one key per step for tensors the whole batch shares.
 
 Each example in a batch draws its own mask from its own key, and each dropout site folds in a
 fixed site id. A batch forward and a per-example forward (batch of one inside ``jax.vmap``) with the
 same per-example keys therefore see the same masks, so per-example gradients average exactly to the
 batch gradient, dropout on.
+
+A few dropout sites act on a tensor with no batch axis: DeBERTa's relative-position table, which
+transformers drops out once per forward pass for the whole batch. :func:`shared_dropout` draws that
+mask from the step key (:class:`DropoutKeys` carries it next to the per-example keys); inside a
+per-example ``jax.vmap`` the step key stays unbatched, so every example sees the batch's mask, and
+the table's projections run once per step instead of once per example.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+# ``fold_in`` data for the shared key: example indices are batch positions, far below it.
+_SHARED_KEY_TAG = 2**32 - 1
 
 
 def example_keys(step_key: jax.Array, example_index: jax.Array) -> jax.Array:
     """Per-example keys folded from the step key and each example's index in the batch. (B,) -> (B, key)."""
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, example_index)
+
+
+class DropoutKeys(NamedTuple):
+    """What a model's ``dropout_keys`` argument holds: ``examples`` (B,) keys and one ``shared`` key."""
+
+    examples: jax.Array
+    shared: jax.Array
+
+
+def dropout_keys(step_key: jax.Array, example_index: jax.Array) -> DropoutKeys:
+    """The keys of one training step: one per example (:func:`example_keys`) and one for the batch.
+
+    ``step_key`` must be unbatched; ``example_index`` (B,) holds each example's index in the batch, so
+    a per-example forward inside ``jax.vmap`` (index of shape (1,)) gets the batch forward's keys.
+    """
+    shared = jax.random.fold_in(step_key, _SHARED_KEY_TAG)
+    return DropoutKeys(example_keys(step_key, example_index), shared)
 
 
 # Masks come from a keyed counter hash rather than ``jax.random.bernoulli``. On CPU, threefry costs about
@@ -52,19 +79,40 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     return hashed_bits(key, shape) >= jnp.uint32(threshold)
 
 
-def dropout(x: jax.Array, rate: float, keys: jax.Array | None, site: int) -> jax.Array:
-    """Inverted dropout on ``x`` (B, ...), one mask per example from ``keys`` (B, key).
+def _masked(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+    keep = 1.0 - rate
+    return jnp.where(keep_mask(key, rate, x.shape), x / keep, jnp.zeros_like(x))
+
+
+def _check_rate(rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+
+
+def dropout(x: jax.Array, rate: float, keys: DropoutKeys | jax.Array | None, site: int) -> jax.Array:
+    """Inverted dropout on ``x`` (B, ...), one mask per example from ``keys``: :class:`DropoutKeys`
+    or its per-example keys (B, key) alone.
 
     ``keys=None`` or ``rate == 0`` means deterministic (evaluation).
     """
     if keys is None or rate == 0.0:
         return x
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    keep = 1.0 - rate
+    _check_rate(rate)
+    if isinstance(keys, DropoutKeys):
+        keys = keys.examples
+    return jax.vmap(lambda key, xi: _masked(xi, jax.random.fold_in(key, site), rate))(keys, x)
 
-    def one(key, xi):
-        mask = keep_mask(jax.random.fold_in(key, site), rate, xi.shape)
-        return jnp.where(mask, xi / keep, jnp.zeros_like(xi))
 
-    return jax.vmap(one)(keys, x)
+def shared_dropout(x: jax.Array, rate: float, keys: DropoutKeys | None, site: int) -> jax.Array:
+    """Inverted dropout on ``x`` (any shape, no batch axis) with one mask for the whole batch, drawn
+    from ``keys.shared``. ``keys=None`` or ``rate == 0`` means deterministic (evaluation)."""
+    if keys is None or rate == 0.0:
+        return x
+    _check_rate(rate)
+    if not isinstance(keys, DropoutKeys):
+        raise TypeError(
+            "this model drops out a tensor the batch shares (e.g. DeBERTa's relative-position table), so its "
+            "dropout_keys must be DropoutKeys with a shared step key (jax_adalora.models.dropout_keys), not "
+            "per-example keys alone"
+        )
+    return _masked(x, jax.random.fold_in(keys.shared, site), rate)
