@@ -7,6 +7,8 @@ so that machine noise hits all rows alike), on the same batch and the same base 
   regularisation, statistics, clip + AdamW + rank allocator, dropout on) for sensitivity and movement
   (batch gradient), Fisher and GSNR with exact per-example moments, Fisher and GSNR with running moments;
   and, alone, the batch gradient and :func:`jax_adalora.stats.per_example_moments` of the task loss;
+  before them all, a control copy of the sensitivity step (the first-built step has often been slow in
+  every repeat; the control shows whether it was, and stays out of the ratios);
 * PEFT: AdaLoRA on transformers' PyTorch model built from our random model's weights
   (``save_pretrained`` then ``AutoModelForSequenceClassification.from_pretrained``): forward, backward,
   clip, AdamW, ``update_and_allocate(step)``, ``zero_grad``; alone, the batch gradient and the
@@ -51,7 +53,7 @@ from flax import nnx
 from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.dropout import example_keys
+from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
 from jax_adalora.report import atomic_write_json
@@ -79,6 +81,9 @@ HF_TARGETS = {
 ADAPTED_PER_LAYER = 6
 
 SENSITIVITY = "ours: sensitivity step (batch grad)"
+# The first JAX step this script built was often slow in every repeat, whichever it was (docs/PERFORMANCE.md), so
+# a copy of the sensitivity step is built first as a control: timed and reported, but in no ratio or target.
+FIRST_BUILT_CONTROL = "ours: sensitivity, built first (control)"
 PEFT_STEP = "peft: AdaLoRA step"
 OURS_BATCH_ONLY = "ours: batch gradient only"
 OURS_PER_EXAMPLE_ONLY = "ours: per-example moments only"
@@ -389,7 +394,7 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
     key = jax.random.key(0)
     rows = []
-    for name, score in OUR_STEPS.items():
+    for name, score in [(FIRST_BUILT_CONTROL, OUR_STEPS[SENSITIVITY]), *OUR_STEPS.items()]:
         adalora = adalora_config(args, **score)
         tx = make_optimizer(OptimConfig(), adalora, args.total_steps)
         # A copy per row: each step donates its state.
@@ -401,12 +406,12 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
 
     # Alone: the task loss only (no regulariser), as on the torch side.
     def loss_batch(params, batch, frozen, step_key):
-        outputs = functional.apply(params, frozen, batch, example_keys(step_key, batch["example_index"]))
+        outputs = functional.apply(params, frozen, batch, dropout_keys(step_key, batch["example_index"]))
         return jnp.mean(task_loss("classification", outputs, batch))
 
     def loss_one(params, example, frozen, step_key):
         one = jax.tree.map(lambda a: a[None], example)
-        outputs = functional.apply(params, frozen, one, example_keys(step_key, one["example_index"]))
+        outputs = functional.apply(params, frozen, one, dropout_keys(step_key, one["example_index"]))
         return task_loss("classification", outputs, one)[0]
 
     def moments(params, batch, frozen, step_key):
