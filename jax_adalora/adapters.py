@@ -16,8 +16,10 @@ are adapted and at what initial rank.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -55,16 +57,53 @@ class AdaLoRALinear(nnx.Module):
     def rank(self) -> int:
         return self.lam.shape[0]
 
+    def _gate(self, dtype) -> jax.Array:
+        return (self.lam[...] * self.mask[...] * self.scaling).astype(dtype)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.base(x)
         dtype = y.dtype
-        gate = (self.lam[...] * self.mask[...] * self.scaling).astype(dtype)
-        return y + factored_adapter(x.astype(dtype), self.P[...].astype(dtype), gate, self.Q[...].astype(dtype))
+        return y + factored_adapter(
+            x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype)
+        )
+
+    def low_rank_parts(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(base(x), (x Qᵀ) ⊙ gate, P)``: ``self(x)`` is the first plus the second times ``Pᵀ``.
+
+        For callers that contract the output with something else and want the adapter's part to stay
+        rank r (see :func:`per_example_adapters`)."""
+        y = self.base(x)
+        dtype = y.dtype
+        return y, (x.astype(dtype) @ self.Q[...].astype(dtype).T) * self._gate(dtype), self.P[...].astype(dtype)
 
     def delta_kernel(self) -> jax.Array:
         """The dense update ``(P diag(λ·mask·scale) Q)ᵀ`` in nnx kernel orientation (d_in, d_out)."""
         gate = self.lam[...] * self.mask[...] * self.scaling
         return (self.Q[...].T * gate) @ self.P[...].T
+
+
+_PER_EXAMPLE_ADAPTERS = contextvars.ContextVar("per_example_adapters", default=False)
+
+
+@contextlib.contextmanager
+def per_example_adapters() -> Iterator[None]:
+    """Marks code traced with one adapter copy per example (inside the per-example ``vmap``).
+
+    A layer may then apply an adapter to an input the batch shares in low-rank form: DeBERTa contracts
+    its queries with the relative-position table's projection as ``q K₀ᵀ + (q P)(g ⊙ Q Tᵀ)``, so only
+    rank-r products are per example. Outside this context the adapted projection is formed once, which
+    costs fewer FLOPs when the adapter is shared by the batch. Only the cost differs, not the result.
+    """
+    token = _PER_EXAMPLE_ADAPTERS.set(True)
+    try:
+        yield
+    finally:
+        _PER_EXAMPLE_ADAPTERS.reset(token)
+
+
+def adapters_are_per_example() -> bool:
+    """Whether the code being traced runs inside :func:`per_example_adapters`."""
+    return _PER_EXAMPLE_ADAPTERS.get()
 
 
 @jax.custom_vjp

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import AdaLoRAParam, get_triplets, set_triplets
+from jax_adalora.adapters import AdaLoRAParam, get_triplets, per_example_adapters, set_triplets
 from jax_adalora.allocator import rank_allocator
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import dropout_keys
@@ -186,7 +186,8 @@ def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True
     def loss_one(adapters, head, example, frozen, step_key):
         batch = jax.tree.map(lambda a: a[None], example)
         keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
-        outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys)
+        with per_example_adapters():
+            outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys)
         return task_loss(kind, outputs, batch)[0]
 
     return loss_one

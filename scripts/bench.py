@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters
+from jax_adalora.adapters import inject_adapters, per_example_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
@@ -411,7 +411,8 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
 
     def loss_one(params, example, frozen, step_key):
         one = jax.tree.map(lambda a: a[None], example)
-        outputs = functional.apply(params, frozen, one, dropout_keys(step_key, one["example_index"]))
+        with per_example_adapters():
+            outputs = functional.apply(params, frozen, one, dropout_keys(step_key, one["example_index"]))
         return task_loss("classification", outputs, one)[0]
 
     def moments(params, batch, frozen, step_key):

@@ -284,3 +284,27 @@ def test_unsupported_configs_raise():
         DebertaV2Encoder(base.replace(hidden_act="nope"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="pooler_hidden_act"):
         DebertaContextPooler(base.replace(pooler_hidden_act="nope"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", ["v3_like", "c2p_p2c_separate_keys"])
+def test_low_rank_position_scores_equal_the_formed_projection(name):
+    """Under ``per_example_adapters`` the table's adapted projection enters the c2p/p2c scores in low-rank form;
+    the result must be the same as forming the projection."""
+    from jax_adalora.adapters import inject_adapters, per_example_adapters
+    from jax_adalora.config import AdaLoRAConfig
+
+    config = EncoderConfig.from_hf_dict(DebertaV2Config(**TINY, **CONFIGS[name]).to_dict())
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    inject_adapters(encoder, AdaLoRAConfig(r_init=4, r_target=2), rngs=nnx.Rngs(1))
+    for layer in encoder.layers:  # λ = 0 and P, Q ~ N(0, 0.02) at init would hide the adapter's part
+        for projection in (layer.attention.query, layer.attention.key):
+            projection.lam.set_value(jnp.asarray([0.9, -0.5, 0.3, 0.7]))
+            projection.P.set_value(projection.P[...] * 20.0)
+            projection.Q.set_value(projection.Q[...] * 20.0)
+    ids, mask, types = (jnp.asarray(a) for a in batch(config))
+    formed = np.asarray(encoder(ids, mask, types))
+    with per_example_adapters():
+        low_rank = np.asarray(encoder(ids, mask, types))
+    np.testing.assert_allclose(low_rank, formed, atol=2e-5, rtol=0)
+    plain = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    assert np.abs(formed - np.asarray(plain(ids, mask, types))).max() > 1e-3  # the adapters do contribute

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_adalora.adapters import adapters_are_per_example
 from jax_adalora.models.activations import activation
 from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
 from jax_adalora.models.config import EncoderConfig
@@ -190,22 +191,28 @@ class DisentangledAttention(nnx.Module):
         """(..., L, H) -> (..., NH, L, D)."""
         return jnp.swapaxes(x.reshape(*x.shape[:-1], self.num_heads, self.head_dim), -2, -3)
 
+    def _against_positions(self, x: jax.Array, projection, rel_embeddings: jax.Array) -> jax.Array:
+        """``x`` (B, NH, L, D) against the heads of ``projection(table)``: (B, NH, L, 2S)."""
+        if hasattr(projection, "low_rank_parts") and adapters_are_per_example():
+            # Per-example adapter copies: the base projection stays one matmul for the batch and only
+            # rank-r products are per example (see adapters.per_example_adapters).
+            base, rank_side, p = projection.low_rank_parts(rel_embeddings)  # (2S, H), (2S, r), (H, r)
+            p_heads = p.reshape(self.num_heads, self.head_dim, p.shape[-1])  # (NH, D, r)
+            return x @ jnp.swapaxes(self._heads(base), -1, -2) + (x @ p_heads) @ rank_side.T
+        return x @ jnp.swapaxes(self._heads(projection(rel_embeddings)), -1, -2)
+
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
         """c2p + p2c terms (B, NH, L, L) from queries / keys (B, NH, L, D) and the table (2S, H)."""
         rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)
         rows = np.arange(length)[:, None]
         score = 0.0
         if self.c2p:
-            pos_key = self._heads(self.key(rel_embeddings) if self.share_att_key else self.pos_key(rel_embeddings))
-            c2p = q @ jnp.swapaxes(pos_key, -1, -2)  # (B, NH, L, 2S)
-            c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)
+            c2p = self._against_positions(q, self.key if self.share_att_key else self.pos_key, rel_embeddings)
+            c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)  # c2p is (B, NH, L, 2S)
             score = score + c2p[..., rows, c2p_index] / jnp.asarray(self.scale, c2p.dtype)
         if self.p2c:
-            pos_query = self._heads(
-                self.query(rel_embeddings) if self.share_att_key else self.pos_query(rel_embeddings)
-            )
-            p2c = k @ jnp.swapaxes(pos_query, -1, -2)  # (B, NH, L_k, 2S)
-            p2c_index = np.clip(-rel_pos + self.span, 0, 2 * self.span - 1)
+            p2c = self._against_positions(k, self.query if self.share_att_key else self.pos_query, rel_embeddings)
+            p2c_index = np.clip(-rel_pos + self.span, 0, 2 * self.span - 1)  # p2c is (B, NH, L_k, 2S)
             # Gathered as [key, query] with index[key, query], then transposed to [query, key].
             p2c = jnp.swapaxes(p2c[..., rows, p2c_index], -1, -2)
             score = score + p2c / jnp.asarray(self.scale, p2c.dtype)
