@@ -120,7 +120,8 @@ def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
 
 def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on():
     """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key);
-    inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask."""
+    inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask. The
+    per-example path also applies the table's adapters in low-rank form (adapters.per_example_adapters)."""
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
     model = _tiny_deberta_classifier(adalora)
     params = trainable_params(model, HEAD)
