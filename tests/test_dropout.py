@@ -125,3 +125,20 @@ def test_shared_dropout_draws_one_mask_per_step_and_site():
         shared_dropout(table, 1.5, keys, site=5)
     with pytest.raises(TypeError, match="dropout_keys"):
         shared_dropout(table, 0.2, keys.examples, site=5)
+
+
+def test_a_leading_block_gets_the_full_tensors_masks_on_that_block():
+    key = jax.random.key(11)
+    full = np.asarray(hashed_bits(key, (4, 9, 9)))
+    np.testing.assert_array_equal(hashed_bits(key, (4, 1, 9), full_shape=(4, 9, 9)), full[:, :1, :])
+    np.testing.assert_array_equal(hashed_bits(key, (2, 3, 5), full_shape=(4, 9, 9)), full[:2, :3, :5])
+    np.testing.assert_array_equal(hashed_bits(key, (4, 9, 9), full_shape=(4, 9, 9)), full)
+    # Through dropout, per example: the first rows of a (B, 9, 7) tensor's dropout are the dropout of its first rows.
+    keys = dropout_keys(jax.random.key(2), jnp.arange(3))
+    x = jax.random.normal(jax.random.key(5), (3, 9, 7))
+    whole = np.asarray(dropout(x, 0.4, keys, site=8))
+    np.testing.assert_array_equal(dropout(x[:, :2], 0.4, keys, site=8, full_shape=(9, 7)), whole[:, :2])
+    with pytest.raises(ValueError, match="does not fit"):
+        hashed_bits(key, (5, 1, 9), full_shape=(4, 9, 9))
+    with pytest.raises(ValueError, match="does not fit"):
+        hashed_bits(key, (4, 9), full_shape=(4, 9, 9))

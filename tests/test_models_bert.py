@@ -1,5 +1,6 @@
 """BERT / RoBERTa encoder: parity with transformers' PyTorch ``BertModel`` / ``RobertaModel`` on tiny configs."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
 from jax_adalora.models.bert import BertEncoder, bert_weight_map, roberta_position_ids
 from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import EncoderModel
 from jax_adalora.models.pretrained import load_state_dict, to_hf_state_dict
 
@@ -133,3 +135,31 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
 def test_unknown_activation_fails_at_construction():
     with pytest.raises(ValueError, match="hidden_act='mish'"):
         BertEncoder(tiny_config(hidden_act="mish"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(case):
+    """``first_token_only`` (what the sequence classifier asks for) computes the last layer at the first position
+    alone; values, dropout masks and gradients are those of the full output's first row."""
+    config_cls, _, overrides, with_types = CASES[case]
+    rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+    config = EncoderConfig.from_hf_dict(config_cls(**{**TINY, **overrides, **rates}).to_dict())
+    graphdef, params = nnx.split(BertEncoder(config, rngs=nnx.Rngs(0)))
+    ids, mask, types = make_inputs(config.pad_token_id, max(config.type_vocab_size, 1))
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    types = jnp.asarray(types) if with_types else None
+    keys = dropout_keys(jax.random.key(4), jnp.arange(ids.shape[0]))
+    weights = jax.random.normal(jax.random.key(1), (ids.shape[0], config.hidden_size))
+
+    def first_row(params, first_token_only):
+        hidden = nnx.merge(graphdef, params)(ids, mask, types, dropout_keys=keys, first_token_only=first_token_only)
+        return hidden[:, 0]
+
+    full, first = first_row(params, False), first_row(params, True)
+    assert nnx.merge(graphdef, params)(ids, mask, types, first_token_only=True).shape == (3, 1, config.hidden_size)
+    np.testing.assert_allclose(np.asarray(first), np.asarray(full), atol=1e-5, rtol=0)
+    deterministic = nnx.merge(graphdef, params)(ids, mask, types)[:, 0]
+    assert np.abs(np.asarray(full - deterministic)).max() > 1e-2  # dropout is on in the last layer's row
+    grad = lambda flag: jax.grad(lambda p: jnp.sum(first_row(p, flag) * weights))(params)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(grad(False)), jax.tree.leaves(grad(True)), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)

@@ -250,6 +250,9 @@ def test_dropout_sites_match_transformers(name):
     expected = hf_hidden(model, ids, mask, types)
     got = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), dropout_keys=keys))
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # The last layer at the first position alone (what the classifier runs) draws the same masks there.
+    first = encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types), dropout_keys=keys, first_token_only=True)
+    np.testing.assert_allclose(np.asarray(first), expected[:, :1], atol=1e-4, rtol=0)
     deterministic = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
     assert np.abs(got - deterministic).max() > 0.1  # the masks are really there
     # And the table's masks matter: transformers with other table masks is far outside the tolerance.
@@ -308,3 +311,26 @@ def test_low_rank_position_scores_equal_the_formed_projection(name):
     np.testing.assert_allclose(low_rank, formed, atol=2e-5, rtol=0)
     plain = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
     assert np.abs(formed - np.asarray(plain(ids, mask, types))).max() > 1e-3  # the adapters do contribute
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(name):
+    """``first_token_only`` (what the sequence classifier asks for) computes the last layer at the first position
+    alone, c2p / p2c included; values, dropout masks and gradients are those of the full output's first row."""
+    rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+    config = EncoderConfig.from_hf_dict(DebertaV2Config(**{**TINY, **rates}, **CONFIGS[name]).to_dict())
+    graphdef, params = nnx.split(DebertaV2Encoder(config, rngs=nnx.Rngs(0)))
+    ids, mask, types = (jnp.asarray(a) for a in batch(config))
+    keys = dropout_keys(jax.random.key(4), jnp.arange(ids.shape[0]))
+    weights = jax.random.normal(jax.random.key(1), (ids.shape[0], config.hidden_size))
+
+    def first_row(params, first_token_only, keys=keys):
+        encoder = nnx.merge(graphdef, params)
+        return encoder(ids, mask, types, dropout_keys=keys, first_token_only=first_token_only)[:, 0]
+
+    full, first = first_row(params, False), first_row(params, True)
+    np.testing.assert_allclose(np.asarray(first), np.asarray(full), atol=1e-5, rtol=0)
+    assert np.abs(np.asarray(full - first_row(params, False, None))).max() > 1e-2  # dropout is on
+    grad = lambda flag: jax.grad(lambda p: jnp.sum(first_row(p, flag) * weights))(params)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(grad(False)), jax.tree.leaves(grad(True)), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)

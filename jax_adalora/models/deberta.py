@@ -12,9 +12,9 @@ and are only ever called, never read, so an adapter wrapper can replace them. Wi
 included, as in transformers.
 
 Dropout draws one mask per example (``models.dropout``), so a batch forward equals per-example
-forwards with the same keys. Unlike transformers, which draws one mask for the relative embeddings
-per batch, each example draws its own; the relative projections are then per example (only while
-dropout is on).
+forwards with the same keys. The relative-position table, which transformers drops out once per
+forward pass, gets one mask per step shared by the batch (``shared_dropout``), so its projections
+run once per step.
 
 Example::
 
@@ -202,29 +202,36 @@ class DisentangledAttention(nnx.Module):
         return x @ jnp.swapaxes(self._heads(projection(rel_embeddings)), -1, -2)
 
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
-        """c2p + p2c terms (B, NH, L, L) from queries / keys (B, NH, L, D) and the table (2S, H)."""
-        rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)
-        rows = np.arange(length)[:, None]
+        """c2p + p2c terms (B, NH, N, L) from queries (B, NH, N, D), the first N of L positions, keys
+        (B, NH, L, D) and the table (2S, H)."""
+        num_queries = q.shape[-2]
+        rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)[:num_queries]
         score = 0.0
         if self.c2p:
             c2p = self._against_positions(q, self.key if self.share_att_key else self.pos_key, rel_embeddings)
-            c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)  # c2p is (B, NH, L, 2S)
-            score = score + c2p[..., rows, c2p_index] / jnp.asarray(self.scale, c2p.dtype)
+            c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)  # c2p is (B, NH, N, 2S)
+            score = score + c2p[..., np.arange(num_queries)[:, None], c2p_index] / jnp.asarray(self.scale, c2p.dtype)
         if self.p2c:
             p2c = self._against_positions(k, self.query if self.share_att_key else self.pos_query, rel_embeddings)
-            p2c_index = np.clip(-rel_pos + self.span, 0, 2 * self.span - 1)  # p2c is (B, NH, L_k, 2S)
-            # Gathered as [key, query] with index[key, query], then transposed to [query, key].
-            p2c = jnp.swapaxes(p2c[..., rows, p2c_index], -1, -2)
+            # p2c is (B, NH, L_k, 2S), gathered as [key, query] with index[key, query] = clip(query - key + S),
+            # then transposed to [query, key]. (transformers writes -rel_pos, the same for the full square
+            # table, whose bucketing is odd: rel_pos.T == -rel_pos.)
+            p2c_index = np.clip(rel_pos.T + self.span, 0, 2 * self.span - 1)
+            p2c = jnp.swapaxes(p2c[..., np.arange(length)[:, None], p2c_index], -1, -2)
             score = score + p2c / jnp.asarray(self.scale, p2c.dtype)
         return score
 
-    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None) -> jax.Array:
-        """x (B, L, H), pair_mask (B, L, L) bool, rel_embeddings (2S, H) or None -> (B, L, H)."""
+    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None, num_queries=None) -> jax.Array:
+        """x (B, L, H), pair_mask (B, L, L) bool, rel_embeddings (2S, H) or None -> (B, N, H): the first
+        ``num_queries`` = N positions (default all L) attend to all L; dropout masks are those of the full
+        (B, L, H) output."""
         batch, length, hidden = x.shape
-        q = self._heads(self.query(x))  # (B, NH, L, D)
-        k = self._heads(self.key(x))
+        queries = x if num_queries is None else x[:, :num_queries]
+        n = queries.shape[1]
+        q = self._heads(self.query(queries))  # (B, NH, N, D)
+        k = self._heads(self.key(x))  # (B, NH, L, D)
         v = self._heads(self.value(x))
-        scores = q @ jnp.swapaxes(k, -1, -2) / jnp.asarray(self.scale, q.dtype)  # (B, NH, L, L)
+        scores = q @ jnp.swapaxes(k, -1, -2) / jnp.asarray(self.scale, q.dtype)  # (B, NH, N, L)
         if self.relative_attention and (self.c2p or self.p2c):
             # One mask for the batch, as transformers' pos_dropout: the table's projections run once.
             site = _layer_site(self.layer_index, _REL_EMBEDDINGS)
@@ -232,14 +239,14 @@ class DisentangledAttention(nnx.Module):
             scores = scores + self._relative_scores(q, k, rel_embeddings, length)
         # Masked pairs get the float32 minimum, as in transformers: zero probability in a row with
         # any valid key; a padded query's row is all masked and comes out uniform.
-        scores = jnp.where(pair_mask[:, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        scores = jnp.where(pair_mask[:, None, :n], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        probs = dropout(probs, self.probs_dropout, dropout_keys, _layer_site(self.layer_index, _ATTENTION_PROBS))
-        context = jnp.swapaxes(probs @ v, 1, 2).reshape(batch, length, hidden)  # (B, L, H)
-        out = dropout(
-            self.output(context), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _ATTENTION_OUTPUT)
-        )
-        return self.output_norm(out + x)
+        site = _layer_site(self.layer_index, _ATTENTION_PROBS)
+        probs = dropout(probs, self.probs_dropout, dropout_keys, site, full_shape=(self.num_heads, length, length))
+        context = jnp.swapaxes(probs @ v, 1, 2).reshape(batch, n, hidden)  # (B, N, H)
+        site = _layer_site(self.layer_index, _ATTENTION_OUTPUT)
+        out = dropout(self.output(context), self.hidden_dropout, dropout_keys, site, full_shape=(length, hidden))
+        return self.output_norm(out + queries)
 
 
 class DebertaLayer(nnx.Module):
@@ -253,10 +260,14 @@ class DebertaLayer(nnx.Module):
         self.output = _linear(config.intermediate_size, config.hidden_size, dtype, rngs)
         self.output_norm = _layer_norm(config.hidden_size, config, dtype, rngs)
 
-    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None) -> jax.Array:
-        attended = self.attention(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys)  # (B, L, H)
-        h = activation(self.act)(self.intermediate(attended))  # (B, L, F)
-        h = dropout(self.output(h), self.hidden_dropout, dropout_keys, _layer_site(self.layer_index, _FFN_OUTPUT))
+    def __call__(self, x, pair_mask, rel_embeddings=None, *, dropout_keys=None, num_queries=None) -> jax.Array:
+        """x (B, L, H) -> (B, N, H), the first ``num_queries`` = N positions (default all)."""
+        attended = self.attention(
+            x, pair_mask, rel_embeddings, dropout_keys=dropout_keys, num_queries=num_queries
+        )  # (B, N, H)
+        h = activation(self.act)(self.intermediate(attended))  # (B, N, F)
+        site = _layer_site(self.layer_index, _FFN_OUTPUT)
+        h = dropout(self.output(h), self.hidden_dropout, dropout_keys, site, full_shape=x.shape[1:])
         return self.output_norm(h + attended)
 
 
@@ -290,14 +301,20 @@ class DebertaV2Encoder(nnx.Module):
         table = self.rel_embeddings.embedding[...].astype(self.rel_embeddings.dtype)
         return self.rel_norm(table) if self.rel_norm is not None else table
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
-        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys ``DropoutKeys`` or None -> (B, L, H)."""
+    def __call__(
+        self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None, first_token_only=False
+    ) -> jax.Array:
+        """input_ids, attention_mask, token_type_ids (B, L) int; dropout_keys ``DropoutKeys`` or None -> (B, L, H);
+        with ``first_token_only``, (B, 1, H): the last layer then computes the first position alone (what
+        the context pooler reads), the same values and masks as the first row of the full output."""
         x = self.embeddings(input_ids, attention_mask, token_type_ids, dropout_keys=dropout_keys)  # (B, L, H)
         valid = attention_mask.astype(bool)
         pair_mask = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
         rel_embeddings = self.relative_embeddings()
-        for layer in self.layers:
-            x = layer(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            num_queries = 1 if first_token_only and i == last else None
+            x = layer(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys, num_queries=num_queries)
         return x
 
 

@@ -63,25 +63,45 @@ def _mix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Uniform uint32 words of ``shape`` from one key: a threefry seed, then a counter hash per element."""
-    size = math.prod(shape)
-    if size >= 2**32:
-        raise ValueError(f"a dropout mask holds at most 2**32 - 1 elements per example, got shape {shape}")
+def _block_counter(shape: tuple[int, ...], full_shape: tuple[int, ...]) -> jax.Array:
+    """Row-major flat index, within ``full_shape``, of every element of its leading block of ``shape``."""
+    if len(full_shape) != len(shape) or any(n > full for n, full in zip(shape, full_shape, strict=True)):
+        raise ValueError(f"dropout block of shape {shape} does not fit in the full shape {full_shape}")
+    if shape == full_shape:
+        return jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    strides = [math.prod(full_shape[axis + 1 :]) for axis in range(len(full_shape))]
+    counter = jnp.zeros(shape, jnp.uint32)
+    for axis, stride in enumerate(strides):
+        counter = counter + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    return counter
+
+
+def hashed_bits(key: jax.Array, shape: tuple[int, ...], full_shape: tuple[int, ...] | None = None) -> jax.Array:
+    """Uniform uint32 words of ``shape`` from one key: a threefry seed, then a counter hash per element.
+
+    With ``full_shape``, the words are those of the leading block ``[:shape[0], :shape[1], ...]`` of the
+    words ``full_shape`` would get, so a computation that needs only part of a tensor gets its masks.
+    """
+    shape = tuple(shape)
+    full_shape = shape if full_shape is None else tuple(full_shape)
+    if math.prod(full_shape) >= 2**32:
+        raise ValueError(f"a dropout mask holds at most 2**32 - 1 elements per example, got shape {full_shape}")
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    return _mix32(_mix32(counter ^ seed[0]) + seed[1])
+    return _mix32(_mix32(_block_counter(shape, full_shape) ^ seed[0]) + seed[1])
 
 
-def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    """Boolean mask, each element kept with probability ``1 - rate`` (to within 2**-32)."""
+def keep_mask(
+    key: jax.Array, rate: float, shape: tuple[int, ...], full_shape: tuple[int, ...] | None = None
+) -> jax.Array:
+    """Boolean mask, each element kept with probability ``1 - rate`` (to within 2**-32); ``full_shape`` as in
+    :func:`hashed_bits`."""
     threshold = min(round(rate * 2**32), 2**32 - 1)
-    return hashed_bits(key, shape) >= jnp.uint32(threshold)
+    return hashed_bits(key, shape, full_shape) >= jnp.uint32(threshold)
 
 
-def _masked(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+def _masked(x: jax.Array, key: jax.Array, rate: float, full_shape: tuple[int, ...] | None = None) -> jax.Array:
     keep = 1.0 - rate
-    return jnp.where(keep_mask(key, rate, x.shape), x / keep, jnp.zeros_like(x))
+    return jnp.where(keep_mask(key, rate, x.shape, full_shape), x / keep, jnp.zeros_like(x))
 
 
 def _check_rate(rate: float) -> None:
@@ -89,10 +109,19 @@ def _check_rate(rate: float) -> None:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
 
 
-def dropout(x: jax.Array, rate: float, keys: DropoutKeys | jax.Array | None, site: int) -> jax.Array:
+def dropout(
+    x: jax.Array,
+    rate: float,
+    keys: DropoutKeys | jax.Array | None,
+    site: int,
+    *,
+    full_shape: tuple[int, ...] | None = None,
+) -> jax.Array:
     """Inverted dropout on ``x`` (B, ...), one mask per example from ``keys``: :class:`DropoutKeys`
     or its per-example keys (B, key) alone.
 
+    ``full_shape`` (per example, without B): ``x`` is the leading block of a tensor of that shape, and
+    gets that tensor's masks on the block (e.g. the first query rows of attention probabilities).
     ``keys=None`` or ``rate == 0`` means deterministic (evaluation).
     """
     if keys is None or rate == 0.0:
@@ -100,7 +129,7 @@ def dropout(x: jax.Array, rate: float, keys: DropoutKeys | jax.Array | None, sit
     _check_rate(rate)
     if isinstance(keys, DropoutKeys):
         keys = keys.examples
-    return jax.vmap(lambda key, xi: _masked(xi, jax.random.fold_in(key, site), rate))(keys, x)
+    return jax.vmap(lambda key, xi: _masked(xi, jax.random.fold_in(key, site), rate, full_shape))(keys, x)
 
 
 def shared_dropout(x: jax.Array, rate: float, keys: DropoutKeys | None, site: int) -> jax.Array:

@@ -6,7 +6,8 @@ Hugging Face key map (:meth:`hf_weight_map`), used both to load and to export.
 
 * :class:`SequenceClassifier` -> logits (B, num_labels); ``num_labels == 1`` is regression.
   BERT: pooler -> dropout -> ``classifier``; RoBERTa: ``classifier`` (dropout, dense, tanh, dropout,
-  out_proj) on the first token; DeBERTa: context ``pooler`` -> dropout -> ``classifier``.
+  out_proj) on the first token; DeBERTa: context ``pooler`` -> dropout -> ``classifier``. Every one reads the
+  first token alone, so the encoder's last layer computes that position only (``first_token_only``).
 * :class:`QuestionAnswerer` -> (start_logits, end_logits), each (B, L): ``qa_outputs`` Linear(H, 2).
 * :class:`EncoderModel` -> last hidden state (B, L, H) (``BertModel`` / ``DebertaV2Model``).
 
@@ -197,7 +198,10 @@ class SequenceClassifier(_HFModel):
             self.classifier = _final_linear(config.hidden_size, num_labels, rngs)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_keys=None) -> jax.Array:
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids, dropout_keys=dropout_keys)  # (B, L, H)
+        # Every head here reads the first token alone, so the last layer computes only that position.
+        hidden = self.encoder(
+            input_ids, attention_mask, token_type_ids, dropout_keys=dropout_keys, first_token_only=True
+        )  # (B, 1, H)
         if isinstance(self.classifier, RobertaClassificationHead):
             return self.classifier(hidden, dropout_keys=dropout_keys)
         if isinstance(self.pooler, BertPooler):
