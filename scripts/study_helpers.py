@@ -119,6 +119,11 @@ def add_scale_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
 
 
+def scale_title(args) -> str:
+    """The reports' setup heading for the scale ``add_scale_arguments`` parsed: reduced, or the whole split."""
+    return "reduced scale — read this first" if args.max_train_examples else "the built-in run's scale"
+
+
 def enable_compilation_cache(directory: str) -> None:
     import jax
 

@@ -163,3 +163,10 @@ def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path
     build_run_config(overrides)  # a valid configuration
     args = parser.parse_args(["--learning-rate", "0.01"])
     assert helpers.scaled_run_overrides("movie-sentiment", 0, 40, args, tmp_path)["learning_rate"] == 0.01
+
+
+def test_scale_title_names_the_reduced_scale_or_the_whole_split():
+    from argparse import Namespace
+
+    assert helpers.scale_title(Namespace(max_train_examples=1024)) == "reduced scale — read this first"
+    assert helpers.scale_title(Namespace(max_train_examples=0)) == "the built-in run's scale"
