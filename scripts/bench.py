@@ -20,9 +20,9 @@ at every step (t_init = t_final = 0, ΔT = 1), γ = 0.1. Step times are medians 
 two warm-up calls; JAX compile time is reported apart. FLOP/s use an analytic count of the model's
 forward and backward (frozen weights need input gradients only), as each framework computes it (ours
 runs the last layer at the first position alone, the one the classifier reads), and are compared with
-the measured rate of a large matmul on each framework. Peak memory: on CPU the growth of process RSS during one untimed
-call, sampled every millisecond after the free heap is trimmed (approximate), plus XLA's own
-temp-buffer size for our rows; on GPU the frameworks' allocator peaks.
+the measured rate of a large matmul on each framework. Peak memory: on CPU the growth of process RSS
+during one untimed call, sampled every millisecond after the free heap is trimmed (approximate), plus
+XLA's own temp-buffer size for our rows; on GPU the frameworks' allocator peaks.
 
     python scripts/bench.py --out docs/bench.json                      # MiniLM shape, batch 32 x 128
     python scripts/bench.py --model deberta-v3-base --dtype bfloat16   # on a GPU
