@@ -35,6 +35,7 @@ from jax_adalora.allocator import rank_allocator
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.regularization import orthogonal_regularization
+from jax_adalora.runtime import step_compiler_options
 from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
@@ -275,7 +276,7 @@ def make_train_step(
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         return TrainState(params, opt_state, running, state.step + 1), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    return jax.jit(train_step, donate_argnums=(0,), compiler_options=step_compiler_options())
 
 
 def make_eval_step(functional: FunctionalModel) -> Callable:

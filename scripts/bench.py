@@ -58,7 +58,7 @@ from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
 from jax_adalora.report import atomic_write_json
-from jax_adalora.runtime import keep_freed_memory
+from jax_adalora.runtime import keep_freed_memory, step_compiler_options
 from jax_adalora.stats import per_example_moments
 from jax_adalora.step import (
     FunctionalModel,
@@ -435,8 +435,9 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
         m = per_example_moments(loss_one, params, batch, frozen, step_key, mask=batch["example_mask"])
         return m.mean, m.sq_mean
 
-    for name, fn in ((OURS_BATCH_ONLY, jax.jit(jax.grad(loss_batch))), (OURS_PER_EXAMPLE_ONLY, jax.jit(moments))):
-        compiled, info = compile_jax(fn, (params, batch, frozen, key))
+    options = step_compiler_options()  # compiled as the training step is
+    for name, fn in ((OURS_BATCH_ONLY, jax.grad(loss_batch)), (OURS_PER_EXAMPLE_ONLY, moments)):
+        compiled, info = compile_jax(jax.jit(fn, compiler_options=options), (params, batch, frozen, key))
 
         def run(i, compiled=compiled):
             jax.block_until_ready(compiled(params, batch, frozen, jax.random.key(i)))

@@ -54,6 +54,7 @@ from jax_adalora.adapters import inject_adapters
 from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
+from jax_adalora.runtime import step_compiler_options
 from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
@@ -197,7 +198,7 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
         }
         return new_state, Shadow(running, smoothing), out
 
-    return jax.jit(step_fn, donate_argnums=(0, 1))
+    return jax.jit(step_fn, donate_argnums=(0, 1), compiler_options=step_compiler_options())
 
 
 def flat(tree: dict, paths: list[str]) -> np.ndarray:

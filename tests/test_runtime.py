@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from jax_adalora import runtime
 
 
@@ -26,3 +28,41 @@ def test_jax_still_computes_after_tuning():
         "x = jnp.ones((1024, 1024)); print(float((x @ x).sum()))"
     )
     assert float(_in_fresh_process(code)) == 1024.0**3
+
+
+def test_step_compiler_options_keep_ynnpack_for_dots_only_on_cpu_and_can_be_switched_off():
+    code = (
+        "import jax; from jax_adalora.runtime import step_compiler_options; "
+        "print(jax.default_backend(), step_compiler_options())"
+    )
+    backend, _, options = _in_fresh_process(code).partition(" ")
+    if backend == "cpu":
+        assert options == repr(runtime.CPU_STEP_OPTIONS)
+    else:
+        assert options == "{}"
+    assert _in_fresh_process(code, **{runtime.XLA_CPU_ENV_SWITCH: "0"}).endswith(" {}")
+
+
+def test_the_step_options_compile_reductions_without_ynnpack_and_keep_the_values():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    options = runtime.step_compiler_options()
+    if not options:
+        pytest.skip("the step options are empty off CPU")
+    g = jax.random.normal(jax.random.key(0), (32, 1536, 16))
+
+    def moments(g):
+        mean = jnp.mean(g, axis=0)
+        return mean, jnp.mean(jnp.square(g - mean), axis=0)
+
+    default = jax.jit(moments).lower(g).compile()
+    tuned = jax.jit(moments, compiler_options=options).lower(g).compile()
+    assert "__ynn_fusion" in default.as_text()  # XLA's default sends these reductions to YNNPACK
+    assert "__ynn_fusion" not in tuned.as_text()
+    g64 = np.asarray(g, np.float64)
+    reference = (g64.mean(0), g64.var(0))
+    for ours in (default(g), tuned(g)):
+        for value, expected in zip(ours, reference, strict=True):
+            np.testing.assert_allclose(np.asarray(value), expected, rtol=1e-5, atol=1e-7)
