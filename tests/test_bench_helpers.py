@@ -171,3 +171,17 @@ def test_step_flops_with_the_last_layer_at_one_position():
     deberta = EncoderConfig.deberta_v3_base(num_hidden_layers=2)
     full, one = (bench.step_flops(deberta, 32, 128, 16, last_layer_queries=n)["total"] for n in (None, 1))
     assert 0.35 < 1 - one / full < 0.45
+
+
+def test_bench_step_pairs_each_row_with_the_sensitivity_step_compiled_the_same_way():
+    import bench_step
+
+    runs = {
+        name: {"times": [float(i)]}
+        for i, name in enumerate(
+            ["sens, library", "gsnr, library", "run, library", "sens, default", "gsnr, default", "run, default"]
+        )
+    }
+    assert bench_step._baselines(runs, 2) == [[0.0]] * 3 + [[3.0]] * 3
+    single = {name: runs[name] for name in list(runs)[:3]}
+    assert bench_step._baselines(single, 1) == [[0.0]] * 3
