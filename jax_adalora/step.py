@@ -228,11 +228,19 @@ def per_example_train_moments(
 
 
 def make_train_step(
-    functional: FunctionalModel, tx, adalora: AdaLoRAConfig, kind: str, *, dropout: bool = True
+    functional: FunctionalModel,
+    tx,
+    adalora: AdaLoRAConfig,
+    kind: str,
+    *,
+    dropout: bool = True,
+    compiler_options: dict[str, str] | None = None,
 ) -> Callable:
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
     ``batch`` holds the model inputs, the labels, ``example_mask`` (B,) and ``example_index`` (B,).
+    ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.runtime.step_compiler_options`
+    and ``{}`` XLA's defaults.
 
     Sensitivity and movement read the training gradient (task loss + regulariser), as AdaLoRA and PEFT
     do; Fisher and GSNR read statistics of the task-loss gradient only (see
@@ -276,7 +284,9 @@ def make_train_step(
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         return TrainState(params, opt_state, running, state.step + 1), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,), compiler_options=step_compiler_options())
+    if compiler_options is None:
+        compiler_options = step_compiler_options()
+    return jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options)
 
 
 def make_eval_step(functional: FunctionalModel) -> Callable:

@@ -18,7 +18,6 @@ process; each row's ratio is then taken round by round against the sensitivity s
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import time
@@ -28,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_adalora import runtime
 from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
@@ -51,7 +49,8 @@ MODES = {
 }
 
 
-def build(mode: dict, args, total_steps: int = 1000):
+def build(mode: dict, args, total_steps: int = 1000, step_options: str = "library"):
+    """The step for ``mode``, compiled with the library's XLA options or (``"xla-default"``) XLA's defaults."""
     config = EncoderConfig.minilm_l6()
     model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
     adalora = AdaLoRAConfig(r_init=args.rank, r_target=args.rank // 2, t_init=10, t_final=10, **mode)
@@ -60,25 +59,9 @@ def build(mode: dict, args, total_steps: int = 1000):
     functional = FunctionalModel(model)
     tx = make_optimizer(OptimConfig(), adalora, total_steps)
     state = init_train_state(params, tx, adalora)
-    step = make_train_step(functional, tx, adalora, "classification", dropout=True)
+    compiler_options = {} if step_options == "xla-default" else None
+    step = make_train_step(functional, tx, adalora, "classification", dropout=True, compiler_options=compiler_options)
     return step, state, functional.frozen
-
-
-def build_compiled_as(variant: str, mode: dict, args):
-    """:func:`build`, with the step compiled with the library's XLA options or with XLA's defaults."""
-    if variant == "library":
-        return build(mode, args)
-    saved = os.environ.get(runtime.XLA_CPU_ENV_SWITCH)
-    os.environ[runtime.XLA_CPU_ENV_SWITCH] = "0"
-    runtime.step_compiler_options.cache_clear()
-    try:
-        return build(mode, args)
-    finally:
-        if saved is None:
-            del os.environ[runtime.XLA_CPU_ENV_SWITCH]
-        else:
-            os.environ[runtime.XLA_CPU_ENV_SWITCH] = saved
-        runtime.step_compiler_options.cache_clear()
 
 
 def _baselines(runs: dict, variant_count: int) -> list[list[float]]:
@@ -123,7 +106,7 @@ def main() -> None:
     variants = ["library", "xla-default"] if args.step_options == "both" else [args.step_options]
     runs = {}
     for variant, (name, mode) in ((v, m) for v in variants for m in MODES.items()):
-        step, state, frozen = build_compiled_as(variant, mode, args)
+        step, state, frozen = build(mode, args, step_options=variant)
         if len(variants) > 1:
             name = f"{name}, {variant}"
         t0 = time.perf_counter()

@@ -147,3 +147,22 @@ def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on():
     differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), batch_grads, other_shared)
     difference = max(jax.tree.leaves(differences))
     assert difference > 1e-3 * scale  # 100x the tolerance the equality above holds to
+
+
+def test_the_step_under_xla_defaults_or_the_library_options_gives_the_same_update():
+    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
+
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", t_init=1, t_final=1)
+    model = _tiny_classifier(adalora)
+    functional = FunctionalModel(model)
+    tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
+    batch = _batch()
+    results = []
+    for options in (None, {}):  # None: runtime.step_compiler_options(); {}: XLA's defaults
+        params = jax.tree.map(jnp.copy, trainable_params(model, HEAD))  # each step donates its state
+        state = init_train_state(params, tx, adalora)
+        step = make_train_step(functional, tx, adalora, "classification", compiler_options=options)
+        for i in range(3):
+            state, metrics = step(state, functional.frozen, batch, jax.random.key(i))
+        results.append((state.params, metrics["loss"]))
+    chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-7)
