@@ -116,7 +116,13 @@ def matmul_flops(n: int) -> int:
 
 
 def step_flops(
-    config: EncoderConfig, batch_size: int, seq_len: int, rank: int, *, last_layer_queries: int | None = None
+    config: EncoderConfig,
+    batch_size: int,
+    seq_len: int,
+    rank: int,
+    *,
+    last_layer_queries: int | None = None,
+    skewed_positions: bool = False,
 ) -> dict[str, int]:
     """Analytic matmul FLOPs of one forward + backward of the adapted classifier.
 
@@ -129,6 +135,10 @@ def step_flops(
     ``last_layer_queries``: positions the last layer computes (default all ``seq_len``, as transformers);
     our classifier computes the first alone (``first_token_only``), so its keys and values still run over
     every position, but queries, attention output and FFN over one.
+
+    ``skewed_positions``: as our DeBERTa computes c2p and p2c (``models.deberta.skew``), against the
+    ``n + seq_len - 1`` relative positions that occur among ``n`` queries and ``seq_len`` keys instead of the
+    whole table, where they fit in it.
     """
     h, inter, b, s = config.hidden_size, config.intermediate_size, batch_size, seq_len
     relative = config.model_type == "deberta-v2" and config.relative_attention
@@ -140,8 +150,9 @@ def step_flops(
         attention = 2 * 2 * b * n * s * h  # scores q kᵀ and context p v
         if relative:
             # c2p: the n queries against the projected table; p2c: the s keys against it.
+            rows = n + s - 1 if skewed_positions and n + s - 1 <= span else span
             sides = {"c2p": n, "p2c": s}
-            attention += sum(2 * b * sides[kind] * span * h + 2 * span * h * h for kind in config.pos_att_type)
+            attention += sum(2 * b * sides[kind] * rows * h + 2 * rows * h * h for kind in config.pos_att_type)
         per_token = rank * (h + h)  # one h -> h adapter, per token
         adapters = 2 * b * s * 2 * per_token + 2 * b * n * (2 * per_token + 2 * rank * (h + inter))
         return dense, attention, adapters
@@ -683,7 +694,9 @@ def main() -> None:
     rates = matmul_rates(args.matmul_size or (8192 if on_gpu else 2048), args.dtype, device)
     flops = {
         "torch": step_flops(config, args.batch_size, args.seq_len, args.r_init),
-        "jax": step_flops(config, args.batch_size, args.seq_len, args.r_init, last_layer_queries=1),
+        "jax": step_flops(
+            config, args.batch_size, args.seq_len, args.r_init, last_layer_queries=1, skewed_positions=True
+        ),
     }
     results = result_rows(rows, flops, rates)
     medians = {r["name"]: r["median_s"] for r in results}

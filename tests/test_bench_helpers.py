@@ -55,6 +55,11 @@ def test_step_flops_deberta_counts_relative_attention():
     extra = bench.step_flops(config, 4, 128, 16)["forward"] - bench.step_flops(plain, 4, 128, 16)["forward"]
     span, h = 2 * 256, 768
     assert extra == 2 * (2 * 4 * 128 * span * h + 2 * span * h * h) * 12
+    # Ours, skewed: 255 relative positions occur among 128 tokens, and are all that is scored.
+    skewed = bench.step_flops(config, 4, 128, 16, skewed_positions=True)["forward"]
+    assert skewed - bench.step_flops(plain, 4, 128, 16)["forward"] == 2 * (2 * 4 * 128 * 255 * h + 2 * 255 * h * h) * 12
+    # Beyond the table (512 tokens: 1023 relative positions, 512 rows), the whole table, as transformers.
+    assert bench.step_flops(config, 1, 512, 16, skewed_positions=True) == bench.step_flops(config, 1, 512, 16)
 
 
 def test_check_target():

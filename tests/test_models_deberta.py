@@ -22,6 +22,7 @@ from jax_adalora.models.deberta import (
     deberta_pooler_weight_map,
     deberta_weight_map,
     relative_positions,
+    skew,
 )
 from jax_adalora.models.dropout import DropoutKeys, dropout_keys, keep_mask
 
@@ -99,7 +100,7 @@ def batch(config, *, batch_size=3, length=24, seed=0):
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, config.vocab_size, (batch_size, length)).astype(np.int32)
     mask = np.ones((batch_size, length), np.int32)
-    for row, n in enumerate([length, 17, 9][:batch_size]):
+    for row, n in enumerate([length, 2 * length // 3 + 1, length // 3 + 1][:batch_size]):
         mask[row, n:] = 0
     ids = np.where(mask > 0, ids, 0).astype(np.int32)
     types = (rng.random((batch_size, length)) < 0.4).astype(np.int32) * mask
@@ -116,8 +117,17 @@ def hf_hidden(model, ids, mask, types):
     return out.last_hidden_state.numpy()
 
 
+# Relative scores are read through ``skew`` when the N + L - 1 relative positions of N queries against L keys
+# fit in the table (2S rows), else gathered from the scores against the whole table. 24 tokens: gathered where
+# S is 8 or 16, skewed where it is 64 (``c2p_p2c_separate_keys``); 16 tokens: the full layers skew where S is 16
+# or 64, and a single query (``first_token_only``) skews everywhere, clamped beyond the span in ``c2p_only``;
+# 8 tokens: skewed in every config.
+LENGTHS = [24, 16, 8]
+
+
+@pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_encoder_matches_transformers(name):
+def test_encoder_matches_transformers(name, length):
     hf_config = DebertaV2Config(**TINY, **CONFIGS[name])
     config = EncoderConfig.from_hf_dict(hf_config.to_dict())
     model = random_hf(DebertaV2Model, hf_config)
@@ -133,7 +143,7 @@ def test_encoder_matches_transformers(name):
 
     encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
     set_weights(encoder, weight_map, state_dict)
-    ids, mask, types = batch(config)
+    ids, mask, types = batch(config, length=length)
     expected = hf_hidden(model, ids, mask, types)
     # Padded positions too: both sides give a padded query uniform attention over all keys.
     got = np.asarray(encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
@@ -223,8 +233,9 @@ class _OurMasks(torch.nn.Module):
         return x * torch.from_numpy(np.asarray(mask, np.float32)) / (1.0 - self.rate)
 
 
+@pytest.mark.parametrize("length", [24, 8])
 @pytest.mark.parametrize("name", ["v3_like", "c2p_p2c_separate_keys"])
-def test_dropout_sites_match_transformers(name):
+def test_dropout_sites_match_transformers(name, length):
     """With every ``nn.Dropout`` of transformers' model replaced by our masks, the two forwards agree: our dropout
     sits where transformers' does, and the relative-position table gets one mask per layer for the batch."""
     rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.15)
@@ -233,7 +244,7 @@ def test_dropout_sites_match_transformers(name):
     model = random_hf(DebertaV2Model, hf_config)
     encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
     set_weights(encoder, deberta_weight_map(config), model.state_dict())
-    ids, mask, types = batch(config)
+    ids, mask, types = batch(config, length=length)
     keys = dropout_keys(jax.random.key(3), jnp.arange(ids.shape[0]))
 
     hidden, probs = rates["hidden_dropout_prob"], rates["attention_probs_dropout_prob"]
@@ -289,8 +300,9 @@ def test_unsupported_configs_raise():
         DebertaContextPooler(base.replace(pooler_hidden_act="nope"), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("length", [24, 8])
 @pytest.mark.parametrize("name", ["v3_like", "c2p_p2c_separate_keys"])
-def test_low_rank_position_scores_equal_the_formed_projection(name):
+def test_low_rank_position_scores_equal_the_formed_projection(name, length):
     """Under ``per_example_adapters`` the table's adapted projection enters the c2p/p2c scores in low-rank form;
     the result must be the same as forming the projection."""
     from jax_adalora.adapters import inject_adapters, per_example_adapters
@@ -304,7 +316,7 @@ def test_low_rank_position_scores_equal_the_formed_projection(name):
             projection.lam.set_value(jnp.asarray([0.9, -0.5, 0.3, 0.7]))
             projection.P.set_value(projection.P[...] * 20.0)
             projection.Q.set_value(projection.Q[...] * 20.0)
-    ids, mask, types = (jnp.asarray(a) for a in batch(config))
+    ids, mask, types = (jnp.asarray(a) for a in batch(config, length=length))
     formed = np.asarray(encoder(ids, mask, types))
     with per_example_adapters():
         low_rank = np.asarray(encoder(ids, mask, types))
@@ -313,14 +325,15 @@ def test_low_rank_position_scores_equal_the_formed_projection(name):
     assert np.abs(formed - np.asarray(plain(ids, mask, types))).max() > 1e-3  # the adapters do contribute
 
 
+@pytest.mark.parametrize("length", [24, 16])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(name):
+def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(name, length):
     """``first_token_only`` (what the sequence classifier asks for) computes the last layer at the first position
     alone, c2p / p2c included; values, dropout masks and gradients are those of the full output's first row."""
     rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
     config = EncoderConfig.from_hf_dict(DebertaV2Config(**{**TINY, **rates}, **CONFIGS[name]).to_dict())
     graphdef, params = nnx.split(DebertaV2Encoder(config, rngs=nnx.Rngs(0)))
-    ids, mask, types = (jnp.asarray(a) for a in batch(config))
+    ids, mask, types = (jnp.asarray(a) for a in batch(config, length=length))
     keys = dropout_keys(jax.random.key(4), jnp.arange(ids.shape[0]))
     weights = jax.random.normal(jax.random.key(1), (ids.shape[0], config.hidden_size))
 
@@ -334,3 +347,31 @@ def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(na
     grad = lambda flag: jax.grad(lambda p: jnp.sum(first_row(p, flag) * weights))(params)  # noqa: E731
     for a, b in zip(jax.tree.leaves(grad(False)), jax.tree.leaves(grad(True)), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 5), (2, 3), (5, 5), (4, 9), (9, 4)])
+def test_skew_shifts_each_row_one_column_further(rows, cols):
+    x = np.random.default_rng(rows * 10 + cols).standard_normal((2, 3, rows, rows + cols - 1)).astype(np.float32)
+    expected = np.empty((2, 3, rows, cols), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            expected[..., r, c] = x[..., r, rows - 1 - r + c]
+    np.testing.assert_array_equal(np.asarray(skew(jnp.asarray(x), cols)), expected)
+    with pytest.raises(ValueError, match="columns"):
+        skew(jnp.asarray(x), cols + 1)
+
+
+def _gathers_on_scores(encoder, ids, mask) -> int:
+    """Gathers whose operand has the rank of a score tensor (B, NH, rows, cols) in the encoder's jaxpr."""
+    graphdef, state = nnx.split(encoder)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(ids, mask))(state)
+    return sum(eqn.primitive.name == "gather" and eqn.invars[0].aval.ndim == 4 for eqn in jaxpr.jaxpr.eqns)
+
+
+def test_short_sequences_read_relative_scores_without_a_gather():
+    """The skew is what runs when the relative positions fit in the table; the gather only beyond."""
+    config = EncoderConfig.from_hf_dict(DebertaV2Config(**TINY, **CONFIGS["v3_like"]).to_dict())  # 2S = 16
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    short, long = (tuple(jnp.asarray(a) for a in batch(config, length=n))[:2] for n in (8, 24))
+    assert _gathers_on_scores(encoder, *short) == 0
+    assert _gathers_on_scores(encoder, *long) == 2 * config.num_hidden_layers  # c2p and p2c per layer

@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jax_adalora.adapters import inject_adapters
@@ -118,17 +119,20 @@ def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
     return model
 
 
-def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on():
+@pytest.mark.parametrize("length", [7, 4])
+def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(length):
     """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key);
     inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask. The
-    per-example path also applies the table's adapters in low-rank form (adapters.per_example_adapters)."""
+    per-example path also applies the table's adapters in low-rank form (adapters.per_example_adapters).
+    The table has 8 rows: at 7 tokens the full layers gather their relative scores and the last layer (one
+    query) skews them; at 4 tokens every layer skews (``models.deberta.skew``)."""
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
     model = _tiny_deberta_classifier(adalora)
     params = trainable_params(model, HEAD)
     for triplet in params["adapters"].values():  # λ = 0 at init would leave P's and Q's gradients at zero
         triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
     functional = FunctionalModel(model)
-    batch, key = _batch(), jax.random.key(5)
+    batch, key = _batch(length=length), jax.random.key(5)
 
     loss_one = example_loss(functional, "classification", dropout=True)
     _, _, moments = jax.jit(

@@ -3,7 +3,11 @@
 Disentangled attention adds content-to-position (c2p) and position-to-content (p2c) terms to the
 content scores, read from one table of relative-position embeddings shared by all layers. Relative
 positions (log-bucketed when ``position_buckets > 0``) depend only on the static sequence length,
-so they are numpy constants at trace time and the forward stays shape-static.
+so they are numpy constants at trace time and the forward stays shape-static. When the relative
+positions that occur fit in the table (N + L - 1 <= 2S for N queries and L keys: 255 <= 512 for
+DeBERTa-v3 at 128 tokens), the c2p / p2c scores are taken against those table rows alone and
+shifted into place (``skew``); longer sequences gather them from the scores against the whole table,
+as transformers does for every length.
 
 The six matrices AdaLoRA adapts sit at the paths shared with the BERT encoder
 (``layers[i].attention.query|key|value|output``, ``layers[i].intermediate``, ``layers[i].output``)
@@ -63,14 +67,12 @@ def attention_span(config: EncoderConfig) -> int:
     return config.position_buckets if config.position_buckets > 0 else _max_relative_positions(config)
 
 
-@functools.lru_cache(maxsize=64)
-def relative_positions(length: int, position_buckets: int, max_relative_positions: int) -> np.ndarray:
-    """Relative position ``q - k`` of every query/key pair, log-bucketed beyond ``position_buckets // 2``.
+def _bucketed(rel: np.ndarray, position_buckets: int, max_relative_positions: int) -> np.ndarray:
+    """Relative positions ``rel`` (any int array), log-bucketed beyond ``position_buckets // 2``, as int32.
 
-    Returns an int32 (length, length) numpy array. The bucket arithmetic runs in float32, as
-    transformers runs it, so the bucket edges agree with it exactly.
+    The bucket arithmetic runs in float32, as transformers runs it, so the bucket edges agree with it
+    exactly.
     """
-    rel = np.arange(length)[:, None] - np.arange(length)[None, :]
     if position_buckets > 0 and max_relative_positions > 0:
         mid = position_buckets // 2
         sign = np.sign(rel)
@@ -80,6 +82,31 @@ def relative_positions(length: int, position_buckets: int, max_relative_position
         log_pos = np.ceil(log_ratio / log_max * np.float32(mid - 1)) + np.float32(mid)
         rel = np.where(abs_pos <= mid, rel.astype(np.float32), log_pos * sign)
     return rel.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_positions(length: int, position_buckets: int, max_relative_positions: int) -> np.ndarray:
+    """Relative position ``q - k`` of every query/key pair, log-bucketed beyond ``position_buckets // 2``:
+    an int32 (length, length) numpy array."""
+    rel = np.arange(length)[:, None] - np.arange(length)[None, :]
+    return _bucketed(rel, position_buckets, max_relative_positions)
+
+
+def skew(x: jax.Array, cols: int) -> jax.Array:
+    """``y[..., r, c] = x[..., r, R - 1 - r + c]``: (..., R, R + cols - 1) -> (..., R, cols).
+
+    Row ``r`` of the result is a window of row ``r`` of ``x`` that starts ``R - 1 - r`` columns in. It is
+    read from the flattened rows with a stride of ``R + cols - 2``, so the whole operation is a slice and
+    two reshapes, whose gradient is a pad: no gather, and no scatter-add in the backward pass.
+    """
+    rows, width = x.shape[-2], x.shape[-1]
+    if width != rows + cols - 1:
+        raise ValueError(f"skew: x has {width} columns; {rows} rows and {cols} output columns need {rows + cols - 1}")
+    if rows == 1:
+        return x[..., :cols]
+    lead = x.shape[:-2]
+    flat = x.reshape(*lead, rows * width)[..., rows - 1 : rows - 1 + rows * (width - 1)]
+    return flat.reshape(*lead, rows, width - 1)[..., :cols]
 
 
 def _norm_rel_ebd(config: EncoderConfig) -> list[str]:
@@ -192,11 +219,11 @@ class DisentangledAttention(nnx.Module):
         return jnp.swapaxes(x.reshape(*x.shape[:-1], self.num_heads, self.head_dim), -2, -3)
 
     def _against_positions(self, x: jax.Array, projection, rel_embeddings: jax.Array) -> jax.Array:
-        """``x`` (B, NH, L, D) against the heads of ``projection(table)``: (B, NH, L, 2S)."""
+        """``x`` (B, NH, L, D) against the heads of ``projection(table)``, a (T, H) table: (B, NH, L, T)."""
         if hasattr(projection, "low_rank_parts") and adapters_are_per_example():
             # Per-example adapter copies: the base projection stays one matmul for the batch and only
             # rank-r products are per example (see adapters.per_example_adapters).
-            base, rank_side, p = projection.low_rank_parts(rel_embeddings)  # (2S, H), (2S, r), (H, r)
+            base, rank_side, p = projection.low_rank_parts(rel_embeddings)  # (T, H), (T, r), (H, r)
             p_heads = p.reshape(self.num_heads, self.head_dim, p.shape[-1])  # (NH, D, r)
             return x @ jnp.swapaxes(self._heads(base), -1, -2) + (x @ p_heads) @ rank_side.T
         return x @ jnp.swapaxes(self._heads(projection(rel_embeddings)), -1, -2)
@@ -205,19 +232,53 @@ class DisentangledAttention(nnx.Module):
         """c2p + p2c terms (B, NH, N, L) from queries (B, NH, N, D), the first N of L positions, keys
         (B, NH, L, D) and the table (2S, H)."""
         num_queries = q.shape[-2]
+        key_projection = self.key if self.share_att_key else self.pos_key
+        query_projection = self.query if self.share_att_key else self.pos_query
+        if num_queries + length - 1 <= rel_embeddings.shape[0]:
+            return self._skewed_relative_scores(q, k, key_projection, query_projection, rel_embeddings, length)
+        # Longer sequences than the table: gather each pair's column from the scores against the whole
+        # table, as transformers does.
         rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)[:num_queries]
         score = 0.0
         if self.c2p:
-            c2p = self._against_positions(q, self.key if self.share_att_key else self.pos_key, rel_embeddings)
+            c2p = self._against_positions(q, key_projection, rel_embeddings)
             c2p_index = np.clip(rel_pos + self.span, 0, 2 * self.span - 1)  # c2p is (B, NH, N, 2S)
             score = score + c2p[..., np.arange(num_queries)[:, None], c2p_index] / jnp.asarray(self.scale, c2p.dtype)
         if self.p2c:
-            p2c = self._against_positions(k, self.query if self.share_att_key else self.pos_query, rel_embeddings)
+            p2c = self._against_positions(k, query_projection, rel_embeddings)
             # p2c is (B, NH, L_k, 2S), gathered as [key, query] with index[key, query] = clip(query - key + S),
             # then transposed to [query, key]. (transformers writes -rel_pos, the same for the full square
             # table, whose bucketing is odd: rel_pos.T == -rel_pos.)
             p2c_index = np.clip(rel_pos.T + self.span, 0, 2 * self.span - 1)
             p2c = jnp.swapaxes(p2c[..., np.arange(length)[:, None], p2c_index], -1, -2)
+            score = score + p2c / jnp.asarray(self.scale, p2c.dtype)
+        return score
+
+    def _table_rows(self, relative: np.ndarray) -> np.ndarray:
+        """Rows of the (2S, H) table that hold the relative positions ``relative`` (before bucketing)."""
+        bucketed = _bucketed(relative, self.position_buckets, self.max_relative_positions)
+        return np.clip(bucketed + self.span, 0, 2 * self.span - 1)
+
+    def _skewed_relative_scores(self, q, k, key_projection, query_projection, rel_embeddings, length: int):
+        """The same terms as ``_relative_scores`` when N + L - 1 <= 2S, without a gather.
+
+        The table rows are taken once per relative position ``query - key`` that occurs, N + L - 1 of
+        them, ordered so that each query's (c2p) or key's (p2c) scores against them, shifted by one column
+        per row, are its scores against every key (query): ``skew``. Against the gather this projects and
+        scores N + L - 1 table rows instead of 2S, and its backward pass is a pad instead of a scatter-add.
+        """
+        num_queries = q.shape[-2]
+        score = 0.0
+        if self.c2p:
+            # Column m of query i's row holds relative position N - 1 - m; skew puts (i, j) at m = N - 1 - i + j.
+            rows = self._table_rows((num_queries - 1) - np.arange(num_queries + length - 1))
+            c2p = self._against_positions(q, key_projection, rel_embeddings[rows])  # (B, NH, N, N + L - 1)
+            score = score + skew(c2p, length) / jnp.asarray(self.scale, c2p.dtype)
+        if self.p2c:
+            # Key j's row, column m, holds query - key = m - (L - 1); skew puts (j, i) at m = L - 1 - j + i.
+            rows = self._table_rows(np.arange(num_queries + length - 1) - (length - 1))
+            p2c = self._against_positions(k, query_projection, rel_embeddings[rows])  # (B, NH, L, L + N - 1)
+            p2c = jnp.swapaxes(skew(p2c, num_queries), -1, -2)  # [key, query] -> [query, key]
             score = score + p2c / jnp.asarray(self.scale, p2c.dtype)
         return score
 
