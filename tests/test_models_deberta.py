@@ -1,5 +1,6 @@
 """DeBERTa-v2/v3 encoder: parity with transformers' PyTorch ``DebertaV2Model`` on random tiny configs."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -325,7 +326,7 @@ def test_low_rank_position_scores_equal_the_formed_projection(name, length):
     assert np.abs(formed - np.asarray(plain(ids, mask, types))).max() > 1e-3  # the adapters do contribute
 
 
-@pytest.mark.parametrize("length", [24, 16])
+@pytest.mark.parametrize("length", [16])  # full layers gathered (S = 8) or skewed (S = 16, 64); one query skewed
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(name, length):
     """``first_token_only`` (what the sequence classifier asks for) computes the last layer at the first position
@@ -359,6 +360,35 @@ def test_skew_shifts_each_row_one_column_further(rows, cols):
     np.testing.assert_array_equal(np.asarray(skew(jnp.asarray(x), cols)), expected)
     with pytest.raises(ValueError, match="columns"):
         skew(jnp.asarray(x), cols + 1)
+
+
+@pytest.mark.parametrize("length", [8, 24])
+@pytest.mark.parametrize("name", ["c2p_only", "p2c_only_buckets", "v3_like", "c2p_p2c_separate_keys"])
+def test_skewed_relative_scores_equal_the_gathered_ones_with_gradients(name, length):
+    """Both ways of reading c2p / p2c, on one attention module, for every query and for the first alone:
+    the same values and the same gradients for queries, keys, table and projections, whether or not the
+    relative positions fit in the table and whether or not they are clamped or bucketed."""
+    config = EncoderConfig.from_hf_dict(DebertaV2Config(**TINY, **CONFIGS[name]).to_dict())
+    graphdef, params = nnx.split(DebertaV2Encoder(config, rngs=nnx.Rngs(0)).layers[0].attention)
+    table = DebertaV2Encoder(config, rngs=nnx.Rngs(1)).relative_embeddings()
+    keys = jax.random.split(jax.random.key(2), 3)
+    heads, head_dim = config.num_attention_heads, config.head_dim
+    k = jax.random.normal(keys[0], (2, heads, length, head_dim))
+    weights = jax.random.normal(keys[2], (2, heads, length, length))
+    for num_queries in (length, 1):
+        q = jax.random.normal(keys[1], (2, heads, num_queries, head_dim))
+
+        def total(params, q, k, table, method, num_queries=num_queries):
+            scores = getattr(nnx.merge(graphdef, params), method)(q, k, table, length)
+            return jnp.sum(scores * weights[:, :, :num_queries])
+
+        for method in ("skewed_relative_scores", "gathered_relative_scores"):
+            scores = getattr(nnx.merge(graphdef, params), method)(q, k, table, length)
+            assert scores.shape == (2, heads, num_queries, length), method
+        skewed = jax.value_and_grad(total, argnums=(0, 1, 2, 3))(params, q, k, table, "skewed_relative_scores")
+        gathered = jax.value_and_grad(total, argnums=(0, 1, 2, 3))(params, q, k, table, "gathered_relative_scores")
+        np.testing.assert_allclose(float(skewed[0]), float(gathered[0]), rtol=1e-5)
+        chex.assert_trees_all_close(skewed[1], gathered[1], rtol=1e-4, atol=1e-5)
 
 
 def _gathers_on_scores(encoder, ids, mask) -> int:

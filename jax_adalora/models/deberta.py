@@ -230,14 +230,23 @@ class DisentangledAttention(nnx.Module):
 
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
         """c2p + p2c terms (B, NH, N, L) from queries (B, NH, N, D), the first N of L positions, keys
-        (B, NH, L, D) and the table (2S, H)."""
+        (B, NH, L, D) and the table (2S, H): skewed when the N + L - 1 relative positions fit in the
+        table, else gathered."""
+        if q.shape[-2] + length - 1 <= rel_embeddings.shape[0]:
+            return self.skewed_relative_scores(q, k, rel_embeddings, length)
+        return self.gathered_relative_scores(q, k, rel_embeddings, length)
+
+    def _projections(self):
+        """The modules that project the table for c2p (keys) and p2c (queries)."""
+        if self.share_att_key:
+            return self.key, self.query
+        return self.pos_key, self.pos_query
+
+    def gathered_relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
+        """The c2p + p2c terms as transformers computes them: scores against the whole table, then each
+        pair's column gathered."""
         num_queries = q.shape[-2]
-        key_projection = self.key if self.share_att_key else self.pos_key
-        query_projection = self.query if self.share_att_key else self.pos_query
-        if num_queries + length - 1 <= rel_embeddings.shape[0]:
-            return self._skewed_relative_scores(q, k, key_projection, query_projection, rel_embeddings, length)
-        # Longer sequences than the table: gather each pair's column from the scores against the whole
-        # table, as transformers does.
+        key_projection, query_projection = self._projections()
         rel_pos = relative_positions(length, self.position_buckets, self.max_relative_positions)[:num_queries]
         score = 0.0
         if self.c2p:
@@ -259,14 +268,17 @@ class DisentangledAttention(nnx.Module):
         bucketed = _bucketed(relative, self.position_buckets, self.max_relative_positions)
         return np.clip(bucketed + self.span, 0, 2 * self.span - 1)
 
-    def _skewed_relative_scores(self, q, k, key_projection, query_projection, rel_embeddings, length: int):
-        """The same terms as ``_relative_scores`` when N + L - 1 <= 2S, without a gather.
+    def skewed_relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
+        """The same terms as :meth:`gathered_relative_scores`, without a gather on the scores.
 
         The table rows are taken once per relative position ``query - key`` that occurs, N + L - 1 of
         them, ordered so that each query's (c2p) or key's (p2c) scores against them, shifted by one column
         per row, are its scores against every key (query): ``skew``. Against the gather this projects and
         scores N + L - 1 table rows instead of 2S, and its backward pass is a pad instead of a scatter-add.
+        It gives the same result for any length; it costs fewer FLOPs only while N + L - 1 <= 2S, which is
+        when :meth:`_relative_scores` chooses it.
         """
+        key_projection, query_projection = self._projections()
         num_queries = q.shape[-2]
         score = 0.0
         if self.c2p:
