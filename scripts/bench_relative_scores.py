@@ -53,8 +53,8 @@ def programs(graphdef, method: str, length: int, options: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 384, 512])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
