@@ -120,9 +120,8 @@ def hf_hidden(model, ids, mask, types):
 
 # Relative scores are read through ``skew`` when the N + L - 1 relative positions of N queries against L keys
 # fit in the table (2S rows), else gathered from the scores against the whole table. 24 tokens: gathered where
-# S is 8 or 16, skewed where it is 64 (``c2p_p2c_separate_keys``); 16 tokens: the full layers skew where S is 16
-# or 64, and a single query (``first_token_only``) skews everywhere, clamped beyond the span in ``c2p_only``;
-# 8 tokens: skewed in every config.
+# S is 8 or 16, skewed where it is 64 (``c2p_p2c_separate_keys``); 16 tokens: gathered where S is 8, skewed
+# where it is 16 (31 of 32 rows) or 64; 8 tokens: skewed in every config.
 LENGTHS = [24, 16, 8]
 
 
