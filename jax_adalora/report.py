@@ -1,9 +1,10 @@
-"""Run outputs that describe the rank allocation: the rank pattern JSON and the heatmap PNG."""
+"""Run outputs: the rank pattern JSON and heatmap PNG, atomic file writes, and the machine a result came from."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
@@ -104,3 +105,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def machine_summary() -> dict[str, str]:
+    """The platform, JAX version and JAX backend, for the ``machine`` field of a result file."""
+    import jax
+
+    return {"platform": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend()}

@@ -12,7 +12,6 @@ programs are timed interleaved in one process; medians over repeats. A benchmark
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_adalora.report import atomic_write_json
+from jax_adalora.report import atomic_write_json, machine_summary
 from jax_adalora.runtime import step_compiler_options
 
 SHAPES = {"P 384x16": (384, 16), "Q 16x384": (16, 384), "P 1536x16": (1536, 16), "Q 16x1536": (16, 1536)}
@@ -67,7 +66,7 @@ def main() -> None:
         print(f"{r['gradient']:<24}{r['xla-default_ms']:>17.3f}{r['library_ms']:>13.3f}{r['speed-up']:>9.1f}x")
     result = {
         "benchmark": "E[g], E[g2], Var[g] over the example axis, per tensor (medians)",
-        "machine": {"platform": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": machine_summary(),
         "setup": vars(args),
         "library_options": options,
         "rows": rows,

@@ -20,7 +20,6 @@ gathered one beyond.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -30,7 +29,7 @@ from flax import nnx
 
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.deberta import DebertaV2Encoder
-from jax_adalora.report import atomic_write_json
+from jax_adalora.report import atomic_write_json, machine_summary
 from jax_adalora.runtime import step_compiler_options
 
 METHODS = ("gathered_relative_scores", "skewed_relative_scores")
@@ -104,7 +103,7 @@ def main() -> None:
         print(f"{r['length']:>6}  {r['part']:<18}{times}")
     result = {
         "benchmark": "DeBERTa c2p + p2c scores, gathered vs skewed (medians)",
-        "machine": {"platform": platform.platform(), "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": machine_summary(),
         "setup": vars(args),
         "rows": rows,
     }

@@ -31,7 +31,7 @@ from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
-from jax_adalora.report import atomic_write_json
+from jax_adalora.report import atomic_write_json, machine_summary
 from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
@@ -140,10 +140,8 @@ def main() -> None:
     per_example = [r for r in rows if r["mode"].startswith("gsnr (per-example")]
     result = {
         "machine": {
-            "platform": platform.platform(),
+            **machine_summary(),
             "processor": platform.processor(),
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
             "malloc_tuning": malloc_tuned,
         },

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -53,6 +52,7 @@ from jax_adalora import scores as scores_lib
 from jax_adalora.adapters import inject_adapters
 from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
 from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.report import machine_summary
 from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
 from jax_adalora.runtime import step_compiler_options
 from jax_adalora.stats import (
@@ -481,13 +481,7 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
             helpers.save_rank_panels(
                 panels, out / f"rank_patterns{suffix}.png", title=f"{task}, seed {seed}: final kept ranks per mode"
             )
-    machine = {
-        "platform": platform.platform(),
-        "git_revision": revision,
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-    }
+    machine = {**machine_summary(), "git_revision": revision, "cpu_count": os.cpu_count()}
     payload = {
         "command": helpers.command_line("compare_stats.py", argv),
         "scale": {k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir")},

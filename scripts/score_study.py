@@ -22,14 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import jax
 import study_helpers as helpers
+
+from jax_adalora.report import machine_summary
 
 ADALORA_SCORES = ("sensitivity", "movement", "fisher", "gsnr")
 BASELINE = "fixed"
@@ -223,12 +223,10 @@ def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, r
                 title=f"{task}: kept rank per matrix, mean over seeds {args.seeds}",
             )
     machine = {
-        "platform": platform.platform(),
+        **machine_summary(),
         "git_revision": runs_revisions(results, revision),
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
     }
     payload = {
         "command": helpers.command_line("score_study.py", argv),

@@ -190,3 +190,17 @@ def test_bench_step_pairs_each_row_with_the_sensitivity_step_compiled_the_same_w
     assert bench_step._baselines(runs, 2) == [[0.0]] * 3 + [[3.0]] * 3
     single = {name: runs[name] for name in list(runs)[:3]}
     assert bench_step._baselines(single, 1) == [[0.0]] * 3
+
+
+def test_machine_summary_names_the_platform_jax_version_and_backend():
+    import platform
+
+    import jax
+
+    from jax_adalora.report import machine_summary
+
+    assert machine_summary() == {
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+    }
