@@ -22,7 +22,6 @@ several-fold when other processes share the cores; compare runs on a quiet machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from flax import nnx
 
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import build_encoder
+from jax_adalora.report import atomic_write_json
 
 SHAPES = {
     "minilm": EncoderConfig.minilm_l6,
@@ -178,9 +178,7 @@ def main() -> None:
             "repeats": args.repeats,
             "rows": rows,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
-            json.dump(result, handle, indent=2)
+        atomic_write_json(args.out, result)
         print(f"wrote {args.out}")
 
 
