@@ -60,21 +60,40 @@ class AdaLoRALinear(nnx.Module):
     def _gate(self, dtype) -> jax.Array:
         return (self.lam[...] * self.mask[...] * self.scaling).astype(dtype)
 
+    def _probe(self) -> dict[str, jax.Array] | None:
+        """The zero-valued per-example probes set by :func:`set_probes`, if any (see :func:`probed_adapter`)."""
+        return getattr(self, "probe", None)
+
+    def _probe_gate(self, probe: dict[str, jax.Array], dtype) -> jax.Array:
+        return (probe["lam"] * self.mask[...] * self.scaling).astype(dtype)  # (B, r)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.base(x)
         dtype = y.dtype
-        return y + factored_adapter(
-            x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype)
-        )
+        parts = (x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype))
+        probe = self._probe()
+        if probe is None:
+            return y + factored_adapter(*parts)
+        return y + probed_adapter(*parts, probe["P"], self._probe_gate(probe, dtype), probe["Q"])
 
     def low_rank_parts(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(base(x), (x Qᵀ) ⊙ gate, P)``: ``self(x)`` is the first plus the second times ``Pᵀ``.
 
         For callers that contract the output with something else and want the adapter's part to stay
-        rank r (see :func:`per_example_adapters`)."""
+        rank r (see :func:`per_example_adapters`). With probes set (:func:`set_probes`), ``x`` is an input
+        the batch shares (no batch axis) and the last two parts are per example, (B, ..., r) and
+        (B, d_out, r), with each example's probe added, so that their gradients reach the probes."""
         y = self.base(x)
         dtype = y.dtype
-        return y, (x.astype(dtype) @ self.Q[...].astype(dtype).T) * self._gate(dtype), self.P[...].astype(dtype)
+        x, p, gate, q = x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype)
+        probe = self._probe()
+        if probe is None:
+            return y, (x @ q.T) * gate, p
+        q = q + probe["Q"].astype(dtype)  # (B, r, d_in)
+        gate = gate + self._probe_gate(probe, dtype)  # (B, r)
+        p = p + jnp.swapaxes(probe["P"], -1, -2).astype(dtype)  # (B, d_out, r)
+        rank_side = jnp.einsum("...i,bri->b...r", x, q) * gate.reshape(gate.shape[:1] + (1,) * (x.ndim - 1) + (-1,))
+        return y, rank_side, p
 
     def delta_kernel(self) -> jax.Array:
         """The dense update ``(P diag(λ·mask·scale) Q)ᵀ`` in nnx kernel orientation (d_in, d_out)."""
@@ -139,6 +158,88 @@ def _factored_adapter_bwd(residuals, dy):
 
 
 factored_adapter.defvjp(_factored_adapter_fwd, _factored_adapter_bwd)
+
+
+@jax.custom_vjp
+def probed_adapter(
+    x: jax.Array,
+    p: jax.Array,
+    gate: jax.Array,
+    q: jax.Array,
+    probe_pt: jax.Array,
+    probe_gate: jax.Array,
+    probe_q: jax.Array,
+) -> jax.Array:
+    """:func:`factored_adapter` of a batch, whose VJP also gives each example's own gradient.
+
+    ``x`` is (B, ..., d_in). The probes are zero-valued per-example perturbations of the factors:
+    ``probe_pt`` (B, r, d_out) of ``Pᵀ``, ``probe_gate`` (B, r) of the gate, ``probe_q`` (B, r, d_in) of ``Q``.
+    Example b's output is that of the factors plus its probes; since the probes are zero, the forward
+    ignores them and runs on the shared factors, and the cotangent of example b's probe is example b's
+    gradient of the factors. So one batch forward and backward, as for the batch gradient, yields the
+    per-example gradients: only the weight gradients keep the example axis, contracting each example's
+    tokens alone. ``Pᵀ``'s probe is (B, r, d_out) because XLA on CPU writes (B, r, d_out) about 3x
+    faster than (B, d_out, r) (docs/PERFORMANCE.md). The probes must be zero: their values are not read.
+    """
+    return factored_adapter(x, p, gate, q)
+
+
+def _probed_adapter_fwd(x, p, gate, q, probe_pt, probe_gate, probe_q):
+    y, residuals = _factored_adapter_fwd(x, p, gate, q)
+    return y, (residuals, (probe_pt, probe_gate, probe_q))  # the probes for their dtypes only
+
+
+def _probed_adapter_bwd(saved, dy):
+    (x, z, h, p, gate, q), probes = saved
+    batch, rank = x.shape[0], z.shape[-1]
+    x3, dy3 = x.reshape(batch, -1, x.shape[-1]), dy.reshape(batch, -1, dy.shape[-1])  # (B, N, d_in), (B, N, d_out)
+    z3, h3 = z.reshape(batch, -1, rank), h.reshape(batch, -1, rank)  # (B, N, r)
+    dpt = jnp.einsum("bnr,bno->bro", h3, dy3)  # (B, r, d_out): each example's own tokens
+    dh = dy3 @ p  # (B, N, r)
+    dgate = jnp.sum(dh * z3, axis=1)  # (B, r)
+    dz = dh * gate
+    dq = jnp.einsum("bnr,bni->bri", dz, x3)  # (B, r, d_in)
+    dx = (dz @ q).reshape(x.shape)
+    per_example = tuple(g.astype(probe.dtype) for g, probe in zip((dpt, dgate, dq), probes, strict=True))
+    return dx, jnp.sum(dpt, axis=0).T, jnp.sum(dgate, axis=0), jnp.sum(dq, axis=0), *per_example
+
+
+probed_adapter.defvjp(_probed_adapter_fwd, _probed_adapter_bwd)
+
+
+def zero_probes(triplets: Triplets, batch_size: int) -> Triplets:
+    """Zero per-example probes for :func:`set_probes`: ``{path: {"P": (B, r, d_out), "lam": (B, r),
+    "Q": (B, r, d_in)}}`` (P's probe is transposed, see :func:`probed_adapter`)."""
+
+    def zeros(shape):
+        return jnp.zeros((batch_size,) + shape, jnp.float32)
+
+    return {
+        path: {"P": zeros(t["P"].shape[::-1]), "lam": zeros(t["lam"].shape), "Q": zeros(t["Q"].shape)}
+        for path, t in triplets.items()
+    }
+
+
+def probes_to_triplet_layout(tree: Triplets) -> Triplets:
+    """A pytree in the probes' layout (e.g. their gradients' moments) in the triplets' layout: P transposed."""
+    return {path: {**t, "P": jnp.swapaxes(t["P"], -1, -2)} for path, t in tree.items()}
+
+
+def set_probes(model: nnx.Module, probes: Mapping[str, Mapping[str, jax.Array]]) -> None:
+    """Gives every adapter of ``model`` its per-example probes (from :func:`zero_probes`).
+
+    The model then computes each example's output as if its adapters were the shared factors plus its
+    own probes, and the gradient of a sum of per-example losses with respect to the probes holds each
+    example's gradient of the triplets. For a model merged inside ``jit`` for one call (as
+    ``step.FunctionalModel.apply`` does); the model's state does not keep them."""
+    modules = adapter_modules(model)
+    if set(modules) != set(probes):
+        raise ValueError(
+            f"probes do not match the model's adapters: missing {sorted(set(modules) - set(probes))}, "
+            f"unknown {sorted(set(probes) - set(modules))}"
+        )
+    for path, module in modules.items():
+        module.probe = nnx.data(dict(probes[path]))
 
 
 def module_path_str(path: tuple) -> str:

@@ -8,8 +8,9 @@ Both return :class:`Moments` for the same quantities, so scores take either:
   examples. The exact moments compute it in two passes (deviations from the mean), not as
   ``E[g²] - E[g]²``, which cancels catastrophically in float32 where ``|E[g]|`` dominates the spread.
 
-Expectations are over the examples of the current mini-batch for :func:`per_example_moments`, and
-over a window of recent steps for :func:`running_moments`.
+Expectations are over the examples of the current mini-batch for :func:`per_example_moments` (any
+per-example loss, through ``jax.vmap``) and :func:`per_example_moments_of_probes` (one batch backward pass,
+what the training step uses), and over a window of recent steps for :func:`running_moments`.
 """
 
 from __future__ import annotations
@@ -95,46 +96,48 @@ def per_example_value_and_moments(
     return weighted_mean(losses), Moments(mean=mean, sq_mean=sq_mean, var=var, count=count)
 
 
-def per_example_moments_with_shared(
-    loss_fn: Callable[..., jax.Array],
-    params: PyTree,
+def per_example_moments_of_probes(
+    losses_fn: Callable[..., jax.Array],
+    probes: PyTree,
     shared: PyTree,
-    batch: PyTree,
     *args,
     mask: jax.Array | None = None,
 ) -> tuple[jax.Array, Moments, PyTree]:
-    """Exact moments for ``params``, and only the batch gradient for ``shared``, in one backward pass.
+    """Exact per-example moments from ONE batch backward pass, through zero-valued per-example probes.
 
-    ``params`` (e.g. the adapters, whose scores need per-example statistics) are given one copy per
-    example and differentiated per copy; ``shared`` (e.g. a task head, which needs only its batch
-    gradient) stays a single unbatched value, so its gradient is accumulated over the batch by one
-    contraction instead of being materialised per example (B × 384 × 384 for a BERT pooler).
+    ``probes`` has one zero perturbation per example (a leading batch axis B) of the parameters whose
+    moments are wanted, and example b's loss depends on them only as ``params + probes[b]``. The gradient
+    of the summed losses with respect to ``probes[b]`` is then example b's own gradient, so the loss is
+    differentiated once for the batch, without ``vmap``. (The adapters compute these gradients in their
+    backward pass without forming per-example copies: :func:`jax_adalora.adapters.probed_adapter`.)
+    ``shared`` (e.g. a task head) gets only its batch gradient, from the same pass.
 
     Args:
-      loss_fn: ``loss_fn(params, shared, example, *args) -> scalar`` for ONE example.
-      params, shared: the two parameter pytrees.
-      batch, *args, mask: as in :func:`per_example_moments`.
+      losses_fn: ``losses_fn(probes, shared, *args) -> (B,)`` per-example losses of the batch.
+      probes: zero arrays with a leading batch axis B (the moments come back in their layout, without it).
+      shared: parameters that get their batch gradient only.
+      *args: passed unchanged to ``losses_fn`` (the parameters themselves, the batch, frozen weights, a key).
+      mask: optional (B,) weights, 1 for real examples and 0 for padding rows; everything averages over
+        real examples only.
 
     Returns:
-      ``(mean loss, Moments of params, batch gradient of shared)``, all averaged over real examples.
+      ``(mean loss, Moments in the probes' layout, batch gradient of shared)``, averaged over real examples.
     """
-    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    batch_size = jax.tree.leaves(probes)[0].shape[0]
     weights = jnp.ones((batch_size,), jnp.float32) if mask is None else mask.astype(jnp.float32)
     count = jnp.maximum(jnp.sum(weights), 1.0)
-    copies = jax.tree.map(lambda p: jnp.broadcast_to(p, (batch_size,) + p.shape), params)
 
-    def total(copies, shared):
-        losses = jax.vmap(loss_fn, in_axes=(0, None, 0) + (None,) * len(args))(copies, shared, batch, *args)
-        return jnp.sum(losses * weights) / count
+    def total(probes, shared):
+        return jnp.sum(losses_fn(probes, shared, *args) * weights) / count
 
-    loss, (copy_grads, shared_grad) = jax.value_and_grad(total, argnums=(0, 1))(copies, shared)
+    loss, (probe_grads, shared_grad) = jax.value_and_grad(total, argnums=(0, 1))(probes, shared)
 
-    # d total / d copy_i = w_i / count * g_i, so sum_i copy_grad_i = mean of g and count * copy_grad_i = w_i g_i.
+    # d total / d probe_i = w_i / count * g_i, so sum_i probe_grad_i = mean of g and count * probe_grad_i = w_i g_i.
     # With 0/1 weights, w_i (g_i - m)² = (w_i g_i - w_i m)²: the two-pass variance over real examples.
-    mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), copy_grads)
-    sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, copy_grads)
+    mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), probe_grads)
+    sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, probe_grads)
     var = jax.tree.map(
-        lambda g, m: jnp.sum(jnp.square(g * count - _per_row(weights, g) * m), axis=0) / count, copy_grads, mean
+        lambda g, m: jnp.sum(jnp.square(g * count - _per_row(weights, g) * m), axis=0) / count, probe_grads, mean
     )
     return loss, Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights)), shared_grad
 

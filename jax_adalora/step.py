@@ -8,9 +8,12 @@ the task loss plus γ · orthogonal regularisation, the gradient statistics the 
 Gradient statistics per score and ``statistics`` mode:
 
 * sensitivity / movement: the batch gradient only (``jax.grad`` of the mean loss).
-* fisher / gsnr, ``per_example``: exact moments of the adapter gradients over the batch's examples
-  (:func:`jax_adalora.stats.per_example_moments_with_shared`); the batch gradient is their mean, and the
-  head gets its batch gradient from the same backward pass, so no second pass is needed.
+* fisher / gsnr, ``per_example``: exact moments of the adapter gradients over the batch's examples, from
+  one batch forward and backward pass through zero-valued per-example probes of the adapters
+  (:func:`jax_adalora.stats.per_example_moments_of_probes`, :func:`jax_adalora.adapters.probed_adapter`);
+  the batch gradient is their mean, and the head gets its batch gradient from the same pass.
+  :func:`example_loss` is the same per-example loss for ``jax.vmap``, the reference the tests hold the
+  probes to.
 * fisher / gsnr, ``running``: the batch gradient plus EMA estimates of ``E[g²]`` and ``Var[g]``; the
   scores start at the second step, when the estimates first see a spread.
 
@@ -30,7 +33,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import AdaLoRAParam, get_triplets, per_example_adapters, set_triplets
+from jax_adalora.adapters import (
+    AdaLoRAParam,
+    get_triplets,
+    per_example_adapters,
+    probes_to_triplet_layout,
+    set_probes,
+    set_triplets,
+    zero_probes,
+)
 from jax_adalora.allocator import rank_allocator
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import dropout_keys
@@ -40,7 +51,7 @@ from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
     batch_gradient_moments,
-    per_example_moments_with_shared,
+    per_example_moments_of_probes,
     running_moments,
     running_moments_init,
 )
@@ -111,9 +122,13 @@ class FunctionalModel:
     def __init__(self, model: nnx.Module):
         self.graphdef, self.frozen = nnx.split(model)
 
-    def apply(self, params: PyTree, frozen: PyTree, inputs: dict, dropout_keys=None):
+    def apply(self, params: PyTree, frozen: PyTree, inputs: dict, dropout_keys=None, probes: PyTree | None = None):
+        """The model's outputs; ``probes`` (:func:`jax_adalora.adapters.zero_probes`) make the adapters' backward
+        pass keep each example's gradient."""
         model = nnx.merge(self.graphdef, frozen, copy=True)
         set_trainable_params(model, params)
+        if probes is not None:
+            set_probes(model, probes)
         return model(*(inputs.get(k) for k in MODEL_INPUTS), dropout_keys=dropout_keys)
 
     def to_model(self, params: PyTree, frozen: PyTree | None = None) -> nnx.Module:
@@ -181,8 +196,9 @@ def init_train_state(params: PyTree, tx, adalora: AdaLoRAConfig) -> TrainState:
 
 def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True) -> Callable:
     """``loss_one(adapters, head, example, frozen, step_key)``: the task loss of ONE example (no batch axis),
-    with its dropout key folded from the step key and the example's index. The regulariser is added
-    separately (:func:`regulariser_gradient`): it is the same for every example."""
+    with its dropout key folded from the step key and the example's index, for ``jax.vmap``. The training
+    step uses :func:`example_losses` instead; this is the reference its per-example gradients are tested
+    against. The regulariser is added separately (:func:`regulariser_gradient`)."""
 
     def loss_one(adapters, head, example, frozen, step_key):
         batch = jax.tree.map(lambda a: a[None], example)
@@ -192,6 +208,21 @@ def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True
         return task_loss(kind, outputs, batch)[0]
 
     return loss_one
+
+
+def example_losses(functional: FunctionalModel, kind: str, *, dropout: bool = True) -> Callable:
+    """``losses(probes, head, adapters, batch, frozen, step_key) -> (B,)``: each example's task loss, the
+    adapters carrying zero per-example ``probes`` (:func:`jax_adalora.adapters.zero_probes`), so that the
+    gradient of the losses' weighted sum with respect to the probes holds each example's gradient
+    (:func:`jax_adalora.stats.per_example_moments_of_probes`). Dropout keys as in the batch step."""
+
+    def losses(probes, head, adapters, batch, frozen, step_key):
+        keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
+        with per_example_adapters():
+            outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys, probes=probes)
+        return task_loss(kind, outputs, batch)
+
+    return losses
 
 
 def regulariser_gradient(adalora: AdaLoRAConfig, params: PyTree) -> tuple[jax.Array, PyTree]:
@@ -205,18 +236,23 @@ def regulariser_gradient(adalora: AdaLoRAConfig, params: PyTree) -> tuple[jax.Ar
 
 
 def per_example_train_moments(
-    loss_one: Callable, adalora: AdaLoRAConfig, params: PyTree, batch, frozen, step_key, *, mask
+    losses_fn: Callable, adalora: AdaLoRAConfig, params: PyTree, batch, frozen, step_key, *, mask
 ) -> tuple[jax.Array, PyTree, Moments]:
     """``(training loss, training gradient, Moments of the task-loss gradient)`` from one backward pass.
 
+    ``losses_fn`` is :func:`example_losses`.
     The moments hold exact per-example statistics for ``params["adapters"]`` and the batch gradient
     (with placeholder second moments) for ``params["head"]``. The training loss and gradient add
     γ · orthogonal regularisation; the moments do not, because a term with no sampling noise is not a
     gradient statistic: added to every example it would make ``Var[g]`` of a triplet whose λ is 0
     vanish while ``E[g]`` stays at the regulariser's pull, and give that (pruned) triplet the top GSNR.
     """
-    loss, adapter_moments, head_grad = per_example_moments_with_shared(
-        loss_one, params["adapters"], params["head"], batch, frozen, step_key, mask=mask
+    probes = zero_probes(params["adapters"], mask.shape[0])
+    loss, probe_moments, head_grad = per_example_moments_of_probes(
+        losses_fn, probes, params["head"], params["adapters"], batch, frozen, step_key, mask=mask
+    )
+    adapter_moments = probe_moments._replace(
+        **{f: probes_to_triplet_layout(getattr(probe_moments, f)) for f in ("mean", "sq_mean", "var")}
     )
     head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
     moments = Moments(
@@ -250,7 +286,7 @@ def make_train_step(
     if adalora.needs_variance:
         mode = adalora.statistics
 
-    loss_one = example_loss(functional, kind, dropout=dropout)
+    losses_fn = example_losses(functional, kind, dropout=dropout)
 
     def task_loss_batch(params, batch, frozen, step_key):
         keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
@@ -265,7 +301,7 @@ def make_train_step(
         update_scores = True
         if mode == "per_example":
             loss, grads, moments = per_example_train_moments(
-                loss_one, adalora, state.params, batch, frozen, step_key, mask=mask
+                losses_fn, adalora, state.params, batch, frozen, step_key, mask=mask
             )
         else:
             task_value, task_grads = jax.value_and_grad(task_loss_batch)(state.params, batch, frozen, step_key)

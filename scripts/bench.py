@@ -6,14 +6,16 @@ so that machine noise hits all rows alike), on the same batch and the same base 
 * ours: the full jitted step of :func:`jax_adalora.step.make_train_step` (loss + orthogonal
   regularisation, statistics, clip + AdamW + rank allocator, dropout on) for sensitivity and movement
   (batch gradient), Fisher and GSNR with exact per-example moments, Fisher and GSNR with running moments;
-  and, alone, the batch gradient and :func:`jax_adalora.stats.per_example_moments` of the task loss;
+  and, alone, the batch gradient and the per-example moments of the task loss, as the step computes them
+  (:func:`jax_adalora.stats.per_example_moments_of_probes`: exact per-example moments of the adapters from
+  one batch backward pass, the head's batch gradient from the same pass);
   before them all, a control copy of the sensitivity step (the first-built step has often been slow in
   every repeat; the control shows whether it was, and stays out of the ratios);
 * PEFT: AdaLoRA on transformers' PyTorch model built from our random model's weights
   (``save_pretrained`` then ``AutoModelForSequenceClassification.from_pretrained``): forward, backward,
   clip, AdamW, ``update_and_allocate(step)``, ``zero_grad``; alone, the batch gradient and the
   per-example mean and mean of squares from ``torch.func.vmap(torch.func.grad(...))`` over the trainable
-  (adapter + head) parameters.
+  (adapter + head) parameters (per example for the head too: ``vmap(grad)`` has no batch-only part).
 
 Both sides: r_init 16 -> target 8 on the six matrices per layer, classifier + pooler trained, masking
 at every step (t_init = t_final = 0, ΔT = 1), γ = 0.1. Step times are medians over ``--repeats`` after
@@ -51,7 +53,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters, per_example_adapters
+from jax_adalora.adapters import inject_adapters, zero_probes
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
@@ -59,10 +61,11 @@ from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
 from jax_adalora.report import atomic_write_json
 from jax_adalora.runtime import keep_freed_memory, step_compiler_options
-from jax_adalora.stats import per_example_moments
+from jax_adalora.stats import per_example_moments_of_probes
 from jax_adalora.step import (
     FunctionalModel,
     OptimConfig,
+    example_losses,
     init_train_state,
     make_optimizer,
     make_train_step,
@@ -436,15 +439,14 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
         outputs = functional.apply(params, frozen, batch, dropout_keys(step_key, batch["example_index"]))
         return jnp.mean(task_loss("classification", outputs, batch))
 
-    def loss_one(params, example, frozen, step_key):
-        one = jax.tree.map(lambda a: a[None], example)
-        with per_example_adapters():
-            outputs = functional.apply(params, frozen, one, dropout_keys(step_key, one["example_index"]))
-        return task_loss("classification", outputs, one)[0]
+    losses_fn = example_losses(functional, "classification", dropout=True)
 
-    def moments(params, batch, frozen, step_key):
-        m = per_example_moments(loss_one, params, batch, frozen, step_key, mask=batch["example_mask"])
-        return m.mean, m.sq_mean
+    def moments(params, batch, frozen, step_key):  # as the step computes them: probes, the head's batch gradient
+        probes = zero_probes(params["adapters"], batch["example_mask"].shape[0])
+        _, m, head_grad = per_example_moments_of_probes(
+            losses_fn, probes, params["head"], params["adapters"], batch, frozen, step_key, mask=batch["example_mask"]
+        )
+        return m.mean, m.sq_mean, head_grad
 
     options = step_compiler_options()  # compiled as the training step is
     for name, fn in ((OURS_BATCH_ONLY, jax.grad(loss_batch)), (OURS_PER_EXAMPLE_ONLY, moments)):

@@ -64,7 +64,7 @@ from jax_adalora.stats import (
 from jax_adalora.step import (
     RUNNING_WARMUP_STEPS,
     FunctionalModel,
-    example_loss,
+    example_losses,
     init_train_state,
     make_eval_step,
     make_optimizer,
@@ -159,7 +159,7 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
     score_fn = scores_lib.get(adalora.score, gsnr_eps=adalora.gsnr_eps)
     dropout = run.train.dropout
 
-    loss_one = example_loss(functional, kind, dropout=dropout)
+    losses_fn = example_losses(functional, kind, dropout=dropout)
 
     def smooth(state, element_scores):
         return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
@@ -170,7 +170,7 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
     def step_fn(state, shadow: Shadow, frozen, batch, step_key):
         mask = batch["example_mask"]
         loss, grads, moments = per_example_train_moments(
-            loss_one, adalora, state.params, batch, frozen, step_key, mask=mask
+            losses_fn, adalora, state.params, batch, frozen, step_key, mask=mask
         )
         adapter_moments = Moments(*(m["adapters"] for m in moments[:3]), count=moments.count)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)

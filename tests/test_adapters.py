@@ -177,3 +177,108 @@ def test_factored_adapter_gradients_equal_autodiff():
     per_example = jax.vmap(jax.grad(loss(factored_adapter), argnums=(1, 2, 3)), in_axes=(0, None, None, None))
     per_example_ref = jax.vmap(jax.grad(loss(reference), argnums=(1, 2, 3)), in_axes=(0, None, None, None))
     chex.assert_trees_all_close(per_example(x, p, gate, q), per_example_ref(x, p, gate, q), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 6), (3, 6)])
+def test_probed_adapter_gives_each_examples_gradient_in_its_probes(shape):
+    from jax_adalora.adapters import probed_adapter
+
+    keys = jax.random.split(jax.random.key(8), 5)
+    x = jax.random.normal(keys[0], shape)
+    p, gate, q = (
+        jax.random.normal(keys[1], (4, 2)),
+        jax.random.normal(keys[2], (2,)),
+        jax.random.normal(keys[3], (2, 6)),
+    )
+    weights = jax.random.normal(keys[4], shape[:-1] + (4,))
+    batch = shape[0]
+    probes = (jnp.zeros((batch, 2, 4)), jnp.zeros((batch, 2)), jnp.zeros((batch, 2, 6)))
+
+    def reference(x, p, gate, q):
+        return ((x @ q.T) * gate) @ p.T
+
+    def probed_loss(x, p, gate, q, *probes):
+        return jnp.sum(jnp.tanh(probed_adapter(x, p, gate, q, *probes)) * weights)
+
+    def example_loss(x_one, w_one, p, gate, q):
+        return jnp.sum(jnp.tanh(reference(x_one, p, gate, q)) * w_one)
+
+    grads = jax.jit(jax.grad(probed_loss, argnums=tuple(range(7))))(x, p, gate, q, *probes)
+    per_example = jax.vmap(jax.grad(example_loss, argnums=(2, 3, 4)), in_axes=(0, 0, None, None, None))(
+        x, weights, p, gate, q
+    )
+    expected_probes = (jnp.swapaxes(per_example[0], -1, -2), per_example[1], per_example[2])
+    chex.assert_trees_all_close(grads[4:], expected_probes, rtol=1e-5, atol=1e-6)
+    whole = jax.grad(lambda *a: jnp.sum(jnp.tanh(reference(*a)) * weights), argnums=(0, 1, 2, 3))(x, p, gate, q)
+    chex.assert_trees_all_close(grads[:4], whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probed_adapter(x, p, gate, q, *probes), reference(x, p, gate, q), rtol=1e-6)
+
+
+def _per_example_triplet_grads(model, x, weights):
+    """Each example's gradient of the triplets, by ``jax.vmap`` over examples (the reference for probes)."""
+    graphdef, state = nnx.split(model)
+
+    def loss_one(triplets, x_one, w_one):
+        one = nnx.merge(graphdef, state, copy=True)
+        set_triplets(one, triplets)
+        return jnp.sum(jnp.tanh(one(x_one[None])) * w_one)
+
+    return jax.vmap(jax.grad(loss_one), in_axes=(None, 0, 0))(get_triplets(model), x, weights)
+
+
+def test_probes_set_on_a_model_hold_per_example_gradients_with_masks():
+    from jax_adalora.adapters import probes_to_triplet_layout, set_probes, zero_probes
+
+    model, _, _ = _adapted()
+    _randomise_lambda(model)
+    path = next(iter(get_triplets(model)))
+    set_masks(model, {path: jnp.array([1.0, 0.0, 1.0, 1.0])})
+    x = jax.random.normal(jax.random.key(4), (5, 7, 6))
+    weights = jax.random.normal(jax.random.key(5), (5, 7, 3))
+    graphdef, state = nnx.split(model)
+
+    def probed_loss(probes):
+        one = nnx.merge(graphdef, state, copy=True)
+        set_probes(one, probes)
+        return jnp.sum(jnp.tanh(one(x)) * weights)
+
+    probe_grads = jax.jit(jax.grad(probed_loss))(zero_probes(get_triplets(model), 5))
+    expected = _per_example_triplet_grads(model, x, weights)
+    chex.assert_trees_all_close(probes_to_triplet_layout(probe_grads), expected, rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(probe_grads[path]["lam"][:, 1]))) == 0.0  # the masked triplet
+    assert float(jnp.max(jnp.abs(probe_grads[path]["lam"]))) > 0.0
+    with pytest.raises(ValueError, match="probes do not match the model's adapters"):
+        set_probes(nnx.merge(graphdef, state), {})
+
+
+def test_low_rank_parts_with_probes_are_per_example():
+    """An input the batch shares (DeBERTa's relative-position table): with probes, the adapter's rank-r
+    parts carry each example's probe, so the probes' gradients are each example's gradients."""
+    from jax_adalora.adapters import probes_to_triplet_layout, set_probes, zero_probes
+
+    model, _, _ = _adapted()
+    _randomise_lambda(model)
+    path = "layers.0.up"
+    table = jax.random.normal(jax.random.key(6), (9, 6))
+    queries = jax.random.normal(jax.random.key(7), (4, 3, 12))  # (B, N, d_out of `up`)
+    graphdef, state = nnx.split(model)
+
+    def scores(module, table):
+        base, rank_side, p = module.low_rank_parts(table)  # (T, d), ([B,] T, r), ([B,] d, r)
+        return queries @ base.T + (queries @ p) @ jnp.swapaxes(rank_side, -1, -2)
+
+    def probed_loss(probes):
+        one = nnx.merge(graphdef, state, copy=True)
+        set_probes(one, probes)
+        return jnp.sum(jnp.tanh(scores(adapter_modules(one)[path], table)))
+
+    def loss_one(triplets, q_one):
+        one = nnx.merge(graphdef, state, copy=True)
+        set_triplets(one, triplets)
+        module = adapter_modules(one)[path]
+        return jnp.sum(jnp.tanh(q_one @ module(table).T))
+
+    probe_grads = jax.grad(probed_loss)(zero_probes(get_triplets(model), 4))
+    expected = jax.vmap(jax.grad(loss_one), in_axes=(None, 0))(get_triplets(model), queries)
+    chex.assert_trees_all_close(probes_to_triplet_layout(probe_grads)[path], expected[path], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(expected[path]["Q"]))) > 0

@@ -152,35 +152,48 @@ def test_running_moments_recover_population_moments():
     np.testing.assert_allclose(moments.sq_mean, mu**2 + sigma**2, rtol=0.3)
 
 
-def test_shared_params_get_the_batch_gradient_and_params_the_exact_moments():
-    from jax_adalora.stats import per_example_moments_with_shared
+def _probed_losses(probes, shared, params, batch):
+    """Each example's loss with ``params + probes[i]`` for the probed leaves (a Python-free batched form)."""
+    per_example = jax.tree.map(lambda p, d: p + d, {k: params[k] for k in probes}, probes)
+
+    def one(own, example):
+        return _example_loss({**own, **shared}, example)
+
+    return jax.vmap(one)(per_example, batch)
+
+
+def test_probes_give_the_exact_moments_and_shared_params_the_batch_gradient():
+    from jax_adalora.stats import per_example_moments_of_probes
 
     params, batch = _mlp_params(jax.random.key(10)), _batch(jax.random.key(11), n=8)
     mask = jnp.array([1, 1, 1, 1, 1, 1, 0, 0])
-    own = {k: params[k] for k in ("w1", "lam")}
+    probes = {k: jnp.zeros((8,) + params[k].shape) for k in ("w1", "lam")}
     shared = {k: params[k] for k in ("b1", "w2")}
 
-    def split_loss(own, shared, example):
-        return _example_loss({**own, **shared}, example)
-
-    loss, moments, shared_grad = jax.jit(per_example_moments_with_shared, static_argnums=0)(
-        split_loss, own, shared, batch, mask=mask
+    loss, moments, shared_grad = jax.jit(per_example_moments_of_probes, static_argnums=0)(
+        _probed_losses, probes, shared, params, batch, mask=mask
     )
     ref_loss, ref = per_example_value_and_moments(_example_loss, params, batch, mask=mask)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    for k in own:
+    for k in probes:
         np.testing.assert_allclose(moments.mean[k], ref.mean[k], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(moments.sq_mean[k], ref.sq_mean[k], rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(moments.var[k], ref.var[k], rtol=1e-4, atol=1e-7)
     for k in shared:
         np.testing.assert_allclose(shared_grad[k], ref.mean[k], rtol=1e-5, atol=1e-7)
     assert float(moments.count) == 6
+    # The masked examples count for nothing: dropping them gives the same moments.
+    real = jax.tree.map(lambda a: a[:6], batch)
+    _, real_moments, _ = per_example_moments_of_probes(
+        _probed_losses, jax.tree.map(lambda a: a[:6], probes), shared, params, real
+    )
+    chex.assert_trees_all_close(moments[:3], real_moments[:3], rtol=1e-5, atol=1e-8)
 
 
 def test_variance_is_accurate_when_the_mean_dominates_the_spread():
     """Gradients ``c + ε_i`` with ``|c| / std(ε) = 1e4``: ``E[g²] - E[g]²`` cancels to rounding noise in
     float32; the two-pass variance must match a float64 loop to 1e-3 relative."""
-    from jax_adalora.stats import per_example_moments_with_shared
+    from jax_adalora.stats import per_example_moments_of_probes
 
     noise = np.random.default_rng(0).normal(size=(16, 6)) * 1e-3
     batch = {"x": jnp.asarray(noise, jnp.float32)}
@@ -188,12 +201,14 @@ def test_variance_is_accurate_when_the_mean_dominates_the_spread():
     def loss(w, example):  # d/dw = 10 + x
         return jnp.sum(w * (10.0 + example["x"]))
 
-    def split_loss(w, shared, example):
-        return loss(w, example) + 0.0 * jnp.sum(shared)
+    def probed_losses(probes, shared, batch):
+        return jax.vmap(loss)(probes, batch) + 0.0 * jnp.sum(shared)  # w = 0 + probe
 
     expected = (10.0 + np.asarray(batch["x"], np.float64)).var(axis=0)
     moments = per_example_moments(loss, jnp.zeros(6), batch)
     np.testing.assert_allclose(moments.var, expected, rtol=1e-3)
     mask = jnp.array([1] * 12 + [0] * 4)
-    _, shared_moments, _ = per_example_moments_with_shared(split_loss, jnp.zeros(6), jnp.zeros(2), batch, mask=mask)
-    np.testing.assert_allclose(shared_moments.var, (10.0 + noise[:12]).var(axis=0), rtol=1e-3)
+    _, probe_moments, _ = per_example_moments_of_probes(
+        probed_losses, jnp.zeros((16, 6)), jnp.zeros(2), batch, mask=mask
+    )
+    np.testing.assert_allclose(probe_moments.var, (10.0 + noise[:12]).var(axis=0), rtol=1e-3)

@@ -18,6 +18,7 @@ from jax_adalora.step import (
     FunctionalModel,
     OptimConfig,
     example_loss,
+    example_losses,
     per_example_train_moments,
     regulariser_gradient,
     task_loss,
@@ -60,9 +61,9 @@ def test_per_example_moments_read_the_task_loss_and_the_update_adds_the_regulari
     functional = FunctionalModel(model)
     batch, key = _batch(), jax.random.key(5)
 
-    loss_one = example_loss(functional, "classification", dropout=False)
+    losses_fn = example_losses(functional, "classification", dropout=False)
     loss, grads, moments = per_example_train_moments(
-        loss_one, adalora, params, batch, functional.frozen, key, mask=batch["example_mask"]
+        losses_fn, adalora, params, batch, functional.frozen, key, mask=batch["example_mask"]
     )
 
     def task_mean(p):
@@ -123,7 +124,7 @@ def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
 def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(length):
     """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key);
     inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask. The
-    per-example path also applies the table's adapters in low-rank form (adapters.per_example_adapters).
+    per-example path (probes) also applies the table's adapters in low-rank form (adapters.per_example_adapters).
     The table has 8 rows: at 7 tokens the full layers gather their relative scores and the last layer (one
     query) skews them; at 4 tokens every layer skews (``models.deberta.skew``)."""
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
@@ -134,9 +135,9 @@ def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(len
     functional = FunctionalModel(model)
     batch, key = _batch(length=length), jax.random.key(5)
 
-    loss_one = example_loss(functional, "classification", dropout=True)
+    losses_fn = example_losses(functional, "classification", dropout=True)
     _, _, moments = jax.jit(
-        lambda p, b, f, k: per_example_train_moments(loss_one, adalora, p, b, f, k, mask=b["example_mask"])
+        lambda p, b, f, k: per_example_train_moments(losses_fn, adalora, p, b, f, k, mask=b["example_mask"])
     )(params, batch, functional.frozen, key)
 
     def task_mean(p, keys):
@@ -170,3 +171,53 @@ def test_the_step_under_xla_defaults_or_the_library_options_gives_the_same_updat
             state, metrics = step(state, functional.frozen, batch, jax.random.key(i))
         results.append((state.params, metrics["loss"]))
     chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta"])
+def test_the_steps_per_example_moments_equal_those_of_vmap_over_examples(family):
+    """The step's moments come from one batch backward pass through zero-valued probes of the adapters
+    (``adapters.probed_adapter``); the reference is ``jax.vmap`` of each example's own gradient
+    (``example_loss``). Dropout on, padded tokens, and one padding example, which must count for nothing."""
+    from jax_adalora.stats import per_example_value_and_moments
+
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr")
+    model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
+    params = trainable_params(model, HEAD)
+    for triplet in params["adapters"].values():  # λ = 0 at init would leave P's and Q's gradients at zero
+        triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
+    functional = FunctionalModel(model)
+    batch, key = _batch(length=7), jax.random.key(5)
+    batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0).at[3, 3:].set(0)
+    batch["example_mask"] = batch["example_mask"].at[5].set(0)
+
+    losses_fn = example_losses(functional, "classification", dropout=True)
+    loss, _, moments = jax.jit(
+        lambda p, b, f, k: per_example_train_moments(losses_fn, adalora, p, b, f, k, mask=b["example_mask"])
+    )(params, batch, functional.frozen, key)
+
+    loss_one = example_loss(functional, "classification", dropout=True)
+    head = params["head"]
+
+    def adapter_loss(adapters, example, frozen, step_key):
+        return loss_one(adapters, head, example, frozen, step_key)
+
+    ref_loss, ref = jax.jit(
+        lambda a, b, f, k: per_example_value_and_moments(adapter_loss, a, b, f, k, mask=b["example_mask"])
+    )(params["adapters"], batch, functional.frozen, key)
+
+    adalora_zero = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", orth_reg_weight=0.0)
+    loss_task, _, _ = per_example_train_moments(
+        losses_fn, adalora_zero, params, batch, functional.frozen, key, mask=batch["example_mask"]
+    )
+    np.testing.assert_allclose(loss_task, ref_loss, rtol=1e-5)
+    assert float(loss) > float(loss_task)  # the training loss adds the regulariser
+    for name in ("mean", "sq_mean", "var"):
+        ours, theirs = getattr(moments, name)["adapters"], getattr(ref, name)
+        scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(theirs))
+        assert scale > 0
+        chex.assert_trees_all_close(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
+    assert float(moments.count) == 5
+    # Per-example, not batch, statistics: the spread over examples is of the order of E[g²].
+    largest_var = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.var["adapters"]))
+    largest_sq_mean = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.sq_mean["adapters"]))
+    assert largest_var > 0.1 * largest_sq_mean

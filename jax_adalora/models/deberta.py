@@ -221,11 +221,13 @@ class DisentangledAttention(nnx.Module):
     def _against_positions(self, x: jax.Array, projection, rel_embeddings: jax.Array) -> jax.Array:
         """``x`` (B, NH, L, D) against the heads of ``projection(table)``, a (T, H) table: (B, NH, L, T)."""
         if hasattr(projection, "low_rank_parts") and adapters_are_per_example():
-            # Per-example adapter copies: the base projection stays one matmul for the batch and only
-            # rank-r products are per example (see adapters.per_example_adapters).
-            base, rank_side, p = projection.low_rank_parts(rel_embeddings)  # (T, H), (T, r), (H, r)
-            p_heads = p.reshape(self.num_heads, self.head_dim, p.shape[-1])  # (NH, D, r)
-            return x @ jnp.swapaxes(self._heads(base), -1, -2) + (x @ p_heads) @ rank_side.T
+            # Per-example adapters (copies under vmap, or probes): the base projection stays one matmul for
+            # the batch and only rank-r products are per example (see adapters.per_example_adapters).
+            # rank_side and p are (T, r), (H, r), or with probes (B, T, r), (B, H, r).
+            base, rank_side, p = projection.low_rank_parts(rel_embeddings)
+            p_heads = p.reshape(*p.shape[:-2], self.num_heads, self.head_dim, p.shape[-1])  # ([B,] NH, D, r)
+            rank_side_t = jnp.swapaxes(rank_side, -1, -2)[..., None, :, :]  # ([B,] 1, r, T)
+            return x @ jnp.swapaxes(self._heads(base), -1, -2) + (x @ p_heads) @ rank_side_t
         return x @ jnp.swapaxes(self._heads(projection(rel_embeddings)), -1, -2)
 
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
