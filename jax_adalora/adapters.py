@@ -106,7 +106,8 @@ _PER_EXAMPLE_ADAPTERS = contextvars.ContextVar("per_example_adapters", default=F
 
 @contextlib.contextmanager
 def per_example_adapters() -> Iterator[None]:
-    """Marks code traced with one adapter copy per example (inside the per-example ``vmap``).
+    """Marks code traced with per-example adapters: one copy per example (inside a per-example ``vmap``),
+    or shared factors with per-example probes (:func:`set_probes`).
 
     A layer may then apply an adapter to an input the batch shares in low-rank form: DeBERTa contracts
     its queries with the relative-position table's projection as ``q K₀ᵀ + (q P)(g ⊙ Q Tᵀ)``, so only

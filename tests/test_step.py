@@ -28,12 +28,12 @@ from jax_adalora.step import (
 HEAD = r"(classifier|pooler)\..*"
 
 
-def _tiny_classifier(adalora: AdaLoRAConfig):
+def _tiny_classifier(adalora: AdaLoRAConfig, dtype=jnp.float32):
     config = EncoderConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
         max_position_embeddings=32,
     )  # fmt: skip
-    model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
+    model = SequenceClassifier(config, num_labels=2, dtype=dtype, rngs=nnx.Rngs(0))
     inject_adapters(model, adalora, rngs=nnx.Rngs(1))
     return model
 
@@ -221,3 +221,28 @@ def test_the_steps_per_example_moments_equal_those_of_vmap_over_examples(family)
     largest_var = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.var["adapters"]))
     largest_sq_mean = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.sq_mean["adapters"]))
     assert largest_var > 0.1 * largest_sq_mean
+
+
+def test_per_example_moments_under_bfloat16_compute_stay_float32_and_close():
+    """With bfloat16 compute the probes (float32, as the parameters) still receive each example's gradient."""
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
+    results = []
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = _tiny_classifier(adalora, dtype=dtype)
+        params = trainable_params(model, HEAD)
+        for triplet in params["adapters"].values():
+            triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
+        functional = FunctionalModel(model)
+        losses_fn = example_losses(functional, "classification", dropout=False)
+        batch = _batch()
+        results.append(
+            per_example_train_moments(
+                losses_fn, adalora, params, batch, functional.frozen, jax.random.key(0), mask=batch["example_mask"]
+            )[2]
+        )
+    full, half = results
+    for name in ("mean", "sq_mean"):
+        ours, reference = getattr(half, name)["adapters"], getattr(full, name)["adapters"]
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(ours))
+        scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(reference))
+        chex.assert_trees_all_close(ours, reference, atol=0.05 * scale)
