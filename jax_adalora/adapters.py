@@ -64,6 +64,11 @@ class AdaLoRALinear(nnx.Module):
         """The zero-valued per-example probes set by :func:`set_probes`, if any (see :func:`probed_adapter`)."""
         return getattr(self, "probe", None)
 
+    def has_probes(self) -> bool:
+        """Whether :func:`set_probes` gave this adapter per-example probes: an input the batch shares (no
+        batch axis) must then go through :meth:`low_rank_parts`, not ``__call__``."""
+        return self._probe() is not None
+
     def _probe_gate(self, probe: dict[str, jax.Array], dtype) -> jax.Array:
         return (probe["lam"] * self.mask[...] * self.scaling).astype(dtype)  # (B, r)
 
@@ -74,6 +79,11 @@ class AdaLoRALinear(nnx.Module):
         probe = self._probe()
         if probe is None:
             return y + factored_adapter(*parts)
+        if x.ndim < 2 or x.shape[0] != probe["P"].shape[0]:
+            raise ValueError(
+                f"AdaLoRALinear with probes for {probe['P'].shape[0]} examples got an input of shape {x.shape}: "
+                "expected a leading batch axis of that size (an input the batch shares goes through low_rank_parts)"
+            )
         return y + probed_adapter(*parts, probe["P"], self._probe_gate(probe, dtype), probe["Q"])
 
     def low_rank_parts(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -106,8 +116,8 @@ _PER_EXAMPLE_ADAPTERS = contextvars.ContextVar("per_example_adapters", default=F
 
 @contextlib.contextmanager
 def per_example_adapters() -> Iterator[None]:
-    """Marks code traced with per-example adapters: one copy per example (inside a per-example ``vmap``),
-    or shared factors with per-example probes (:func:`set_probes`).
+    """Marks code traced with one adapter copy per example (inside a per-example ``vmap``). Adapters with
+    per-example probes (:func:`set_probes`) behave the same way without it.
 
     A layer may then apply an adapter to an input the batch shares in low-rank form: DeBERTa contracts
     its queries with the relative-position table's projection as ``q K₀ᵀ + (q P)(g ⊙ Q Tᵀ)``, so only

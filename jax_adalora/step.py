@@ -218,8 +218,7 @@ def example_losses(functional: FunctionalModel, kind: str, *, dropout: bool = Tr
 
     def losses(probes, head, adapters, batch, frozen, step_key):
         keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
-        with per_example_adapters():
-            outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys, probes=probes)
+        outputs = functional.apply({"adapters": adapters, "head": head}, frozen, batch, keys, probes=probes)
         return task_loss(kind, outputs, batch)
 
     return losses

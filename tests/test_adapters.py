@@ -249,6 +249,10 @@ def test_probes_set_on_a_model_hold_per_example_gradients_with_masks():
     assert float(jnp.max(jnp.abs(probe_grads[path]["lam"]))) > 0.0
     with pytest.raises(ValueError, match="probes do not match the model's adapters"):
         set_probes(nnx.merge(graphdef, state), {})
+    probed = nnx.merge(graphdef, state, copy=True)
+    set_probes(probed, zero_probes(get_triplets(model), 5))
+    with pytest.raises(ValueError, match="expected a leading batch axis of that size"):
+        probed(x[:3])
 
 
 def test_low_rank_parts_with_probes_are_per_example():

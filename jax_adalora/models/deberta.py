@@ -220,7 +220,7 @@ class DisentangledAttention(nnx.Module):
 
     def _against_positions(self, x: jax.Array, projection, rel_embeddings: jax.Array) -> jax.Array:
         """``x`` (B, NH, L, D) against the heads of ``projection(table)``, a (T, H) table: (B, NH, L, T)."""
-        if hasattr(projection, "low_rank_parts") and adapters_are_per_example():
+        if hasattr(projection, "low_rank_parts") and (adapters_are_per_example() or projection.has_probes()):
             # Per-example adapters (copies under vmap, or probes): the base projection stays one matmul for
             # the batch and only rank-r products are per example (see adapters.per_example_adapters).
             # rank_side and p are (T, r), (H, r), or with probes (B, T, r), (B, H, r).
