@@ -122,9 +122,9 @@ def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
 
 @pytest.mark.parametrize("length", [7, 4])
 def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(length):
-    """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key);
-    inside the per-example vmap that key must stay unbatched, so each example sees the batch's mask. The
-    per-example path (probes) also applies the table's adapters in low-rank form (adapters.per_example_adapters).
+    """DeBERTa drops out its relative-position table with one mask for the batch (the step's shared key), so
+    each example's gradient must see the batch's mask. The per-example path (a batch forward with per-example
+    probes) applies the table's adapters in low-rank form (``AdaLoRALinear.low_rank_parts``).
     The table has 8 rows: at 7 tokens the full layers gather their relative scores and the last layer (one
     query) skews them; at 4 tokens every layer skews (``models.deberta.skew``)."""
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
