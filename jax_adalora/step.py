@@ -211,10 +211,11 @@ def example_loss(functional: FunctionalModel, kind: str, *, dropout: bool = True
 
 
 def example_losses(functional: FunctionalModel, kind: str, *, dropout: bool = True) -> Callable:
-    """``losses(probes, head, adapters, batch, frozen, step_key) -> (B,)``: each example's task loss, the
-    adapters carrying zero per-example ``probes`` (:func:`jax_adalora.adapters.zero_probes`), so that the
-    gradient of the losses' weighted sum with respect to the probes holds each example's gradient
-    (:func:`jax_adalora.stats.per_example_moments_of_probes`). Dropout keys as in the batch step."""
+    """``losses(probes, head, adapters, batch, frozen, step_key) -> (B,)``: each example's task loss, with
+    dropout keys folded from the step key and each example's index. With zero per-example ``probes``
+    (:func:`jax_adalora.adapters.zero_probes`) the gradient of the losses' weighted sum with respect to the
+    probes holds each example's gradient (:func:`jax_adalora.stats.per_example_moments_of_probes`); with
+    ``probes=None`` these are the batch step's losses."""
 
     def losses(probes, head, adapters, batch, frozen, step_key):
         keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
@@ -288,10 +289,8 @@ def make_train_step(
     losses_fn = example_losses(functional, kind, dropout=dropout)
 
     def task_loss_batch(params, batch, frozen, step_key):
-        keys = dropout_keys(step_key, batch["example_index"]) if dropout else None
-        outputs = functional.apply(params, frozen, batch, keys)
+        per_example = losses_fn(None, params["head"], params["adapters"], batch, frozen, step_key)  # no probes
         weights = batch["example_mask"].astype(jnp.float32)
-        per_example = task_loss(kind, outputs, batch)
         return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
     def train_step(state: TrainState, frozen, batch, step_key):

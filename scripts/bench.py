@@ -56,7 +56,6 @@ from flax import nnx
 from jax_adalora.adapters import inject_adapters, zero_probes
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
 from jax_adalora.report import atomic_write_json
@@ -69,7 +68,6 @@ from jax_adalora.step import (
     init_train_state,
     make_optimizer,
     make_train_step,
-    task_loss,
     trainable_params,
 )
 
@@ -435,11 +433,10 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
         print(f"compiled {name}: {info['compile_s']:.1f} s", flush=True)
 
     # Alone: the task loss only (no regulariser), as on the torch side.
-    def loss_batch(params, batch, frozen, step_key):
-        outputs = functional.apply(params, frozen, batch, dropout_keys(step_key, batch["example_index"]))
-        return jnp.mean(task_loss("classification", outputs, batch))
-
     losses_fn = example_losses(functional, "classification", dropout=True)
+
+    def loss_batch(params, batch, frozen, step_key):
+        return jnp.mean(losses_fn(None, params["head"], params["adapters"], batch, frozen, step_key))
 
     def moments(params, batch, frozen, step_key):  # as the step computes them: probes, the head's batch gradient
         probes = zero_probes(params["adapters"], batch["example_mask"].shape[0])
