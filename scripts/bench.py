@@ -29,6 +29,7 @@ XLA's own temp-buffer size for our rows; on GPU the frameworks' allocator peaks.
     python scripts/bench.py --out docs/bench.json                      # MiniLM shape, batch 32 x 128
     python scripts/bench.py --model deberta-v3-base --dtype bfloat16   # on a GPU
     python scripts/bench.py --seq-len 32 --batch-size 8 --repeats 2    # a smoke test (~3 min on 2 cores)
+    python scripts/bench.py --model deberta-v3-base --vmap-chunk-size 4  # CPU, 24 GB: vmap(grad) 4 examples at a time
 """
 
 from __future__ import annotations
@@ -533,7 +534,12 @@ def torch_rows(hf_dir: str, config: EncoderConfig, args, batch_np: dict, device)
             logits = torch.func.functional_call(model, params, (), one).logits
         return torch.nn.functional.cross_entropy(logits.float(), label[None])
 
-    grads_fn = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0), randomness="different")
+    grads_fn = torch.func.vmap(
+        torch.func.grad(loss_one),
+        in_dims=(None, 0, 0),
+        randomness="different",
+        chunk_size=args.vmap_chunk_size or None,  # None: all examples at once
+    )
 
     def per_example(i):
         grads = grads_fn(detached, per_example_inputs, labels)
@@ -649,6 +655,13 @@ def main() -> None:
     parser.add_argument("--r-target", type=int, default=8)
     parser.add_argument("--total-steps", type=int, default=100_000, help="schedule length (masking every step)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--vmap-chunk-size",
+        type=int,
+        default=0,
+        help="torch.func.vmap's chunk_size for the vmap(grad) row (0: the whole batch at once); bounds its memory, "
+        "e.g. DeBERTa-v3-base at batch 32, whose unchunked row would not fit beside the others in 24 GB",
+    )
     parser.add_argument("--matmul-size", type=int, default=0, help="0: 2048 on CPU, 8192 on GPU")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument(
@@ -658,6 +671,10 @@ def main() -> None:
         help="on: jax_adalora.runtime.keep_freed_memory() as the training command does (applies to torch too)",
     )
     args = parser.parse_args()
+    if args.vmap_chunk_size < 0:
+        parser.error(
+            f"--vmap-chunk-size must be 0 (no chunks) or a positive number of examples, got {args.vmap_chunk_size}"
+        )
     malloc_tuned = args.malloc_tuning == "on" and keep_freed_memory()  # before JAX or torch allocate
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only reads our temporary directory
     # On a GPU, JAX would otherwise take 75% of its memory up front and leave torch the rest.

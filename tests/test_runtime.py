@@ -22,6 +22,30 @@ def test_allocator_tuning_applies_on_linux_and_can_be_switched_off():
     assert _in_fresh_process(code, **{runtime.ENV_SWITCH: "0"}) == "False"
 
 
+def test_a_freed_block_over_2_gib_stays_in_the_heap_for_the_next_step():
+    """The next allocation of the same size is not faulted in again: trimming is off, not merely capped at INT_MAX
+    (with that cap a 2.25 GiB block went back to the kernel on every free). Untuned glibc maps and unmaps such a
+    block, so each allocation faults in every page: the control shows that the count sees the faults."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's allocator is tuned on Linux only")
+    code = (
+        "import ctypes, ctypes.util, resource\n"
+        "from jax_adalora.runtime import keep_freed_memory\n"
+        "keep_freed_memory()\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "size = 9 * 2**28\n"  # 2.25 GiB, above the largest threshold mallopt takes
+        "for _ in range(2):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    block = libc.malloc(size); ctypes.memset(block, 1, size); libc.free(block)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    pages = 9 * 2**28 // 4096
+    assert int(_in_fresh_process(code, **{runtime.ENV_SWITCH: "0"})) > pages // 2  # control: faulted in again
+    assert int(_in_fresh_process(code)) < pages // 100
+
+
 def test_jax_still_computes_after_tuning():
     code = (
         "from jax_adalora.runtime import keep_freed_memory; keep_freed_memory(); import jax.numpy as jnp; "
