@@ -41,9 +41,11 @@ def test_a_freed_block_over_2_gib_stays_in_the_heap_for_the_next_step():
         "    block = libc.malloc(size); ctypes.memset(block, 1, size); libc.free(block)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    pages = 9 * 2**28 // 4096
-    assert int(_in_fresh_process(code, **{runtime.ENV_SWITCH: "0"})) > pages // 2  # control: faulted in again
-    assert int(_in_fresh_process(code)) < pages // 100
+    untuned = int(_in_fresh_process(code, **{runtime.ENV_SWITCH: "0"}))
+    tuned = int(_in_fresh_process(code))
+    # 589,824 faults of 4 KiB pages untuned here; with transparent huge pages always on, about 1,152 of 2 MiB.
+    assert untuned >= 1000  # the control: the count sees a block faulted in again
+    assert tuned * 100 <= untuned
 
 
 def test_jax_still_computes_after_tuning():
