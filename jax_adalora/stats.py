@@ -131,15 +131,26 @@ def per_example_moments_of_probes(
         return jnp.sum(losses_fn(probes, shared, *args) * weights) / count
 
     loss, (probe_grads, shared_grad) = jax.value_and_grad(total, argnums=(0, 1))(probes, shared)
+    return loss, moments_of_probe_gradients(probe_grads, weights), shared_grad
 
-    # d total / d probe_i = w_i / count * g_i, so sum_i probe_grad_i = mean of g and count * probe_grad_i = w_i g_i.
+
+def moments_of_probe_gradients(probe_grads: PyTree, weights: jax.Array) -> Moments:
+    """``Moments`` from the probes' gradients of ``sum_b weights[b] · loss_b / count``, where
+    ``count = max(sum(weights), 1)``.
+
+    That gradient holds ``weights[b] / count · g_b`` in row b of each leaf (see
+    :func:`per_example_moments_of_probes`), however the sum was differentiated: in one pass or in
+    microbatches whose probe gradients were stacked back into (B, ...).
+    """
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    # sum_i probe_grad_i = mean of g and count * probe_grad_i = w_i g_i.
     # With 0/1 weights, w_i (g_i - m)² = (w_i g_i - w_i m)²: the two-pass variance over real examples.
     mean = jax.tree.map(lambda g: jnp.sum(g, axis=0), probe_grads)
     sq_mean = jax.tree.map(lambda g: jnp.sum(jnp.square(g * count), axis=0) / count, probe_grads)
     var = jax.tree.map(
         lambda g, m: jnp.sum(jnp.square(g * count - _per_row(weights, g) * m), axis=0) / count, probe_grads, mean
     )
-    return loss, Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights)), shared_grad
+    return Moments(mean=mean, sq_mean=sq_mean, var=var, count=jnp.sum(weights))
 
 
 def batch_gradient_moments(grad: PyTree, count: jax.Array | float) -> Moments:

@@ -44,6 +44,7 @@ from jax_adalora.adapters import (
 )
 from jax_adalora.allocator import rank_allocator
 from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.microbatch import value_and_grad_in_microbatches
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.regularization import orthogonal_regularization
 from jax_adalora.runtime import step_compiler_options
@@ -51,7 +52,7 @@ from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
     batch_gradient_moments,
-    per_example_moments_of_probes,
+    moments_of_probe_gradients,
     running_moments,
     running_moments_init,
 )
@@ -235,12 +236,51 @@ def regulariser_gradient(adalora: AdaLoRAConfig, params: PyTree) -> tuple[jax.Ar
     return jax.value_and_grad(regulariser)(params)
 
 
-def per_example_train_moments(
-    losses_fn: Callable, adalora: AdaLoRAConfig, params: PyTree, batch, frozen, step_key, *, mask
-) -> tuple[jax.Array, PyTree, Moments]:
-    """``(training loss, training gradient, Moments of the task-loss gradient)`` from one backward pass.
+def task_value_and_grad(
+    losses_fn: Callable,
+    params: PyTree,
+    batch,
+    frozen,
+    step_key,
+    *,
+    probes: PyTree | None = None,
+    microbatch_size: int | None = None,
+) -> tuple[jax.Array, PyTree, PyTree]:
+    """``(task loss, its gradient over params, its gradient over probes)``: the mean of ``losses_fn``'s
+    per-example losses over real examples (``batch["example_mask"]``), differentiated over the whole batch
+    or in microbatches (:func:`jax_adalora.microbatch.value_and_grad_in_microbatches`). With zero
+    ``probes`` their gradient holds each example's adapter gradient (row b: ``w_b / count · g_b``) and the
+    adapters' own gradient is not formed; without, the probes' gradient is ``None``."""
+    weights = batch["example_mask"].astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    trained = params if probes is None else {"head": params["head"]}  # probes stand in for the adapters
 
-    ``losses_fn`` is :func:`example_losses`.
+    def total(trained, probes, chunk):
+        adapters = params["adapters"] if probes is not None else trained["adapters"]
+        losses = losses_fn(probes, trained["head"], adapters, chunk, frozen, step_key)
+        return jnp.sum(losses * chunk["example_mask"].astype(jnp.float32)) / count
+
+    value, (grads, probe_grads) = value_and_grad_in_microbatches(total, trained, probes, batch, microbatch_size)
+    if probes is not None:
+        grads = {"adapters": None, "head": grads["head"]}
+    return value, grads, probe_grads
+
+
+def per_example_train_moments(
+    losses_fn: Callable,
+    adalora: AdaLoRAConfig,
+    params: PyTree,
+    batch,
+    frozen,
+    step_key,
+    *,
+    mask,
+    microbatch_size: int | None = None,
+) -> tuple[jax.Array, PyTree, Moments]:
+    """``(training loss, training gradient, Moments of the task-loss gradient)`` from one backward pass
+    (or one per microbatch, ``microbatch_size``).
+
+    ``losses_fn`` is :func:`example_losses`; ``mask`` is ``batch["example_mask"]``.
     The moments hold exact per-example statistics for ``params["adapters"]`` and the batch gradient
     (with placeholder second moments) for ``params["head"]``. The training loss and gradient add
     γ · orthogonal regularisation; the moments do not, because a term with no sampling noise is not a
@@ -248,13 +288,15 @@ def per_example_train_moments(
     vanish while ``E[g]`` stays at the regulariser's pull, and give that (pruned) triplet the top GSNR.
     """
     probes = zero_probes(params["adapters"], mask.shape[0])
-    loss, probe_moments, head_grad = per_example_moments_of_probes(
-        losses_fn, probes, params["head"], params["adapters"], batch, frozen, step_key, mask=mask
-    )
+    loss, grads, probe_grads = task_value_and_grad(
+        losses_fn, params, {**batch, "example_mask": mask}, frozen, step_key, probes=probes,
+        microbatch_size=microbatch_size,
+    )  # fmt: skip
+    probe_moments = moments_of_probe_gradients(probe_grads, mask.astype(jnp.float32))
     adapter_moments = probe_moments._replace(
         **{f: probes_to_triplet_layout(getattr(probe_moments, f)) for f in ("mean", "sq_mean", "var")}
     )
-    head_moments = batch_gradient_moments(head_grad, adapter_moments.count)
+    head_moments = batch_gradient_moments(grads["head"], adapter_moments.count)
     moments = Moments(
         *({"adapters": a, "head": h} for a, h in zip(adapter_moments[:3], head_moments[:3], strict=True)),
         count=adapter_moments.count,
@@ -271,12 +313,15 @@ def make_train_step(
     *,
     dropout: bool = True,
     compiler_options: dict[str, str] | None = None,
+    microbatch_size: int | None = None,
 ) -> Callable:
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
     ``batch`` holds the model inputs, the labels, ``example_mask`` (B,) and ``example_index`` (B,).
     ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.runtime.step_compiler_options`
-    and ``{}`` XLA's defaults.
+    and ``{}`` XLA's defaults. ``microbatch_size`` (a divisor of the batch size) differentiates the loss in
+    microbatches of that many examples inside the step (:func:`task_value_and_grad`): the same update and
+    statistics, a smaller working set; ``None`` differentiates the whole batch at once.
 
     Sensitivity and movement read the training gradient (task loss + regulariser), as AdaLoRA and PEFT
     do; Fisher and GSNR read statistics of the task-loss gradient only (see
@@ -288,21 +333,18 @@ def make_train_step(
 
     losses_fn = example_losses(functional, kind, dropout=dropout)
 
-    def task_loss_batch(params, batch, frozen, step_key):
-        per_example = losses_fn(None, params["head"], params["adapters"], batch, frozen, step_key)  # no probes
-        weights = batch["example_mask"].astype(jnp.float32)
-        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
     def train_step(state: TrainState, frozen, batch, step_key):
         mask = batch["example_mask"]
         running = state.running
         update_scores = True
         if mode == "per_example":
             loss, grads, moments = per_example_train_moments(
-                losses_fn, adalora, state.params, batch, frozen, step_key, mask=mask
+                losses_fn, adalora, state.params, batch, frozen, step_key, mask=mask, microbatch_size=microbatch_size
             )
         else:
-            task_value, task_grads = jax.value_and_grad(task_loss_batch)(state.params, batch, frozen, step_key)
+            task_value, task_grads, _ = task_value_and_grad(
+                losses_fn, state.params, batch, frozen, step_key, microbatch_size=microbatch_size
+            )
             reg, reg_grads = regulariser_gradient(adalora, state.params)
             loss, grads = task_value + reg, jax.tree.map(jnp.add, task_grads, reg_grads)
             count = jnp.sum(mask.astype(jnp.float32))

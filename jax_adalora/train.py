@@ -150,6 +150,8 @@ def train_and_evaluate(run: RunConfig) -> dict:
     n_dev = mesh.devices.size
     if t.batch_size % n_dev:
         raise ValueError(f"--batch-size {t.batch_size} must be divisible by the number of devices ({n_dev})")
+    if t.microbatch_size % n_dev:
+        raise ValueError(f"--microbatch-size {t.microbatch_size} must be divisible by the number of devices ({n_dev})")
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -164,7 +166,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
     tx = make_optimizer(run.optim, run.adalora, total_steps)
     state = jax.device_put(init_train_state(params, tx, run.adalora), replicated)
     frozen = jax.device_put(functional.frozen, replicated)
-    train_step = make_train_step(functional, tx, run.adalora, kind, dropout=t.dropout)
+    train_step = make_train_step(
+        functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None
+    )
     eval_step = make_eval_step(functional)
 
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=t.keep_checkpoints)

@@ -40,3 +40,15 @@ def test_schedule_without_budgeting_phase_is_rejected():
     config.validate_schedule(101)
     with pytest.raises(ValueError, match="total_steps"):
         config.validate_schedule(0)
+
+
+@pytest.mark.parametrize("value, expected", [("5", "expected a divisor of batch_size"), ("-8", "expected >= 0")])
+def test_a_microbatch_size_that_does_not_divide_the_batch_names_the_flag(value, expected, capsys):
+    from jax_adalora.run_config import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--batch-size", "32", "--microbatch-size", value])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--microbatch-size: TrainConfig.microbatch_size=" in last_line and expected in last_line
+    assert parse_args(["--batch-size", "32", "--microbatch-size", "8"]).train.microbatch_size == 8

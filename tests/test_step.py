@@ -246,3 +246,39 @@ def test_per_example_moments_under_bfloat16_compute_stay_float32_and_close():
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(ours))
         scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(reference))
         chex.assert_trees_all_close(ours, reference, atol=0.05 * scale)
+
+
+@pytest.mark.parametrize(
+    "family, score, statistics",
+    [("bert", "gsnr", "running"), ("deberta", "gsnr", "per_example")],  # the batch gradient's path, the probes' path
+)
+def test_a_step_in_microbatches_gives_the_whole_batch_steps_update(family, score, statistics):
+    """``make_train_step(microbatch_size=2)`` differentiates a batch of 6 in three microbatches: the same
+    loss, update, statistics and allocator state as the whole batch at once. Dropout on (its masks follow
+    each example's index, whichever microbatch holds it), padded tokens, one padding example."""
+    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
+
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score=score, statistics=statistics, t_init=1, t_final=1)
+    model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
+    functional = FunctionalModel(model)
+    tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
+    batch = _batch(length=7)
+    batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0)
+    batch["example_mask"] = batch["example_mask"].at[4].set(0)
+    results = []
+    for microbatch_size in (None, 2):
+        params = jax.tree.map(jnp.copy, trainable_params(model, HEAD))  # each step donates its state
+        for triplet in params["adapters"].values():  # nonzero λ: P and Q get task gradients too
+            triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
+        state = init_train_state(params, tx, adalora)
+        step = make_train_step(functional, tx, adalora, "classification", microbatch_size=microbatch_size)
+        history = []
+        for i in range(3):
+            state, metrics = step(state, functional.frozen, batch, jax.random.key(i))
+            history.append(metrics)
+        results.append((state, history))
+    (whole, whole_history), (micro, micro_history) = results
+    chex.assert_trees_all_close(micro_history, whole_history, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(micro.params, whole.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(micro.opt_state, whole.opt_state, rtol=1e-4, atol=1e-6)
+    assert float(whole_history[-1]["grad_norm"]) > 0

@@ -73,6 +73,25 @@ def test_every_score_trains(assets, tmp_path, score, stats):
     assert final["total_budget"] == final["target_budget"]
 
 
+def test_training_in_microbatches_gives_the_whole_batch_run(assets, tmp_path):
+    """``--microbatch-size`` changes how the step differentiates a batch, not what it computes. The batch is
+    sharded over the test session's 8 CPU devices, microbatches included."""
+    common = ["--score", "gsnr", "--stats", "per-example", "--batch-size", "16", "--no-export"]
+    finals = {}
+    for name, extra in (("whole", []), ("micro", ["--microbatch-size", "8"])):
+        finals[name] = train_and_evaluate(parse_args(_flags(assets, tmp_path / name, *common, *extra)))
+    assert finals["micro"]["final"] == pytest.approx(finals["whole"]["final"], rel=1e-4)
+    whole = load_file(tmp_path / "whole" / "final_adapters.safetensors")
+    micro = load_file(tmp_path / "micro" / "final_adapters.safetensors")
+    for key in whole:
+        atol = 5e-4 * float(np.abs(whole[key]).max())  # float32 reassociation through AdamW, as across devices
+        np.testing.assert_allclose(micro[key], whole[key], rtol=1e-4, atol=atol, err_msg=key)
+    patterns = [json.loads((tmp_path / n / "rank_pattern.json").read_text()) for n in ("whole", "micro")]
+    assert patterns[0] == patterns[1]
+    with pytest.raises(ValueError, match=r"--microbatch-size 4 must be divisible by the number of devices \(8\)"):
+        train_and_evaluate(parse_args(_flags(assets, tmp_path / "bad", *common, "--microbatch-size", "4")))
+
+
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
     common = ["--score", "gsnr", "--checkpoint-every", "2", "--no-export", "--epochs", "3"]
