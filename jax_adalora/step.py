@@ -250,7 +250,8 @@ def task_value_and_grad(
     per-example losses over real examples (``batch["example_mask"]``), differentiated over the whole batch
     or in microbatches (:func:`jax_adalora.microbatch.value_and_grad_in_microbatches`). With zero
     ``probes`` their gradient holds each example's adapter gradient (row b: ``w_b / count · g_b``) and the
-    adapters' own gradient is not formed; without, the probes' gradient is ``None``."""
+    gradient over params is ``{"head": ...}`` alone (the adapters' own is not formed); without, the probes'
+    gradient is ``None``."""
     weights = batch["example_mask"].astype(jnp.float32)
     count = jnp.maximum(jnp.sum(weights), 1.0)
     trained = params if probes is None else {"head": params["head"]}  # probes stand in for the adapters
@@ -261,8 +262,6 @@ def task_value_and_grad(
         return jnp.sum(losses * chunk["example_mask"].astype(jnp.float32)) / count
 
     value, (grads, probe_grads) = value_and_grad_in_microbatches(total, trained, probes, batch, microbatch_size)
-    if probes is not None:
-        grads = {"adapters": None, "head": grads["head"]}
     return value, grads, probe_grads
 
 
