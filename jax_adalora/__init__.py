@@ -1,3 +1,44 @@
-"""jax_adalora: AdaLoRA with pluggable importance scores in JAX / Flax NNX."""
+"""jax_adalora: AdaLoRA with pluggable importance scores for any Flax NNX model.
+
+The public API, in the order a training loop uses it::
+
+    import jax_adalora as jal
+
+    jal.inject(model, config, targets=..., rngs=...)        # SVD-form adapters on chosen linear layers
+    loss, grads, moments = jal.value_grad_and_moments(...)  # loss, gradient and gradient statistics
+    tx = optax.chain(..., jal.rank_allocator(config, total_steps))
+    optimizer = nnx.Optimizer(model, tx, wrt=jal.AdaLoRAParam)
+    optimizer.update(model, grads, moments=moments)         # AdamW step, then pruning to the budget
+    jal.rank_pattern(optimizer); jal.save_adapters(path, model); jal.merge(model)
+"""
+
+from jax_adalora import scores
+from jax_adalora.adapter_files import load_adapters, save_adapters
+from jax_adalora.adapters import AdaLoRALinear, AdaLoRAParam, rank_spec
+from jax_adalora.adapters import inject_adapters as inject
+from jax_adalora.adapters import merge_adapters as merge
+from jax_adalora.allocator import rank_allocator, rank_pattern
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.moments import RunningMoments, value_grad_and_moments
+from jax_adalora.regularization import orthogonal_regularization_of_model as orthogonal_regularization
+from jax_adalora.stats import Moments
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AdaLoRAConfig",
+    "AdaLoRALinear",
+    "AdaLoRAParam",
+    "Moments",
+    "RunningMoments",
+    "inject",
+    "load_adapters",
+    "merge",
+    "orthogonal_regularization",
+    "rank_allocator",
+    "rank_pattern",
+    "rank_spec",
+    "save_adapters",
+    "scores",
+    "value_grad_and_moments",
+]

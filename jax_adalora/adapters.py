@@ -16,16 +16,16 @@ are adapted and at what initial rank.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.targets import resolve_targets
 
 Triplets = dict[str, dict[str, jax.Array]]
 RankSpec = dict[str, int]
@@ -39,19 +39,51 @@ class AdaLoRAMask(nnx.Variable):
     """Fixed 0/1 rank mask (r,): all ones while training; a frozen rank pattern after loading."""
 
 
-class AdaLoRALinear(nnx.Module):
-    """An ``nnx.Linear`` with an SVD-form adapter beside it (same ``__call__``)."""
+class AdaLoRAProbe(nnx.Variable):
+    """Zero-valued per-example perturbations of an adapter's factors, ``{"P": (B, r, d_out), "lam": (B, r),
+    "Q": (B, r, d_in)}``: with them, the gradient of a sum of per-example losses holds each example's own
+    gradient of P, λ, Q (see :func:`probed_adapter`). Set for one differentiation by
+    :func:`jax_adalora.stats.value_grad_and_moments`; a trained model carries none."""
 
-    def __init__(self, base: nnx.Linear, *, rank: int, alpha: float, init_std: float = 0.02, rngs: nnx.Rngs):
-        d_in, d_out = base.in_features, base.out_features
+
+class ProbeBatchAxisError(ValueError):
+    """An adapter with per-example probes saw an input without the probes' leading batch axis."""
+
+
+AdaptableLinear = nnx.Linear | nnx.LinearGeneral
+
+
+def _linear_shapes(base: AdaptableLinear) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(input feature shape, output feature shape)`` of an ``nnx.Linear`` or a plain ``nnx.LinearGeneral``
+    (no batch axes; the contracted axes are the input's last ones)."""
+    if isinstance(base, nnx.LinearGeneral):
+        if base.batch_axis:
+            raise ValueError("nnx.LinearGeneral with batch_axis cannot be adapted: expected batch_axis={}")
+        return tuple(base.in_features), tuple(base.out_features)
+    return (base.in_features,), (base.out_features,)
+
+
+class AdaLoRALinear(nnx.Module):
+    """An ``nnx.Linear`` (or ``nnx.LinearGeneral``, its feature axes flattened) with an SVD-form adapter beside
+    it; same ``__call__`` as the layer it wraps.
+
+    The factors take the wrapped layer's ``param_dtype``: ``P`` (d_out, r), ``λ`` (r,), ``Q`` (r, d_in), with
+    ``d_in`` and ``d_out`` the products of the input and output feature shapes.
+    """
+
+    def __init__(self, base: AdaptableLinear, *, rank: int, alpha: float, init_std: float = 0.02, rngs: nnx.Rngs):
+        self.in_shape, self.out_shape = _linear_shapes(base)
+        d_in, d_out = math.prod(self.in_shape), math.prod(self.out_shape)
+        dtype = base.param_dtype
         key_p, key_q = jax.random.split(rngs.params())
         self.base = base
-        self.P = AdaLoRAParam(init_std * jax.random.normal(key_p, (d_out, rank), jnp.float32))
-        self.lam = AdaLoRAParam(jnp.zeros((rank,), jnp.float32))
-        self.Q = AdaLoRAParam(init_std * jax.random.normal(key_q, (rank, d_in), jnp.float32))
-        self.mask = AdaLoRAMask(jnp.ones((rank,), jnp.float32))
+        self.P = AdaLoRAParam((init_std * jax.random.normal(key_p, (d_out, rank))).astype(dtype))
+        self.lam = AdaLoRAParam(jnp.zeros((rank,), dtype))
+        self.Q = AdaLoRAParam((init_std * jax.random.normal(key_q, (rank, d_in))).astype(dtype))
+        self.mask = AdaLoRAMask(jnp.ones((rank,), dtype))
         # ranknum stays r_init even as ranks shrink: changing it hurt results in the reference.
         self.scaling = alpha / rank
+        self.probe = nnx.data(None)  # an AdaLoRAProbe while per-example gradients are taken (set_probes)
 
     @property
     def rank(self) -> int:
@@ -61,38 +93,52 @@ class AdaLoRALinear(nnx.Module):
         return (self.lam[...] * self.mask[...] * self.scaling).astype(dtype)
 
     def _probe(self) -> dict[str, jax.Array] | None:
-        """The zero-valued per-example probes set by :func:`set_probes`, if any (see :func:`probed_adapter`)."""
-        return getattr(self, "probe", None)
+        """The per-example probes set by :func:`set_probes`, if any (see :func:`probed_adapter`)."""
+        return self.probe.get_value() if isinstance(self.probe, AdaLoRAProbe) else None
 
     def has_probes(self) -> bool:
         """Whether :func:`set_probes` gave this adapter per-example probes: an input the batch shares (no
-        batch axis) must then go through :meth:`low_rank_parts`, not ``__call__``."""
+        batch axis) must then go through :meth:`low_rank_parts`, not ``__call__``. Models that apply an
+        adapted projection to such an input (DeBERTa's relative-position table) ask this."""
         return self._probe() is not None
 
     def _probe_gate(self, probe: dict[str, jax.Array], dtype) -> jax.Array:
         return (probe["lam"] * self.mask[...] * self.scaling).astype(dtype)  # (B, r)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.base(x)
+    def _flat_input(self, x: jax.Array) -> jax.Array:
+        """(..., *in_shape) -> (..., d_in)."""
+        if len(self.in_shape) == 1:
+            return x
+        return x.reshape(x.shape[: x.ndim - len(self.in_shape)] + (-1,))
+
+    def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
+        """``base(x, **kwargs)`` plus the adapter's output (keyword arguments, e.g. ``out_sharding``, go to the
+        wrapped layer)."""
+        y = self.base(x, **kwargs)
         dtype = y.dtype
-        parts = (x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype))
+        x_flat = self._flat_input(x).astype(dtype)
+        parts = (x_flat, self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype))
         probe = self._probe()
         if probe is None:
-            return y + factored_adapter(*parts)
-        if x.ndim < 2 or x.shape[0] != probe["P"].shape[0]:
-            raise ValueError(
-                f"AdaLoRALinear with probes for {probe['P'].shape[0]} examples got an input of shape {x.shape}: "
-                "expected a leading batch axis of that size (an input the batch shares goes through low_rank_parts)"
-            )
-        return y + probed_adapter(*parts, probe["P"], self._probe_gate(probe, dtype), probe["Q"])
+            delta = factored_adapter(*parts)
+        else:
+            if x_flat.ndim < 2 or x_flat.shape[0] != probe["P"].shape[0]:
+                raise ProbeBatchAxisError(
+                    f"AdaLoRALinear with probes for {probe['P'].shape[0]} examples got an input of shape {x.shape}: "
+                    "expected a leading batch axis of that size (an input the batch shares goes through "
+                    "low_rank_parts)"
+                )
+            delta = probed_adapter(*parts, probe["P"], self._probe_gate(probe, dtype), probe["Q"])
+        return y + delta.reshape(y.shape)
 
     def low_rank_parts(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(base(x), (x Qᵀ) ⊙ gate, P)``: ``self(x)`` is the first plus the second times ``Pᵀ``.
 
         For callers that contract the output with something else and want the adapter's part to stay
-        rank r (see :func:`per_example_adapters`). With probes set (:func:`set_probes`), ``x`` is an input
-        the batch shares (no batch axis) and the last two parts are per example, (B, ..., r) and
-        (B, d_out, r), with each example's probe added, so that their gradients reach the probes."""
+        rank r (DeBERTa's relative-position table). With probes set (:func:`set_probes`), ``x`` is an
+        input the batch shares (no batch axis) and the last two parts are per example, (B, ..., r) and
+        (B, d_out, r), with each example's probe added, so that their gradients reach the probes.
+        Only for an ``nnx.Linear`` base (one input and one output axis)."""
         y = self.base(x)
         dtype = y.dtype
         x, p, gate, q = x.astype(dtype), self.P[...].astype(dtype), self._gate(dtype), self.Q[...].astype(dtype)
@@ -106,34 +152,12 @@ class AdaLoRALinear(nnx.Module):
         return y, rank_side, p
 
     def delta_kernel(self) -> jax.Array:
-        """The dense update ``(P diag(λ·mask·scale) Q)ᵀ`` in nnx kernel orientation (d_in, d_out)."""
+        """The dense update ``(P diag(λ·mask·scale) Q)ᵀ`` in the wrapped layer's kernel shape
+        (``(d_in, d_out)`` for ``nnx.Linear``, ``in_shape + out_shape`` for ``nnx.LinearGeneral``), computed
+        at full float32 precision whatever the backend's default matmul precision."""
         gate = self.lam[...] * self.mask[...] * self.scaling
-        return (self.Q[...].T * gate) @ self.P[...].T
-
-
-_PER_EXAMPLE_ADAPTERS = contextvars.ContextVar("per_example_adapters", default=False)
-
-
-@contextlib.contextmanager
-def per_example_adapters() -> Iterator[None]:
-    """Marks code traced with one adapter copy per example (inside a per-example ``vmap``). Adapters with
-    per-example probes (:func:`set_probes`) behave the same way without it.
-
-    A layer may then apply an adapter to an input the batch shares in low-rank form: DeBERTa contracts
-    its queries with the relative-position table's projection as ``q K₀ᵀ + (q P)(g ⊙ Q Tᵀ)``, so only
-    rank-r products are per example. Outside this context the adapted projection is formed once, which
-    costs fewer FLOPs when the adapter is shared by the batch. Only the cost differs, not the result.
-    """
-    token = _PER_EXAMPLE_ADAPTERS.set(True)
-    try:
-        yield
-    finally:
-        _PER_EXAMPLE_ADAPTERS.reset(token)
-
-
-def adapters_are_per_example() -> bool:
-    """Whether the code being traced runs inside :func:`per_example_adapters`."""
-    return _PER_EXAMPLE_ADAPTERS.get()
+        delta = jnp.matmul(self.Q[...].T * gate, self.P[...].T, precision=jax.lax.Precision.HIGHEST)
+        return delta.reshape(self.in_shape + self.out_shape)
 
 
 @jax.custom_vjp
@@ -205,14 +229,19 @@ def _probed_adapter_bwd(saved, dy):
     batch, rank = x.shape[0], z.shape[-1]
     x3, dy3 = x.reshape(batch, -1, x.shape[-1]), dy.reshape(batch, -1, dy.shape[-1])  # (B, N, d_in), (B, N, d_out)
     z3, h3 = z.reshape(batch, -1, rank), h.reshape(batch, -1, rank)  # (B, N, r)
-    dpt = jnp.einsum("bnr,bno->bro", h3, dy3)  # (B, r, d_out): each example's own tokens
+    # Per-example gradients feed E[g²] and Var[g]: accumulate them in at least float32 (bf16 activations
+    # would otherwise round each example's gradient to bf16); float32 inputs compile to the same program.
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    dpt = jnp.einsum("bnr,bno->bro", h3, dy3, preferred_element_type=acc)  # (B, r, d_out): each example's tokens
     dh = dy3 @ p  # (B, N, r)
-    dgate = jnp.sum(dh * z3, axis=1)  # (B, r)
+    dgate = jnp.sum(dh.astype(acc) * z3.astype(acc), axis=1)  # (B, r)
     dz = dh * gate
-    dq = jnp.einsum("bnr,bni->bri", dz, x3)  # (B, r, d_in)
+    dq = jnp.einsum("bnr,bni->bri", dz, x3, preferred_element_type=acc)  # (B, r, d_in)
     dx = (dz @ q).reshape(x.shape)
     per_example = tuple(g.astype(probe.dtype) for g, probe in zip((dpt, dgate, dq), probes, strict=True))
-    return dx, jnp.sum(dpt, axis=0).T, jnp.sum(dgate, axis=0), jnp.sum(dq, axis=0), *per_example
+    shared = (jnp.sum(dpt, axis=0).T, jnp.sum(dgate, axis=0), jnp.sum(dq, axis=0))
+    shared = tuple(g.astype(like.dtype) for g, like in zip(shared, (p, gate, q), strict=True))
+    return dx, *shared, *per_example
 
 
 probed_adapter.defvjp(_probed_adapter_fwd, _probed_adapter_bwd)
@@ -222,13 +251,10 @@ def zero_probes(triplets: Triplets, batch_size: int) -> Triplets:
     """Zero per-example probes for :func:`set_probes`: ``{path: {"P": (B, r, d_out), "lam": (B, r),
     "Q": (B, r, d_in)}}`` (P's probe is transposed, see :func:`probed_adapter`)."""
 
-    def zeros(shape):
-        return jnp.zeros((batch_size,) + shape, jnp.float32)
+    def zeros(like):
+        return jnp.zeros((batch_size,) + like.shape, like.dtype)
 
-    return {
-        path: {"P": zeros(t["P"].shape[::-1]), "lam": zeros(t["lam"].shape), "Q": zeros(t["Q"].shape)}
-        for path, t in triplets.items()
-    }
+    return {path: {"P": zeros(t["P"].T), "lam": zeros(t["lam"]), "Q": zeros(t["Q"])} for path, t in triplets.items()}
 
 
 def probes_to_triplet_layout(tree: Triplets) -> Triplets:
@@ -236,21 +262,36 @@ def probes_to_triplet_layout(tree: Triplets) -> Triplets:
     return {path: {**t, "P": jnp.swapaxes(t["P"], -1, -2)} for path, t in tree.items()}
 
 
-def set_probes(model: nnx.Module, probes: Mapping[str, Mapping[str, jax.Array]]) -> None:
-    """Gives every adapter of ``model`` its per-example probes (from :func:`zero_probes`).
+def set_probes(model: nnx.Module, probes: Mapping[str, Mapping[str, jax.Array]], *, every: bool = True) -> None:
+    """Gives adapters of ``model`` their per-example probes (from :func:`zero_probes`), as an
+    :class:`AdaLoRAProbe` variable.
 
     The model then computes each example's output as if its adapters were the shared factors plus its
     own probes, and the gradient of a sum of per-example losses with respect to the probes holds each
-    example's gradient of the triplets. For a model merged inside ``jit`` for one call (as
-    ``step.FunctionalModel.apply`` does); the model's state does not keep them."""
+    example's gradient of the triplets. For a copy of a model made for one differentiation (as
+    :func:`jax_adalora.moments.value_grad_and_moments` does). ``every=False`` allows probes for some
+    adapters only; a path that is not an adapter is always an error."""
     modules = adapter_modules(model)
-    if set(modules) != set(probes):
+    missing = set(modules) - set(probes) if every else set()
+    unknown = set(probes) - set(modules)
+    if missing or unknown:
         raise ValueError(
-            f"probes do not match the model's adapters: missing {sorted(set(modules) - set(probes))}, "
-            f"unknown {sorted(set(probes) - set(modules))}"
+            f"probes do not match the model's adapters: missing {sorted(missing)}, unknown {sorted(unknown)}"
         )
     for path, module in modules.items():
-        module.probe = nnx.data(dict(probes[path]))
+        if path in probes:
+            module.probe = AdaLoRAProbe(dict(probes[path]))
+
+
+def trainable_filter(head_pattern: str):
+    """The NNX filter of what trains: every adapter factor, and the ``nnx.Param`` whose '.'-joined path fully
+    matches ``head_pattern`` (e.g. the classifier)."""
+    regex = re.compile(head_pattern)
+
+    def head(path, value) -> bool:
+        return isinstance(value, nnx.Param) and bool(regex.fullmatch(".".join(str(part) for part in path)))
+
+    return nnx.Any(AdaLoRAParam, head)
 
 
 def module_path_str(path: tuple) -> str:
@@ -258,43 +299,66 @@ def module_path_str(path: tuple) -> str:
 
 
 def linear_paths(model: nnx.Module) -> list[str]:
-    """'.'-joined paths of every plain ``nnx.Linear`` in ``model``."""
+    """'.'-joined paths of every ``nnx.Linear`` and ``nnx.LinearGeneral`` in ``model`` not yet adapted."""
     return [
         module_path_str(path)
         for path, module in nnx.iter_modules(model)
-        if isinstance(module, nnx.Linear) and not _inside_adapter(model, path)
+        if isinstance(module, AdaptableLinear) and not _inside_adapter(model, path)
     ]
 
 
 def inject_adapters(
-    model: nnx.Module, config: AdaLoRAConfig, *, targets: str | None = None, rngs: nnx.Rngs
+    model: nnx.Module,
+    config: AdaLoRAConfig,
+    *,
+    targets: str | Sequence[str] | None = None,
+    rngs: nnx.Rngs,
 ) -> RankSpec:
-    """Wraps every ``nnx.Linear`` whose path fully matches the target regex in an :class:`AdaLoRALinear`.
+    """Wraps the chosen ``nnx.Linear`` / ``nnx.LinearGeneral`` layers of ``model`` in :class:`AdaLoRALinear`.
 
     Args:
       model: any Flax NNX module; changed in place.
       config: supplies ``r_init``, ``alpha``, ``init_std`` and, unless ``targets`` is given, ``targets``.
-      targets: a preset name or a regular expression over '.'-joined module paths (full match).
+      targets: a regular expression over '.'-joined module paths (full match, e.g. ``r".*(query|value)"``),
+        a list of exact module paths, or the name of a preset of our encoders
+        (:data:`jax_adalora.models.targets.TARGET_PRESETS`).
       rngs: randomness for the P and Q init.
 
     Returns:
       The rank spec ``{module_path: r_init}``, in model order.
 
     Raises:
-      ValueError: the targets match no linear layer (the message lists the available paths).
-    """
-    from jax_adalora.models.targets import resolve_targets
+      ValueError: the targets match no linear layer, or a listed path is not a linear layer of the model
+        (the message lists the available paths).
 
+    Example:
+      >>> from flax import nnx
+      >>> import jax_adalora as jal
+      >>> class Net(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.hidden = nnx.Linear(8, 16, rngs=rngs)
+      ...         self.out = nnx.Linear(16, 2, rngs=rngs)
+      >>> jal.inject(Net(nnx.Rngs(0)), jal.AdaLoRAConfig(r_init=4, r_target=2), targets="hidden", rngs=nnx.Rngs(1))
+      {'hidden': 4}
+    """
     spec = targets if targets is not None else config.targets
-    pattern = re.compile(resolve_targets(spec))
     candidates = linear_paths(model)
-    chosen = [path for path in candidates if pattern.fullmatch(path)]
-    if not chosen:
-        shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
-        raise ValueError(
-            f"AdaLoRAConfig.targets={spec!r} matched no nnx.Linear layer (full match over '.'-joined "
-            f"module paths); available: {shown or 'none'}"
-        )
+    shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
+    if isinstance(spec, str):
+        pattern = re.compile(resolve_targets(spec))
+        chosen = [path for path in candidates if pattern.fullmatch(path)]
+        if not chosen:
+            raise ValueError(
+                f"targets={spec!r} matched no nnx.Linear or nnx.LinearGeneral layer (full match over '.'-joined "
+                f"module paths); available: {shown or 'none'}"
+            )
+    else:
+        unknown = [path for path in spec if path not in candidates]
+        if unknown or not spec:
+            raise ValueError(
+                f"targets lists {unknown or 'nothing'}, not linear layers of the model; available: {shown or 'none'}"
+            )
+        chosen = [path for path in candidates if path in set(spec)]
     for path in chosen:
         parent, leaf = _parent_and_leaf(model, path)
         base = _get_child(parent, leaf)
@@ -311,6 +375,7 @@ def adapter_modules(model: nnx.Module) -> dict[str, AdaLoRALinear]:
 
 
 def rank_spec(model: nnx.Module) -> RankSpec:
+    """``{module_path: r}`` of every adapter of ``model``: its rank as injected (masked triplets included)."""
     return {path: module.rank for path, module in adapter_modules(model).items()}
 
 

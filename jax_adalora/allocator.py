@@ -1,4 +1,4 @@
-"""The rank budget schedule, the masking rule, and the rank allocator as an optax transform.
+r"""The rank budget schedule, the masking rule, and the rank allocator as an optax transform.
 
 Step numbering follows the reference (AdaLoRA's code and PEFT's ``update_and_allocate``): the
 allocator sees ``t = 1, 2, ..., T``, the number of optimizer steps taken *including* the current
@@ -6,14 +6,16 @@ one, so the budget reaches its target exactly at ``t = T - t_final``.
 
 Example:
   >>> import optax
-  >>> from jax_adalora.config import AdaLoRAConfig
-  >>> tx = optax.chain(
-  ...     optax.clip_by_global_norm(1.0),
-  ...     optax.adamw(1e-3, weight_decay=0.0),
-  ...     rank_allocator(AdaLoRAConfig(r_init=4, r_target=2), total_steps=100),  # last: it reads params
-  ... )
-  >>> # state = tx.init(triplets)
-  >>> # updates, state = tx.update(grads, state, triplets, moments=moments)
+  >>> from flax import nnx
+  >>> import jax_adalora as jal
+  >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+  >>> config = jal.AdaLoRAConfig(r_init=4, r_target=2, t_init=2, t_final=2)
+  >>> jal.inject(model, config, targets=r"layers\.\d", rngs=nnx.Rngs(2))
+  {'layers.0': 4, 'layers.1': 4}
+  >>> tx = optax.chain(optax.adamw(1e-3), jal.rank_allocator(config, total_steps=10))  # last: it reads params
+  >>> optimizer = nnx.Optimizer(model, tx, wrt=jal.AdaLoRAParam)
+  >>> sum(len(kept) for kept in jal.rank_pattern(optimizer).values())  # r_init per matrix until masking
+  8
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jax_adalora import scores as scores_lib
 from jax_adalora.config import AdaLoRAConfig
@@ -114,9 +117,7 @@ class RankAllocatorState(NamedTuple):
     budget: jax.Array  # shape=(), int32: the budget of the latest mask
 
 
-def rank_allocator(
-    config: AdaLoRAConfig, total_steps: int, *, adapter_key: str | None = None
-) -> optax.GradientTransformationExtraArgs:
+def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTransformationExtraArgs:
     """AdaLoRA's rank allocator, to be placed last in an ``optax.chain``.
 
     Each update: (1) forms the post-step adapter weights ``w = params + updates`` (the reference scores
@@ -127,27 +128,31 @@ def rank_allocator(
     moments are left alone, so a masked triplet can regrow before the next masking step, as in the
     reference. Everything runs inside the jitted update: no host round trip.
 
+    The triplets are found by name in ``params``: every node with the three children ``P``, ``lam`` and
+    ``Q`` (the factors of an :class:`jax_adalora.adapters.AdaLoRALinear`) is one adapted matrix, named by
+    its '.'-joined path; every other leaf (e.g. a task head) passes through. So it works on the
+    ``nnx.State`` that ``nnx.Optimizer(model, tx, wrt=...)`` hands to optax, and on plain nested dicts.
+
     Args:
       config: the AdaLoRA config (score, smoothing, β1, β2, r_target, schedule fields, gsnr_eps).
       total_steps: T, the total number of optimizer steps of the run.
-      adapter_key: where the triplet pytree sits in ``params`` (``params[adapter_key]``); ``None`` when
-        ``params`` is the triplet pytree itself. Other entries (e.g. a task head) pass through.
 
     Returns:
       A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments,
       update_scores=True)`` needs ``params`` and the gradient ``moments`` (a
-      :class:`jax_adalora.stats.Moments` over the same tree). ``update_scores=False`` (a bool or a traced
-      bool) leaves the smoothed scores as they are this step, e.g. while running estimates warm up.
+      :class:`jax_adalora.stats.Moments` over a tree with the same triplet paths, e.g. from
+      :func:`jax_adalora.moments.value_grad_and_moments`). Scores are left as they are on a step whose
+      ``moments.ready`` or ``update_scores`` (bools or traced bools) is false, e.g. while running estimates
+      warm up.
     """
     config.validate_schedule(total_steps)
     score_fn = scores_lib.get(config.score, gsnr_eps=config.gsnr_eps)
     freeze_step = total_steps - config.t_final
 
-    def select(tree):
-        return tree if adapter_key is None else tree[adapter_key]
-
     def init_fn(params):
-        triplets = select(params)
+        triplets = find_triplets(params)
+        if not triplets:
+            raise ValueError("rank_allocator found no adapter triplets (nodes with P, lam and Q) in params")
         keep = {path: jnp.ones(t["lam"].shape, jnp.bool_) for path, t in triplets.items()}
         init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
         return RankAllocatorState(
@@ -161,18 +166,18 @@ def rank_allocator(
         del extra_args
         if params is None:
             raise ValueError("rank_allocator needs params: call tx.update(updates, state, params, moments=...)")
-        triplets, triplet_updates = select(params), select(updates)
+        triplets, triplet_updates = find_triplets(params), find_triplets(updates)
         schedule = _schedule_for(config, triplets, total_steps)
         step = state.count + 1
         grads = Moments(
-            mean=select(moments.mean),
-            sq_mean=select(moments.sq_mean),
-            var=select(moments.var),
+            mean=find_triplets(moments.mean),
+            sq_mean=find_triplets(moments.sq_mean),
+            var=find_triplets(moments.var),
             count=moments.count,
         )
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
-        scoring = (step < freeze_step) & jnp.asarray(update_scores)
+        scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
         smoothed = scores_lib.smooth(
             config.smoothing,
             state.smoothing,
@@ -189,15 +194,13 @@ def rank_allocator(
         keep = {path: jnp.where(reallocate, fresh_keep[path], state.keep[path]) for path in state.keep}
         apply_mask = reallocate | (step > freeze_step)
 
-        new_triplet_updates = {}
-        for path, upd in triplet_updates.items():
-            prune = apply_mask & ~keep[path]
-            lam_update = jnp.where(prune, -triplets[path]["lam"], upd["lam"])
-            new_triplet_updates[path] = {**upd, "lam": lam_update}
-        if adapter_key is None:
-            updates = new_triplet_updates
-        else:
-            updates = {**updates, adapter_key: new_triplet_updates}
+        def masked(key_path, update, param):
+            path, leaf = _split_path(key_path)
+            if leaf != "lam" or path not in keep:
+                return update
+            return jnp.where(apply_mask & ~keep[path], -param, update)
+
+        updates = jax.tree_util.tree_map_with_path(masked, updates, params)
         new_state = RankAllocatorState(
             count=step,
             smoothing=smoothing,
@@ -209,6 +212,37 @@ def rank_allocator(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+TRIPLET_LEAVES = ("P", "lam", "Q")
+
+
+def _key_name(key) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _split_path(key_path) -> tuple[str, str]:
+    """``("a.b.0.query", "lam")`` for the key path of the leaf ``a/b/0/query/lam``."""
+    names = [_key_name(k) for k in key_path]
+    return ".".join(names[:-1]), (names[-1] if names else "")
+
+
+def find_triplets(tree: PyTree) -> dict[str, dict[str, jax.Array]]:
+    """``{path: {"P", "lam", "Q"}}`` of every node of ``tree`` that has those three leaves, in tree order.
+
+    Paths are '.'-joined keys: an ``nnx.State`` of a model gives module paths
+    (``"encoder.layers.0.attention.query"``); a dict already keyed by module path gives those keys.
+    """
+    groups: dict[str, dict[str, jax.Array]] = {}
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731  (an nnx.State that is not pure)
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]:
+        path, name = _split_path(key_path)
+        if name in TRIPLET_LEAVES:
+            groups.setdefault(path, {})[name] = leaf.get_value() if is_variable(leaf) else leaf
+    return {path: group for path, group in groups.items() if len(group) == len(TRIPLET_LEAVES)}
+
+
 def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:
     init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
     target_budget = config.r_target * len(triplets)
@@ -216,7 +250,9 @@ def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> 
 
 
 def find_allocator_state(opt_state) -> RankAllocatorState:
-    """The :class:`RankAllocatorState` inside a (possibly nested) optax state."""
+    """The :class:`RankAllocatorState` inside a (possibly nested) optax state, or inside an ``nnx.Optimizer``."""
+    if isinstance(opt_state, nnx.Optimizer):
+        opt_state = nnx.as_pure(opt_state.opt_state)
     found = [
         s
         for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, RankAllocatorState))
@@ -227,11 +263,14 @@ def find_allocator_state(opt_state) -> RankAllocatorState:
     return found[0]
 
 
-def rank_pattern(state: RankAllocatorState) -> dict[str, list[bool]]:
-    """The current rank pattern as plain Python lists (PEFT's ``rank_pattern`` format)."""
+def rank_pattern(state) -> dict[str, list[bool]]:
+    """The current rank pattern ``{module_path: [kept, ...]}`` as plain Python lists (PEFT's ``rank_pattern``
+    format), from a :class:`RankAllocatorState`, an optax state holding one, or an ``nnx.Optimizer``."""
+    if not isinstance(state, RankAllocatorState):
+        state = find_allocator_state(state)
     return {path: [bool(v) for v in np.asarray(keep)] for path, keep in state.keep.items()}
 
 
-def ranks(state: RankAllocatorState) -> dict[str, int]:
-    """Kept triplets per adapted matrix."""
-    return {path: int(np.sum(np.asarray(keep))) for path, keep in state.keep.items()}
+def ranks(state) -> dict[str, int]:
+    """Kept triplets per adapted matrix (same arguments as :func:`rank_pattern`)."""
+    return {path: sum(keep) for path, keep in rank_pattern(state).items()}

@@ -109,3 +109,16 @@ class AdaLoRAConfig:
 def _require(ok: bool, field: str, value, rule: str) -> None:
     if not ok:
         raise ValueError(f"AdaLoRAConfig.{field}={value!r}: expected {rule}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer settings: AdamW with linear warm-up and linear decay, global-norm clipping."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8

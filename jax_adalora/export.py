@@ -18,8 +18,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
-from jax_adalora.adapters import adapter_modules, merge_adapters
+from jax_adalora.adapters import AdaLoRAParam, adapter_modules, merge_adapters, trainable_filter
 from jax_adalora.models.pretrained import resolve_model_dir, save_pretrained
 
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "qa": "QUESTION_ANS"}
@@ -100,12 +101,11 @@ def save_peft_adapter(
     from peft import get_peft_model
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    from jax_adalora.step import head_params as read_head_params
-
     if model.head_kind not in PEFT_TASK_TYPES:
         raise ValueError(f"PEFT export needs a task head (classification or qa), got {model.head_kind!r}")
     if head_params is None:
-        head_params = read_head_params(model, run.train.head_pattern)
+        head = nnx.All(trainable_filter(run.train.head_pattern), nnx.Not(AdaLoRAParam))
+        head_params = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model, head))}
     base_dir = resolve_model_dir(run.train.model)
     auto = AutoModelForQuestionAnswering if model.head_kind == "qa" else AutoModelForSequenceClassification
     kwargs = {} if model.head_kind == "qa" else {"num_labels": model.num_labels}

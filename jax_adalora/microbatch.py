@@ -87,7 +87,7 @@ def value_and_grad_in_microbatches(
         value = value + chunk_value.astype(value.dtype)
         return (value, jax.tree.map(jnp.add, shared_grad, chunk_shared_grad)), chunk_per_example_grad
 
-    start = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, shared))
+    start = (jnp.zeros((), jax.dtypes.canonicalize_dtype(jnp.float64)), jax.tree.map(jnp.zeros_like, shared))
     chunks = (_split(per_example, count), _split(batch, count))
     (value, shared_grad), per_example_grads = jax.lax.scan(body, start, chunks)
     return value, (shared_grad, _merge(per_example_grads))

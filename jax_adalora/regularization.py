@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jax_adalora.adapters import get_triplets
+
 
 def orthogonal_regularization(triplets: dict[str, dict[str, jax.Array]]) -> jax.Array:
     """Mean over all P and Q matrices of ``‖QQᵀ - I‖_F`` and ``‖PᵀP - I‖_F``; 0 with no adapters."""
@@ -25,3 +27,9 @@ def orthogonal_regularization(triplets: dict[str, dict[str, jax.Array]]) -> jax.
     if not norms:
         return jnp.zeros((), jnp.float32)
     return jnp.mean(jnp.stack(norms))
+
+
+def orthogonal_regularization_of_model(model) -> jax.Array:
+    """:func:`orthogonal_regularization` of every adapter of an NNX ``model`` (differentiable with ``nnx.grad``;
+    the public ``jax_adalora.orthogonal_regularization``). The loss adds ``γ ·`` this."""
+    return orthogonal_regularization(get_triplets(model))

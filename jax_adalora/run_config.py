@@ -15,8 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig
-from jax_adalora.step import OptimConfig
+from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
 
 DTYPES = ("float32", "bfloat16")
 

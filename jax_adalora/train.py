@@ -25,10 +25,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jax_adalora.adapter_files import save_adapters
 from jax_adalora.adapters import inject_adapters, set_masks
 from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.checkpoint import Checkpointer
-from jax_adalora.report import atomic_write_bytes, atomic_write_json, save_rank_heatmap
+from jax_adalora.report import atomic_write_json, save_rank_heatmap
 from jax_adalora.run_config import RunConfig, parse_args
 from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
@@ -37,7 +38,6 @@ from jax_adalora.step import (
     make_eval_step,
     make_optimizer,
     make_train_step,
-    trainable_params,
 )
 
 log = logging.getLogger("jax_adalora.train")
@@ -161,10 +161,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
     run.adalora.validate_schedule(total_steps)
     kind = data.spec.kind
 
-    params = trainable_params(model, t.head_pattern)
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(model, t.head_pattern)
     tx = make_optimizer(run.optim, run.adalora, total_steps)
-    state = jax.device_put(init_train_state(params, tx, run.adalora), replicated)
+    state = jax.device_put(init_train_state(functional, tx, run.adalora), replicated)
     frozen = jax.device_put(functional.frozen, replicated)
     train_step = make_train_step(
         functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None
@@ -236,7 +235,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
             bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
             if progress["best"] is None or score > progress["best"]:
                 progress["best"], progress["best_step"] = score, step
-                _save_adapters(out_dir / "best_adapters.safetensors", state.params)
+                _save_adapters(out_dir / "best_adapters.safetensors", functional, state)
         if step % checkpoint_every == 0 or step == total_steps:
             progress["iterator"] = train_iter.state()
             checkpointer.save(step, state, progress)
@@ -265,10 +264,10 @@ def train_and_evaluate(run: RunConfig) -> dict:
         "train_seconds_this_process": round(elapsed, 2),
     }
     atomic_write_json(out_dir / "final_metrics.json", final)
-    _save_adapters(out_dir / "final_adapters.safetensors", state.params)
+    _save_adapters(out_dir / "final_adapters.safetensors", functional, state)
     if t.export:
-        trained = functional.to_model(jax.device_get(state.params))
-        set_masks(trained, {p: np.asarray(k, np.float32) for p, k in alloc.keep.items()})
+        trained = functional.model(jax.device_get(state.params))
+        set_masks(trained, rank_pattern(alloc))
         _export(trained, out_dir, run, alloc, total_steps)
     checkpointer.close()
     return final
@@ -283,16 +282,10 @@ def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> No
     )
 
 
-def _save_adapters(path: Path, params) -> None:
-    from safetensors.numpy import save
-
-    flat = {}
-    for name, triplet in params["adapters"].items():
-        for leaf, value in triplet.items():
-            flat[f"{name}.{leaf}"] = np.asarray(value)
-    for name, value in params["head"].items():
-        flat[f"head.{name}"] = np.asarray(value)
-    atomic_write_bytes(path, save(flat))
+def _save_adapters(path: Path, functional: FunctionalModel, state) -> None:
+    """The adapters, their current rank pattern and the trained head, as :func:`jax_adalora.save_adapters` writes."""
+    model = functional.model(jax.device_get(state.params))
+    save_adapters(path, model, rank_pattern=rank_pattern(state.opt_state), include=functional.trainable)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -7,7 +7,7 @@ so that machine noise hits all rows alike), on the same batch and the same base 
   regularisation, statistics, clip + AdamW + rank allocator, dropout on) for sensitivity and movement
   (batch gradient), Fisher and GSNR with exact per-example moments, Fisher and GSNR with running moments;
   and, alone, the batch gradient and the per-example moments of the task loss, as the step computes them
-  (:func:`jax_adalora.stats.per_example_moments_of_probes`: exact per-example moments of the adapters from
+  (:func:`jax_adalora.moments.value_grad_and_moments`: exact per-example moments of the adapters from
   one batch backward pass, the head's batch gradient from the same pass);
   before them all, a control copy of the sensitivity step (the first-built step has often been slow in
   every repeat; the control shows whether it was, and stays out of the ratios);
@@ -54,22 +54,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters, zero_probes
+from jax_adalora.adapters import inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
+from jax_adalora.moments import value_grad_and_moments
 from jax_adalora.report import atomic_write_json
 from jax_adalora.runtime import keep_freed_memory, step_compiler_options
-from jax_adalora.stats import per_example_moments_of_probes
 from jax_adalora.step import (
     FunctionalModel,
     OptimConfig,
-    example_losses,
     init_train_state,
     make_optimizer,
     make_train_step,
-    trainable_params,
+    task_losses_fn,
 )
 
 MODELS = {"minilm": EncoderConfig.minilm_l6, "deberta-v3-base": EncoderConfig.deberta_v3_base}
@@ -417,9 +416,8 @@ def adalora_config(args, **score) -> AdaLoRAConfig:
 
 def our_rows(model, args, batch_np: dict) -> list[Row]:
     """Our steps per score and statistics mode, and the batch gradient and per-example moments alone."""
-    params = trainable_params(model, HEAD_PATTERN)
-    functional = FunctionalModel(model)
-    frozen = functional.frozen
+    functional = FunctionalModel(model, HEAD_PATTERN)
+    params, frozen = functional.params, functional.frozen
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
     key = jax.random.key(0)
     rows = []
@@ -427,27 +425,31 @@ def our_rows(model, args, batch_np: dict) -> list[Row]:
         adalora = adalora_config(args, **score)
         tx = make_optimizer(OptimConfig(), adalora, args.total_steps)
         # A copy per row: each step donates its state.
-        state = init_train_state(jax.tree.map(jnp.copy, params), tx, adalora)
+        state = jax.tree.map(jnp.copy, init_train_state(functional, tx, adalora))
         step = make_train_step(functional, tx, adalora, "classification", dropout=True)
         compiled, info = compile_jax(step, (state, frozen, batch, key))
         rows.append(Row(name, JaxStep(compiled, state, frozen, batch), "jax", info))
         print(f"compiled {name}: {info['compile_s']:.1f} s", flush=True)
 
-    # Alone: the task loss only (no regulariser), as on the torch side.
-    losses_fn = example_losses(functional, "classification", dropout=True)
+    # Alone: the task loss only (no regulariser), as on the torch side, through the step's own entry point.
+    def loss_and_statistics(statistics):
+        def compute(params, batch, frozen, step_key):
+            _, grads, m = value_grad_and_moments(
+                task_losses_fn("classification", step_key, dropout=True),
+                functional.model(params, frozen),
+                batch,
+                statistics=statistics,
+                wrt=functional.trainable,
+                mask=batch["example_mask"],
+            )
+            return (grads, m.sq_mean) if statistics == "per_example" else grads
 
-    def loss_batch(params, batch, frozen, step_key):
-        return jnp.mean(losses_fn(None, params["head"], params["adapters"], batch, frozen, step_key))
+        return compute
 
-    def moments(params, batch, frozen, step_key):  # as the step computes them: probes, the head's batch gradient
-        probes = zero_probes(params["adapters"], batch["example_mask"].shape[0])
-        _, m, head_grad = per_example_moments_of_probes(
-            losses_fn, probes, params["head"], params["adapters"], batch, frozen, step_key, mask=batch["example_mask"]
-        )
-        return m.mean, m.sq_mean, head_grad
+    loss_batch, moments = loss_and_statistics("batch"), loss_and_statistics("per_example")
 
     options = step_compiler_options()  # compiled as the training step is
-    for name, fn in ((OURS_BATCH_ONLY, jax.grad(loss_batch)), (OURS_PER_EXAMPLE_ONLY, moments)):
+    for name, fn in ((OURS_BATCH_ONLY, loss_batch), (OURS_PER_EXAMPLE_ONLY, moments)):
         compiled, info = compile_jax(jax.jit(fn, compiler_options=options), (params, batch, frozen, key))
 
         def run(i, compiled=compiled):
@@ -699,9 +701,9 @@ def main() -> None:
         rows_torch, torch_info = torch_rows(str(hf_dir), config, args, batch_np, device)
     inject_adapters(model, adalora_config(args), rngs=nnx.Rngs(1))
     # λ starts at 0, so the adapted model must still give the base model's logits.
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(model, HEAD_PATTERN)
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-    ours_logits = functional.apply(trainable_params(model, HEAD_PATTERN), functional.frozen, batch)
+    ours_logits = functional.apply(functional.params, functional.frozen, batch)
     logit_diff = float(np.max(np.abs(np.asarray(ours_logits, np.float32) - torch_info["reference_logits"])))
     print(f"same weights: max |logit difference| ours vs transformers = {logit_diff:.2e}", flush=True)
     rows = our_rows(model, args, batch_np) + rows_torch

@@ -39,7 +39,6 @@ from jax_adalora.step import (
     init_train_state,
     make_optimizer,
     make_train_step,
-    trainable_params,
 )
 
 MODES = {
@@ -55,10 +54,9 @@ def build(mode: dict, args, total_steps: int = 1000, step_options: str = "librar
     model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
     adalora = AdaLoRAConfig(r_init=args.rank, r_target=args.rank // 2, t_init=10, t_final=10, **mode)
     inject_adapters(model, adalora, rngs=nnx.Rngs(1))
-    params = trainable_params(model, r"classifier\..*")
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(model, r"classifier\..*")
     tx = make_optimizer(OptimConfig(), adalora, total_steps)
-    state = init_train_state(params, tx, adalora)
+    state = init_train_state(functional, tx, adalora)
     compiler_options = {} if step_options == "xla-default" else None
     step = make_train_step(functional, tx, adalora, "classification", dropout=True, compiler_options=compiler_options)
     return step, state, functional.frozen

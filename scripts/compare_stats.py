@@ -50,8 +50,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora import scores as scores_lib
 from jax_adalora.adapters import inject_adapters
-from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
+from jax_adalora.allocator import budget_schedule, find_allocator_state, find_triplets, mask_to_budget
 from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
 from jax_adalora.report import machine_summary
 from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
 from jax_adalora.runtime import step_compiler_options
@@ -62,15 +63,13 @@ from jax_adalora.stats import (
     running_moments_init,
 )
 from jax_adalora.step import (
-    RUNNING_WARMUP_STEPS,
     FunctionalModel,
-    example_losses,
     init_train_state,
     make_eval_step,
     make_optimizer,
     make_train_step,
-    per_example_train_moments,
-    trainable_params,
+    orthogonal_penalty,
+    task_losses_fn,
 )
 
 PyTree = Any
@@ -159,7 +158,7 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
     score_fn = scores_lib.get(adalora.score, gsnr_eps=adalora.gsnr_eps)
     dropout = run.train.dropout
 
-    losses_fn = example_losses(functional, kind, dropout=dropout)
+    penalty_fn = orthogonal_penalty(adalora)
 
     def smooth(state, element_scores):
         return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
@@ -168,11 +167,16 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
         return scores_lib.triplet_importance(scores_lib.smoothed_score(adalora.smoothing, smoothing))
 
     def step_fn(state, shadow: Shadow, frozen, batch, step_key):
-        mask = batch["example_mask"]
-        loss, grads, moments = per_example_train_moments(
-            losses_fn, adalora, state.params, batch, frozen, step_key, mask=mask
+        loss, grads, moments = value_grad_and_moments(
+            task_losses_fn(kind, step_key, dropout=dropout),
+            functional.model(state.params, frozen),
+            batch,
+            wrt=functional.trainable,
+            mask=batch["example_mask"],
+            penalty_fn=penalty_fn,
         )
-        adapter_moments = Moments(*(m["adapters"] for m in moments[:3]), count=moments.count)
+        grads = nnx.to_pure_dict(grads)
+        adapter_moments = Moments(*(find_triplets(m) for m in moments[:3]), count=moments.count)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
@@ -182,7 +186,7 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
             shadow.running, adapter_moments.mean, batch_size=adapter_moments.count, decay=adalora.running_decay
         )
         # The allocator scores the post-step weights (Fisher and GSNR ignore them; kept for symmetry).
-        weights = optax.apply_updates(state.params["adapters"], updates["adapters"])
+        weights = optax.apply_updates(find_triplets(state.params), find_triplets(updates))
         running_raw = score_fn(weights, running_m)
         exact_raw = score_fn(weights, adapter_moments)
         scoring = state.step + 1 < freeze
@@ -214,10 +218,10 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
     train_iter = BatchIterator(data.train, run.train.batch_size, shuffle=True, seed=seed)
     if run.train.epochs * train_iter.steps_per_epoch != total_steps:
         raise AssertionError("the schedule was sized for a different number of steps")
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(model, run.train.head_pattern)
     tx = make_optimizer(run.optim, run.adalora, total_steps)
-    state = init_train_state(trainable_params(model, run.train.head_pattern), tx, run.adalora)
-    adapters = state.params["adapters"]
+    state = init_train_state(functional, tx, run.adalora)
+    adapters = find_triplets(state.params)
     shadow = Shadow(running_moments_init(adapters), scores_lib.smoothing_init(adapters))
     frozen = functional.frozen
     step_fn = make_shadow_step(functional, tx, run, data.spec.kind, total_steps)
@@ -344,9 +348,9 @@ def time_steps(task: str, args, total_steps: int) -> dict:
     for name, (score, mode) in modes.items():
         run = make_run(task, score, mode, 0, args, total_steps, Path(args.scratch) / "unused")
         _, model = load(run)
-        functional = FunctionalModel(model)
+        functional = FunctionalModel(model, run.train.head_pattern)
         tx = make_optimizer(run.optim, run.adalora, total_steps)
-        state = init_train_state(trainable_params(model, run.train.head_pattern), tx, run.adalora)
+        state = init_train_state(functional, tx, run.adalora)
         step = make_train_step(functional, tx, run.adalora, data.spec.kind, dropout=True)
         t0 = time.perf_counter()
         for i in range(2):  # compile (or load from the cache), then one warm step

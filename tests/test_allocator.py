@@ -110,10 +110,10 @@ def test_allocator_needs_params_and_moments():
         tx.update(params, state, params)
 
 
-def test_adapter_key_passes_other_entries_through():
+def test_triplets_are_found_by_name_and_other_entries_pass_through():
     config = AdaLoRAConfig(r_init=4, r_target=1, delta_t=1)
     tree = {"adapters": _triplets(jax.random.key(2)), "head": {"w": jnp.ones((3,))}}
-    tx = rank_allocator(config, 5, adapter_key="adapters")
+    tx = rank_allocator(config, 5)
     state = tx.init(tree)
     updates = jax.tree.map(jnp.zeros_like, tree)
     grads = jax.tree.map(jnp.ones_like, tree)
@@ -121,6 +121,7 @@ def test_adapter_key_passes_other_entries_through():
         new_updates, state = tx.update(updates, state, tree, moments=batch_gradient_moments(grads, 1.0))
     chex.assert_trees_all_equal(new_updates["head"], updates["head"])
     assert sum(ranks(state).values()) == 3
+    assert set(ranks(state)) == {f"adapters.{path}" for path in tree["adapters"]}
 
 
 def test_update_scores_false_leaves_the_smoothed_scores_alone():

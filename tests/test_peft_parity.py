@@ -207,8 +207,9 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_triplets
     from jax_adalora.export import hf_module_names, peft_adalora_config
     from jax_adalora.models import from_pretrained
+    from jax_adalora.moments import value_grad_and_moments
     from jax_adalora.run_config import build_run_config
-    from jax_adalora.step import FunctionalModel, regulariser_gradient, task_loss, trainable_params
+    from jax_adalora.step import FunctionalModel, orthogonal_penalty, task_losses_fn
 
     model_dir = make_tiny_bert(tmp_path / "bert", num_labels=2)
     run = build_run_config({"model": str(model_dir), "r_init": 4, "r_target": 2, "orth_reg_weight": 0.3})
@@ -248,24 +249,29 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     torch_out = peft_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, labels=torch.from_numpy(labels))
     torch_out.loss.backward()
 
-    params = trainable_params(model, run.train.head_pattern)
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(model, run.train.head_pattern)
     batch = {**{k: jnp.asarray(v, jnp.int32) for k, v in inputs.items()}, "labels": jnp.asarray(labels)}
-
-    def mean_task_loss(p):
-        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
-
-    task_value, grads = jax.value_and_grad(mean_task_loss)(params)
-    reg_value, reg_grads = regulariser_gradient(run.adalora, params)
-    grads = jax.tree.map(jnp.add, grads, reg_grads)
-    np.testing.assert_allclose(float(task_value + reg_value), torch_out.loss.item(), rtol=1e-5)
-    assert float(reg_value) > 0.05  # the regulariser is really in both losses
+    batch["example_index"] = jnp.arange(4)
+    losses_fn = task_losses_fn("classification", jax.random.key(0), dropout=False)
+    # The training step's own call: task loss plus γ · orthogonal regularisation, gradients of every trained variable.
+    loss, grads, _ = value_grad_and_moments(
+        losses_fn,
+        model,
+        batch,
+        statistics="batch",
+        wrt=functional.trainable,
+        penalty_fn=orthogonal_penalty(run.adalora),
+    )
+    np.testing.assert_allclose(float(loss), torch_out.loss.item(), rtol=1e-5)
+    task_only, _, _ = value_grad_and_moments(losses_fn, model, batch, statistics="batch", wrt=functional.trainable)
+    assert float(loss - task_only) > 0.05  # the regulariser is really in both losses
+    grads = {".".join(str(k) for k in path): v.get_value() for path, v in nnx.to_flat_state(grads)}
 
     for path in names:
         layer = inner.get_submodule(names[path])
         for ours, theirs in (("Q", layer.lora_A), ("lam", layer.lora_E), ("P", layer.lora_B)):
-            expected = theirs["default"].grad.numpy().reshape(np.shape(grads["adapters"][path][ours]))
-            np.testing.assert_allclose(grads["adapters"][path][ours], expected, rtol=1e-4, atol=1e-7)
+            expected = theirs["default"].grad.numpy().reshape(np.shape(grads[f"{path}.{ours}"]))
+            np.testing.assert_allclose(grads[f"{path}.{ours}"], expected, rtol=1e-4, atol=1e-7)
     torch_head = {n: p.grad.numpy() for n, p in peft_model.named_parameters() if p.requires_grad and "lora" not in n}
     pairs = {
         "classifier.kernel": ("classifier.modules_to_save.default.weight", True),
@@ -275,4 +281,4 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     }
     for ours, (suffix, transpose) in pairs.items():
         (theirs,) = [g for n, g in torch_head.items() if n.endswith(suffix)]
-        np.testing.assert_allclose(grads["head"][ours], theirs.T if transpose else theirs, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(grads[ours], theirs.T if transpose else theirs, rtol=1e-4, atol=1e-7)

@@ -9,20 +9,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters
+from jax_adalora.adapters import adapter_modules, inject_adapters
+from jax_adalora.allocator import find_triplets
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.moments import value_grad_and_moments
 from jax_adalora.step import (
     FunctionalModel,
     OptimConfig,
-    example_loss,
-    example_losses,
-    per_example_train_moments,
-    regulariser_gradient,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+    orthogonal_penalty,
     task_loss,
-    trainable_params,
+    task_losses_fn,
 )
 
 HEAD = r"(classifier|pooler)\..*"
@@ -38,6 +40,12 @@ def _tiny_classifier(adalora: AdaLoRAConfig, dtype=jnp.float32):
     return model
 
 
+def _set_lambdas(model, value=0.3):
+    """λ = 0 at init would leave P's and Q's gradients at zero."""
+    for module in adapter_modules(model).values():
+        module.lam.set_value(jnp.full_like(module.lam[...], value))
+
+
 def _batch(n=6, length=7):
     ids = jax.random.randint(jax.random.key(2), (n, length), 1, 50)
     return {
@@ -50,51 +58,80 @@ def _batch(n=6, length=7):
     }
 
 
+def _step_moments(functional, adalora, batch, key, *, dropout, params=None):
+    """What the training step computes: ``(loss, grads, moments)`` through the public entry point."""
+    params = functional.params if params is None else params
+
+    def compute(params, frozen, batch, key):
+        loss, grads, moments = value_grad_and_moments(
+            task_losses_fn("classification", key, dropout=dropout),
+            functional.model(params, frozen),
+            batch,
+            wrt=functional.trainable,
+            mask=batch["example_mask"],
+            penalty_fn=orthogonal_penalty(adalora),
+        )
+        return loss, nnx.to_pure_dict(grads), moments
+
+    return jax.jit(compute)(params, functional.frozen, batch, key)
+
+
+def _loop_moments(functional, batch, key, *, dropout):
+    """The reference: each real example's own adapter gradient (one-example batches, same dropout keys),
+    moments by two passes in float64."""
+    losses_fn = task_losses_fn("classification", key, dropout=dropout)
+    grad_one = jax.jit(jax.grad(lambda p, one: losses_fn(functional.model(p), one)[0]))
+    grads = []
+    weights = np.asarray(batch["example_mask"], np.float64)
+    for b in np.flatnonzero(weights):
+        one = jax.tree.map(lambda leaf, b=b: leaf[b : b + 1], batch)
+        grads.append(jax.tree.map(lambda g: np.asarray(g, np.float64), find_triplets(grad_one(functional.params, one))))
+    mean = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+    sq_mean = jax.tree.map(lambda *g: sum(x * x for x in g) / len(g), *grads)
+    var = jax.tree.map(lambda m, *g: sum((x - m) ** 2 for x in g) / len(g), mean, *grads)
+    return mean, sq_mean, var
+
+
 def test_per_example_moments_read_the_task_loss_and_the_update_adds_the_regulariser():
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", orth_reg_weight=0.5)
     model = _tiny_classifier(adalora)
-    params = trainable_params(model, HEAD)
+    _set_lambdas(model)
+    path, first = next(iter(adapter_modules(model).items()))
     # One triplet of one layer with λ = 0 (as after pruning): its P column and Q row get no task gradient.
-    path = next(iter(params["adapters"]))
-    params["adapters"][path]["lam"] = params["adapters"][path]["lam"].at[0].set(0.0)
-    params["adapters"][path]["lam"] = params["adapters"][path]["lam"].at[1:].set(0.3)
-    functional = FunctionalModel(model)
+    first.lam.set_value(first.lam[...].at[0].set(0.0))
+    functional = FunctionalModel(model, HEAD)
     batch, key = _batch(), jax.random.key(5)
-
-    losses_fn = example_losses(functional, "classification", dropout=False)
-    loss, grads, moments = per_example_train_moments(
-        losses_fn, adalora, params, batch, functional.frozen, key, mask=batch["example_mask"]
-    )
+    loss, grads, moments = _step_moments(functional, adalora, batch, key, dropout=False)
 
     def task_mean(p):
         return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
 
-    task_value, task_grads = jax.value_and_grad(task_mean)(params)
-    reg_value, reg_grads = regulariser_gradient(adalora, params)
+    task_value, task_grads = jax.value_and_grad(task_mean)(functional.params)
+    penalty = orthogonal_penalty(adalora)
+    reg_value, reg_grads = jax.value_and_grad(lambda p: penalty(functional.model(p)))(functional.params)
     assert float(reg_value) > 0
     np.testing.assert_allclose(loss, task_value + reg_value, rtol=1e-5)
     chex.assert_trees_all_close(moments.mean, task_grads, rtol=1e-4, atol=1e-7)
     chex.assert_trees_all_close(grads, jax.tree.map(jnp.add, task_grads, reg_grads), rtol=1e-4, atol=1e-7)
 
-    pruned = jax.tree.map(lambda a: np.asarray(a), moments.mean["adapters"][path])
+    pruned = jax.tree.map(np.asarray, find_triplets(moments.mean)[path])
     np.testing.assert_array_equal(pruned["P"][:, 0], 0.0)
     np.testing.assert_array_equal(pruned["Q"][0], 0.0)
-    assert np.abs(np.asarray(grads["adapters"][path]["P"][:, 0])).max() > 0  # the regulariser still pulls it
+    assert np.abs(np.asarray(find_triplets(grads)[path]["P"][:, 0])).max() > 0  # the regulariser still pulls it
     # So GSNR gives the pruned triplet's P and Q nothing, instead of reg² / eps.
-    gsnr_p = np.asarray(moments.mean["adapters"][path]["P"] ** 2 / (moments.var["adapters"][path]["P"] + 1e-12))
+    mean_p, var_p = find_triplets(moments.mean)[path]["P"], find_triplets(moments.var)[path]["P"]
+    gsnr_p = np.asarray(mean_p**2 / (var_p + 1e-12))
     assert gsnr_p[:, 0].max() == 0.0
     assert gsnr_p[:, 1:].max() < 1e3
 
 
 def test_running_statistics_start_scoring_at_the_second_step():
     from jax_adalora.allocator import find_allocator_state
-    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
 
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", statistics="running", t_init=2, t_final=2)
-    model = _tiny_classifier(adalora)
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
     tx = make_optimizer(OptimConfig(), adalora, total_steps=10)
-    state = init_train_state(trainable_params(model, HEAD), tx, adalora)
+    state = init_train_state(functional, tx, adalora)
     step = make_train_step(functional, tx, adalora, "classification", dropout=False)
     batch = _batch()
     state, _ = step(state, functional.frozen, batch, jax.random.key(0))
@@ -104,6 +141,7 @@ def test_running_statistics_start_scoring_at_the_second_step():
     second = find_allocator_state(state.opt_state).smoothing
     assert all(np.isfinite(np.asarray(e)).all() for e in jax.tree.leaves(second.ema))
     assert max(float(jnp.max(e)) for e in jax.tree.leaves(second.ema)) > 0
+    assert int(state.running["count"]) == 2
 
 
 def _tiny_deberta_classifier(adalora: AdaLoRAConfig):
@@ -127,45 +165,35 @@ def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(len
     probes) applies the table's adapters in low-rank form (``AdaLoRALinear.low_rank_parts``).
     The table has 8 rows: at 7 tokens the full layers gather their relative scores and the last layer (one
     query) skews them; at 4 tokens every layer skews (``models.deberta.skew``)."""
-    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher")
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher", orth_reg_weight=0.0)
     model = _tiny_deberta_classifier(adalora)
-    params = trainable_params(model, HEAD)
-    for triplet in params["adapters"].values():  # λ = 0 at init would leave P's and Q's gradients at zero
-        triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
-    functional = FunctionalModel(model)
+    _set_lambdas(model)
+    functional = FunctionalModel(model, HEAD)
     batch, key = _batch(length=length), jax.random.key(5)
-
-    losses_fn = example_losses(functional, "classification", dropout=True)
-    _, _, moments = jax.jit(
-        lambda p, b, f, k: per_example_train_moments(losses_fn, adalora, p, b, f, k, mask=b["example_mask"])
-    )(params, batch, functional.frozen, key)
+    _, _, moments = _step_moments(functional, adalora, batch, key, dropout=True)
 
     def task_mean(p, keys):
         return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch, keys), batch))
 
     keys = dropout_keys(key, batch["example_index"])
-    batch_grads = jax.jit(jax.grad(task_mean))(params, keys)
+    batch_grads = jax.jit(jax.grad(task_mean))(functional.params, keys)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(batch_grads))
     chex.assert_trees_all_close(moments.mean, batch_grads, rtol=1e-4, atol=1e-5 * scale)
     # Dropout is on, including the shared relative-position site: another shared key changes the gradient.
-    other_shared = jax.jit(jax.grad(task_mean))(params, keys._replace(shared=jax.random.key(99)))
+    other_shared = jax.jit(jax.grad(task_mean))(functional.params, keys._replace(shared=jax.random.key(99)))
     differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), batch_grads, other_shared)
     difference = max(jax.tree.leaves(differences))
     assert difference > 1e-3 * scale  # 100x the tolerance the equality above holds to
 
 
 def test_the_step_under_xla_defaults_or_the_library_options_gives_the_same_update():
-    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
-
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", t_init=1, t_final=1)
-    model = _tiny_classifier(adalora)
-    functional = FunctionalModel(model)
+    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
     tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
     batch = _batch()
     results = []
     for options in (None, {}):  # None: runtime.step_compiler_options(); {}: XLA's defaults
-        params = jax.tree.map(jnp.copy, trainable_params(model, HEAD))  # each step donates its state
-        state = init_train_state(params, tx, adalora)
+        state = jax.tree.map(jnp.copy, init_train_state(functional, tx, adalora))  # each step donates its state
         step = make_train_step(functional, tx, adalora, "classification", compiler_options=options)
         for i in range(3):
             state, metrics = step(state, functional.frozen, batch, jax.random.key(i))
@@ -174,52 +202,34 @@ def test_the_step_under_xla_defaults_or_the_library_options_gives_the_same_updat
 
 
 @pytest.mark.parametrize("family", ["bert", "deberta"])
-def test_the_steps_per_example_moments_equal_those_of_vmap_over_examples(family):
+def test_the_steps_per_example_moments_equal_a_loop_over_examples(family):
     """The step's moments come from one batch backward pass through zero-valued probes of the adapters
-    (``adapters.probed_adapter``); the reference is ``jax.vmap`` of each example's own gradient
-    (``example_loss``). Dropout on, padded tokens, and one padding example, which must count for nothing."""
-    from jax_adalora.stats import per_example_value_and_moments
-
+    (``adapters.probed_adapter``); the reference differentiates each real example alone. Dropout on, padded
+    tokens, and one padding example, which must count for nothing."""
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr")
     model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
-    params = trainable_params(model, HEAD)
-    for triplet in params["adapters"].values():  # λ = 0 at init would leave P's and Q's gradients at zero
-        triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
-    functional = FunctionalModel(model)
+    _set_lambdas(model)
+    functional = FunctionalModel(model, HEAD)
     batch, key = _batch(length=7), jax.random.key(5)
     batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0).at[3, 3:].set(0)
     batch["example_mask"] = batch["example_mask"].at[5].set(0)
 
-    losses_fn = example_losses(functional, "classification", dropout=True)
-    loss, _, moments = jax.jit(
-        lambda p, b, f, k: per_example_train_moments(losses_fn, adalora, p, b, f, k, mask=b["example_mask"])
-    )(params, batch, functional.frozen, key)
-
-    loss_one = example_loss(functional, "classification", dropout=True)
-    head = params["head"]
-
-    def adapter_loss(adapters, example, frozen, step_key):
-        return loss_one(adapters, head, example, frozen, step_key)
-
-    ref_loss, ref = jax.jit(
-        lambda a, b, f, k: per_example_value_and_moments(adapter_loss, a, b, f, k, mask=b["example_mask"])
-    )(params["adapters"], batch, functional.frozen, key)
-
-    adalora_zero = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", orth_reg_weight=0.0)
-    loss_task, _, _ = per_example_train_moments(
-        losses_fn, adalora_zero, params, batch, functional.frozen, key, mask=batch["example_mask"]
-    )
-    np.testing.assert_allclose(loss_task, ref_loss, rtol=1e-5)
+    loss, _, moments = _step_moments(functional, adalora, batch, key, dropout=True)
+    no_penalty = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", orth_reg_weight=0.0)
+    loss_task, _, _ = _step_moments(functional, no_penalty, batch, key, dropout=True)
+    losses = task_losses_fn("classification", key, dropout=True)(functional.model(functional.params), batch)
+    np.testing.assert_allclose(loss_task, np.mean(np.asarray(losses)[:5]), rtol=1e-5)
     assert float(loss) > float(loss_task)  # the training loss adds the regulariser
-    for name in ("mean", "sq_mean", "var"):
-        ours, theirs = getattr(moments, name)["adapters"], getattr(ref, name)
-        scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(theirs))
+    reference = _loop_moments(functional, batch, key, dropout=True)
+    for name, theirs in zip(("mean", "sq_mean", "var"), reference, strict=True):
+        ours = find_triplets(getattr(moments, name))
+        scale = max(float(np.max(np.abs(t))) for t in jax.tree.leaves(theirs))
         assert scale > 0
         chex.assert_trees_all_close(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
     assert float(moments.count) == 5
     # Per-example, not batch, statistics: the spread over examples is of the order of E[g²].
-    largest_var = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.var["adapters"]))
-    largest_sq_mean = max(float(jnp.max(v)) for v in jax.tree.leaves(moments.sq_mean["adapters"]))
+    largest_var = max(float(jnp.max(v)) for v in jax.tree.leaves(find_triplets(moments.var)))
+    largest_sq_mean = max(float(jnp.max(v)) for v in jax.tree.leaves(find_triplets(moments.sq_mean)))
     assert largest_var > 0.1 * largest_sq_mean
 
 
@@ -229,20 +239,13 @@ def test_per_example_moments_under_bfloat16_compute_stay_float32_and_close():
     results = []
     for dtype in (jnp.float32, jnp.bfloat16):
         model = _tiny_classifier(adalora, dtype=dtype)
-        params = trainable_params(model, HEAD)
-        for triplet in params["adapters"].values():
-            triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
-        functional = FunctionalModel(model)
-        losses_fn = example_losses(functional, "classification", dropout=False)
-        batch = _batch()
+        _set_lambdas(model)
         results.append(
-            per_example_train_moments(
-                losses_fn, adalora, params, batch, functional.frozen, jax.random.key(0), mask=batch["example_mask"]
-            )[2]
+            _step_moments(FunctionalModel(model, HEAD), adalora, _batch(), jax.random.key(0), dropout=False)[2]
         )
     full, half = results
     for name in ("mean", "sq_mean"):
-        ours, reference = getattr(half, name)["adapters"], getattr(full, name)["adapters"]
+        ours, reference = find_triplets(getattr(half, name)), find_triplets(getattr(full, name))
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(ours))
         scale = max(float(jnp.max(jnp.abs(t))) for t in jax.tree.leaves(reference))
         chex.assert_trees_all_close(ours, reference, atol=0.05 * scale)
@@ -256,21 +259,17 @@ def test_a_step_in_microbatches_gives_the_whole_batch_steps_update(family, score
     """``make_train_step(microbatch_size=2)`` differentiates a batch of 6 in three microbatches: the same
     loss, update, statistics and allocator state as the whole batch at once. Dropout on (its masks follow
     each example's index, whichever microbatch holds it), padded tokens, one padding example."""
-    from jax_adalora.step import init_train_state, make_optimizer, make_train_step
-
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score=score, statistics=statistics, t_init=1, t_final=1)
     model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
-    functional = FunctionalModel(model)
+    _set_lambdas(model)  # nonzero λ: P and Q get task gradients too
+    functional = FunctionalModel(model, HEAD)
     tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
     batch = _batch(length=7)
     batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0)
     batch["example_mask"] = batch["example_mask"].at[4].set(0)
     results = []
     for microbatch_size in (None, 2):
-        params = jax.tree.map(jnp.copy, trainable_params(model, HEAD))  # each step donates its state
-        for triplet in params["adapters"].values():  # nonzero λ: P and Q get task gradients too
-            triplet["lam"] = jnp.full_like(triplet["lam"], 0.3)
-        state = init_train_state(params, tx, adalora)
+        state = jax.tree.map(jnp.copy, init_train_state(functional, tx, adalora))  # each step donates its state
         step = make_train_step(functional, tx, adalora, "classification", microbatch_size=microbatch_size)
         history = []
         for i in range(3):

@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_adalora.adapters import adapters_are_per_example
 from jax_adalora.models.activations import activation
 from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
 from jax_adalora.models.config import EncoderConfig
@@ -220,10 +219,11 @@ class DisentangledAttention(nnx.Module):
 
     def _against_positions(self, x: jax.Array, projection, rel_embeddings: jax.Array) -> jax.Array:
         """``x`` (B, NH, L, D) against the heads of ``projection(table)``, a (T, H) table: (B, NH, L, T)."""
-        if hasattr(projection, "low_rank_parts") and (adapters_are_per_example() or projection.has_probes()):
-            # Per-example adapters (copies under vmap, or probes): the base projection stays one matmul for
-            # the batch and only rank-r products are per example (see adapters.per_example_adapters).
-            # rank_side and p are (T, r), (H, r), or with probes (B, T, r), (B, H, r).
+        if getattr(projection, "has_probes", None) is not None and projection.has_probes():
+            # An adapted projection with per-example probes (the adapter protocol: ``has_probes()`` and
+            # ``low_rank_parts(x)``, offered by jax_adalora.adapters.AdaLoRALinear): the base projection stays
+            # one matmul for the batch and only rank-r products are per example. rank_side and p are
+            # (B, T, r) and (B, H, r).
             base, rank_side, p = projection.low_rank_parts(rel_embeddings)
             p_heads = p.reshape(*p.shape[:-2], self.num_heads, self.head_dim, p.shape[-1])  # ([B,] NH, D, r)
             rank_side_t = jnp.swapaxes(rank_side, -1, -2)[..., None, :, :]  # ([B,] 1, r, T)

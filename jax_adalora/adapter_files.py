@@ -1,0 +1,125 @@
+"""Saving and loading a model's adapters as one safetensors file, checked against the model on load.
+
+The file holds, per adapted matrix at module path ``m``, the tensors ``m.P``, ``m.lam``, ``m.Q`` and
+``m.mask`` (the rank pattern: 1 for a kept triplet), plus any other variables the caller includes (a
+trained task head) under their '.'-joined paths, and metadata naming the format and each adapter's
+scale. :func:`load_adapters` refuses a file that does not fit the model and says what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save
+
+from jax_adalora.adapters import AdaLoRAMask, AdaLoRAParam, adapter_modules
+
+FORMAT = "jax_adalora.adapters/1"
+FACTORS = ("P", "lam", "Q", "mask")
+
+
+def save_adapters(
+    path: str | os.PathLike,
+    model: nnx.Module,
+    *,
+    rank_pattern: Mapping[str, Sequence[bool]] | None = None,
+    include: Any = None,
+) -> Path:
+    """Writes every adapter of ``model`` (and the variables ``include`` selects) to ``path``, atomically.
+
+    Args:
+      path: the ``.safetensors`` file to write (its folder must exist).
+      model: a model with adapters.
+      rank_pattern: ``{module_path: [kept, ...]}`` (e.g. :func:`jax_adalora.allocator.rank_pattern` of the
+        optimizer) stored as the masks; ``None`` stores the model's own masks.
+      include: an NNX filter of further variables to store, e.g. ``nnx.PathContains("classifier")``.
+
+    Returns:
+      The path written.
+    """
+    path = Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    scales = {}
+    for module_path, module in adapter_modules(model).items():
+        for name in FACTORS:
+            tensors[f"{module_path}.{name}"] = np.asarray(getattr(module, name)[...])
+        if rank_pattern is not None:
+            if module_path not in rank_pattern:
+                raise ValueError(f"rank_pattern has no entry for adapter {module_path}")
+            tensors[f"{module_path}.mask"] = np.asarray(rank_pattern[module_path], tensors[f"{module_path}.mask"].dtype)
+        scales[module_path] = module.scaling
+    for key, value in _included(model, include).items():
+        tensors[key] = np.asarray(value)
+    metadata = {"format": FORMAT, "scales": json.dumps(scales)}
+    data = save(tensors, metadata=metadata)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(data)
+    os.replace(handle.name, path)
+    return path
+
+
+def load_adapters(path: str | os.PathLike, model: nnx.Module, *, include: Any = None) -> None:
+    """Loads a :func:`save_adapters` file into ``model`` (in place): factors, masks, included variables.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ValueError: the file is not an adapter file, or it does not fit the model: adapters or variables
+        missing or unknown, a shape (a rank) or a scale that differs. The message names each one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file {path}: no such file")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "np") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"adapter file {path}: not a readable safetensors file ({err})") from err
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"adapter file {path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    scales = json.loads(metadata.get("scales", "{}"))
+    modules = adapter_modules(model)
+    expected = {f"{m}.{name}": getattr(module, name)[...] for m, module in modules.items() for name in FACTORS}
+    expected.update(_included(model, include))
+    problems = [f"missing {key}" for key in expected if key not in tensors]
+    problems += [f"unknown {key}" for key in tensors if key not in expected]
+    for key, value in expected.items():
+        if key in tensors and tensors[key].shape != value.shape:
+            problems.append(f"{key} has shape {tensors[key].shape} in the file, {value.shape} in the model")
+    for module_path, module in modules.items():
+        if module_path in scales and not np.isclose(scales[module_path], module.scaling):
+            problems.append(f"{module_path} has scale {scales[module_path]} in the file, {module.scaling} in the model")
+    if problems:
+        raise ValueError(f"adapter file {path} does not fit the model: " + "; ".join(problems))
+    for module_path, module in modules.items():
+        for name in FACTORS:
+            variable = getattr(module, name)
+            variable.set_value(np.asarray(tensors[f"{module_path}.{name}"], variable[...].dtype))
+    if include is not None:
+        flat = [
+            (key_path, variable.replace(np.asarray(tensors[_joined(key_path)], variable[...].dtype)))
+            for key_path, variable in nnx.to_flat_state(nnx.state(model, _not_adapter(include)))
+        ]
+        nnx.update(model, nnx.from_flat_state(flat))
+
+
+def _joined(key_path) -> str:
+    return ".".join(str(part) for part in key_path)
+
+
+def _not_adapter(include: Any) -> Any:
+    return nnx.All(include, nnx.Not(nnx.Any(AdaLoRAParam, AdaLoRAMask)))
+
+
+def _included(model: nnx.Module, include: Any) -> dict[str, Any]:
+    if include is None:
+        return {}
+    return {_joined(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model, _not_adapter(include)))}

@@ -1,0 +1,303 @@
+"""The statistics entry point: loss, gradient and gradient moments of any Flax NNX model with adapters.
+
+:func:`value_grad_and_moments` is the one way to get what the rank allocator reads. It takes per-example
+losses ``losses_fn(model, batch) -> (B,)`` and returns the mean loss over real examples, its gradient
+over the ``wrt`` variables (an ``nnx.State``, as ``nnx.grad`` gives it, ready for
+``nnx.Optimizer.update``) and :class:`jax_adalora.stats.Moments` of that gradient:
+
+* ``statistics="per_example"``: exact ``E[g]``, ``E[g²]``, ``Var[g]`` over the batch's examples for the
+  adapter factors (:class:`jax_adalora.adapters.AdaLoRAParam`), from ONE batch backward pass through
+  zero-valued per-example probes (:func:`jax_adalora.adapters.probed_adapter`). Where an adapted layer
+  does not see the batch as its input's leading axis, the probes cannot tell examples apart: the
+  function logs one line and differentiates each example with ``jax.vmap`` instead (same moments,
+  more time and memory).
+* ``statistics="running"``: the batch gradient and EMA estimates over steps (:class:`RunningMoments`,
+  :func:`jax_adalora.stats.running_moments`), ``ready`` from the second step on.
+* ``statistics="batch"``: the batch gradient only (all that sensitivity and movement read).
+
+Variables in ``wrt`` that are not adapter factors (a task head, say) get their batch gradient as the
+mean, with placeholder second moments, in every mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_adalora.adapters import AdaLoRAParam, ProbeBatchAxisError, set_probes, zero_probes
+from jax_adalora.microbatch import batch_size_of, check_microbatch_size, value_and_grad_in_microbatches
+from jax_adalora.stats import (
+    Moments,
+    RunningMomentsState,
+    batch_gradient_moments,
+    float_dtype,
+    moments_of_probe_gradients,
+    running_moments,
+    running_moments_init,
+)
+
+PyTree = Any
+STATISTICS = ("per_example", "running", "batch")
+# Running estimates give Var[g] = 0 after one step (no spread yet); the scores wait for the second step.
+RUNNING_WARMUP_STEPS = 2
+
+log = logging.getLogger(__name__)
+
+
+class RunningStatistic(nnx.Variable):
+    """EMA state of :class:`RunningMoments` (not trained, not an optimizer state)."""
+
+
+class RunningMoments(nnx.Pytree):
+    """EMAs over steps of the batch gradient and its square, for ``statistics="running"``.
+
+    Args:
+      model: the model whose ``wrt`` variables the estimates follow.
+      wrt: the same filter as passed to :func:`value_grad_and_moments`.
+      decay: EMA decay (``AdaLoRAConfig.running_decay``).
+
+    :func:`value_grad_and_moments` updates it in place, inside ``nnx.jit`` as outside.
+    """
+
+    def __init__(self, model: nnx.Module, *, wrt: Any = AdaLoRAParam, decay: float = 0.9):
+        init = running_moments_init(nnx.to_pure_dict(nnx.state(model, wrt)))
+        self.decay = decay
+        self.count = RunningStatistic(init.count)
+        self.grad_ema = nnx.data(jax.tree.map(RunningStatistic, init.grad_ema))
+        self.grad_sq_ema = nnx.data(jax.tree.map(RunningStatistic, init.grad_sq_ema))
+
+    def update(self, batch_grad: PyTree, batch_size: jax.Array) -> Moments:
+        """Takes this step's batch gradient (pure arrays, in ``nnx.to_pure_dict`` layout); returns the estimates."""
+        state = RunningMomentsState(self.count.get_value(), _values(self.grad_ema), _values(self.grad_sq_ema))
+        moments, state = running_moments(state, batch_grad, batch_size=batch_size, decay=self.decay)
+        self.count.set_value(state.count)
+        _set_values(self.grad_ema, state.grad_ema)
+        _set_values(self.grad_sq_ema, state.grad_sq_ema)
+        return moments._replace(ready=state.count >= RUNNING_WARMUP_STEPS)
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _values(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda v: v.get_value(), tree, is_leaf=_is_variable)
+
+
+def _set_values(tree: PyTree, values: PyTree) -> None:
+    jax.tree.map(lambda v, x: v.set_value(x), tree, values, is_leaf=_is_variable)
+
+
+def value_grad_and_moments(
+    losses_fn: Callable[[nnx.Module, PyTree], jax.Array],
+    model: nnx.Module,
+    batch: PyTree,
+    *,
+    statistics: str = "per_example",
+    wrt: Any = AdaLoRAParam,
+    mask: jax.Array | None = None,
+    microbatch_size: int | None = None,
+    running: RunningMoments | None = None,
+    penalty_fn: Callable[[nnx.Module], jax.Array] | None = None,
+) -> tuple[jax.Array, nnx.State, Moments]:
+    """``(loss, grads, moments)`` of the mean per-example loss over the real examples of ``batch``.
+
+    Args:
+      losses_fn: ``losses_fn(model, batch) -> (B,)`` per-example losses. It is called on a copy of
+        ``model``; state it mutates (e.g. ``nnx.Rngs`` counters) is not written back, so pass randomness
+        in ``batch`` (per-example keys make dropout the same on every path).
+      model: a Flax NNX model with adapters (:func:`jax_adalora.adapters.inject_adapters`).
+      batch: a pytree whose leaves share the leading example axis B.
+      statistics: ``"per_example"``, ``"running"`` or ``"batch"`` (see the module docstring).
+      wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``).
+      mask: (B,) weights, 1 for real examples and 0 for padding rows; ``None`` means all real.
+      microbatch_size: differentiate in microbatches of this many examples (a divisor of B; ``None`` or 0
+        for the whole batch): same results, smaller working set.
+      running: the :class:`RunningMoments` to update, with ``statistics="running"`` only.
+      penalty_fn: ``penalty_fn(model) -> scalar`` added to the loss and the gradient, e.g. AdaLoRA's
+        orthogonal regularisation (:func:`jax_adalora.regularization.orthogonal_regularization_of_model`). It
+        enters ``moments.mean`` only with ``statistics="batch"`` (sensitivity and movement score the training
+        gradient, as AdaLoRA does); exact and running moments are the task loss's, since a term without
+        sampling noise is no gradient statistic.
+
+    Returns:
+      ``loss`` (scalar), ``grads`` (``nnx.State`` of the ``wrt`` variables) and ``moments``
+      (:class:`jax_adalora.stats.Moments` with pure-array trees in the layout of ``nnx.to_pure_dict(grads)``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> import jax_adalora as jal
+      >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.relu, nnx.Linear(8, 3, rngs=nnx.Rngs(1)))
+      >>> _ = jal.inject(model, jal.AdaLoRAConfig(r_init=4, r_target=2), targets=r"layers\\.0", rngs=nnx.Rngs(2))
+      >>> batch = {"x": jnp.ones((5, 4)), "y": jnp.arange(5) % 3}
+      >>> losses = lambda m, b: optax.softmax_cross_entropy_with_integer_labels(m(b["x"]), b["y"])
+      >>> loss, grads, moments = jal.value_grad_and_moments(losses, model, batch)
+      >>> moments.var["layers"][0]["lam"].shape
+      (4,)
+    """
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics={statistics!r}: expected one of {STATISTICS}")
+    if (statistics == "running") != (running is not None):
+        raise ValueError("statistics='running' takes running=RunningMoments(model, wrt=...), and only it does")
+    batch_size = batch_size_of(batch)
+    check_microbatch_size(microbatch_size, batch_size)
+    weights = jnp.ones((batch_size,), float_dtype()) if mask is None else jnp.asarray(mask).astype(float_dtype())
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    graphdef, adapters, others, rest = nnx.split(model, nnx.All(wrt, AdaLoRAParam), wrt, ...)
+    parts = _Parts(graphdef, rest, losses_fn, count)
+    data = {"batch": batch, "weights": weights}
+
+    if statistics == "per_example" and adapters:
+        try:
+            loss, adapter_moments, other_grads = _probe_pass(parts, adapters, others, data, microbatch_size)
+        except ProbeBatchAxisError as err:
+            log.warning("value_grad_and_moments: %s; differentiating each example with jax.vmap instead", err)
+            loss, adapter_moments, other_grads = _vmap_pass(parts, adapters, others, data, microbatch_size)
+        grads = _merged(_with_values(adapters, adapter_moments.mean), other_grads)
+        other_moments = batch_gradient_moments(nnx.to_pure_dict(other_grads), count)
+        moments = Moments(
+            *(
+                _deep_merge(nnx.to_pure_dict(_with_values(adapters, a)), o)
+                for a, o in zip(adapter_moments[:3], other_moments[:3], strict=True)
+            ),
+            count=jnp.sum(weights),
+        )
+        return _with_penalty(parts, penalty_fn, adapters, others, loss, grads, moments, mean_too=False)
+
+    loss, task_grads = _batch_pass(parts, adapters, others, data, microbatch_size)
+    if statistics == "running":
+        moments = running.update(nnx.to_pure_dict(task_grads), jnp.sum(weights))
+        return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=False)
+    moments = batch_gradient_moments(nnx.to_pure_dict(task_grads), jnp.sum(weights))
+    return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=True)
+
+
+class _Parts:
+    """What every pass needs to rebuild the model and weigh its losses."""
+
+    def __init__(self, graphdef, rest, losses_fn, count):
+        self.graphdef, self.rest, self.losses_fn, self.count = graphdef, rest, losses_fn, count
+
+    def model(self, adapters, others) -> nnx.Module:
+        return nnx.merge(self.graphdef, adapters, others, self.rest)
+
+    def losses(self, model, batch, weights) -> jax.Array:
+        losses = self.losses_fn(model, batch)
+        if losses.shape != weights.shape:
+            raise ValueError(
+                f"losses_fn returned shape {losses.shape}: expected per-example losses of shape {weights.shape}"
+            )
+        return losses
+
+    def total(self, model, data) -> jax.Array:
+        """``sum_b w_b · loss_b / count``: the mean over real examples when ``data`` is the whole batch."""
+        weights = data["weights"]
+        losses = self.losses(model, data["batch"], weights)
+        return jnp.sum(losses * weights.astype(losses.dtype)) / self.count.astype(losses.dtype)
+
+
+def _batch_pass(parts: _Parts, adapters, others, data, microbatch_size):
+    def total(trained, _, chunk):
+        return parts.total(parts.model(*trained), chunk)
+
+    loss, (grads, _) = value_and_grad_in_microbatches(total, (adapters, others), None, data, microbatch_size)
+    return loss, _merged(*grads)
+
+
+def _probe_pass(parts: _Parts, adapters, others, data, microbatch_size):
+    """One batch backward pass; the probes' gradients hold each example's adapter gradient."""
+    triplets = _triplets(adapters)
+    probes = zero_probes(triplets, data["weights"].shape[0])
+
+    def total(others, probes, chunk):
+        model = parts.model(adapters, others)
+        set_probes(model, probes, every=False)
+        return parts.total(model, chunk)
+
+    loss, (other_grads, probe_grads) = value_and_grad_in_microbatches(total, others, probes, data, microbatch_size)
+    moments = moments_of_probe_gradients(probe_grads, data["weights"])
+    in_triplet_layout = Moments(
+        *({path: {**t, "P": jnp.swapaxes(t["P"], -1, -2)} for path, t in tree.items()} for tree in moments[:3]),
+        count=moments.count,
+    )
+    return loss, in_triplet_layout, other_grads
+
+
+def _vmap_pass(parts: _Parts, adapters, others, data, microbatch_size):
+    """Each example differentiated alone (``jax.vmap``, or ``jax.lax.map`` over microbatches)."""
+
+    def example_loss(trained, example):
+        one = jax.tree.map(lambda leaf: leaf[None], example)
+        return parts.losses(parts.model(*trained), one, jnp.ones((1,), float_dtype()))[0]
+
+    per_example = jax.value_and_grad(example_loss)
+    size = check_microbatch_size(microbatch_size, data["weights"].shape[0])
+    losses, (adapter_grads, other_grads) = jax.lax.map(
+        lambda example: per_example((adapters, others), example), data["batch"], batch_size=size
+    )
+    weights = data["weights"]
+    loss = jnp.sum(losses * weights.astype(losses.dtype)) / parts.count.astype(losses.dtype)
+    per_row = lambda g: weights.reshape(weights.shape + (1,) * (g.ndim - 1)).astype(g.dtype)  # noqa: E731
+    mean = lambda g: jnp.sum(per_row(g) * g, axis=0) / parts.count.astype(g.dtype)  # noqa: E731
+    grads = _triplets(adapter_grads)
+    first = jax.tree.map(mean, grads)
+    moments = Moments(
+        mean=first,
+        sq_mean=jax.tree.map(lambda g: mean(g * g), grads),
+        var=jax.tree.map(lambda g, m: mean(jnp.square(g - m)), grads, first),
+        count=jnp.sum(weights),
+    )
+    return loss, moments, jax.tree.map(mean, other_grads)
+
+
+def _with_penalty(parts: _Parts, penalty_fn, adapters, others, loss, grads, moments, *, mean_too: bool):
+    if penalty_fn is None:
+        return loss, grads, moments
+    penalty, (adapter_grads, other_grads) = jax.value_and_grad(lambda a, o: penalty_fn(parts.model(a, o)), (0, 1))(
+        adapters, others
+    )
+    penalty_grads = _merged(adapter_grads, other_grads)
+    grads = jax.tree.map(jnp.add, grads, penalty_grads)
+    if mean_too:
+        moments = moments._replace(mean=jax.tree.map(jnp.add, moments.mean, nnx.to_pure_dict(penalty_grads)))
+    return loss + penalty, grads, moments
+
+
+# ---- between nnx.State and the triplet layout {module_path: {"P", "lam", "Q"}} ----------------------
+
+
+def _module_path(path: tuple) -> str:
+    return ".".join(str(part) for part in path[:-1])
+
+
+def _triplets(state: nnx.State) -> dict[str, dict[str, jax.Array]]:
+    """``{module_path: {"P": ..., "lam": ..., "Q": ...}}`` of an adapter-factor state or its gradient (values
+    keep any leading example axis)."""
+    out: dict[str, dict[str, jax.Array]] = {}
+    for path, variable in nnx.to_flat_state(state):
+        out.setdefault(_module_path(path), {})[str(path[-1])] = variable.get_value()
+    return out
+
+
+def _with_values(state: nnx.State, triplets: dict[str, dict[str, jax.Array]]) -> nnx.State:
+    """``state`` with each factor's value taken from ``triplets`` (same variable types)."""
+    flat = [(path, variable.replace(triplets[_module_path(path)][str(path[-1])])) for path, variable in
+            nnx.to_flat_state(state)]  # fmt: skip
+    return nnx.from_flat_state(flat)
+
+
+def _merged(*states: nnx.State) -> nnx.State:
+    return nnx.merge_state(*states)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep_merge(out[key], value) if key in out and isinstance(value, dict) else value
+    return out
