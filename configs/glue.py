@@ -9,6 +9,10 @@ official AdaLoRA GLUE scripts (PAPER.md §3). Tasks: mnli sst2 cola qqp qnli rte
     python -m jax_adalora.train --config configs/glue.py:official-rte --score sensitivity \
         --model microsoft/deberta-v3-base          # online: model and data from the hub
 
+Compute dtype: bfloat16 for activations (parameters, logits, the loss and the regulariser stay float32), the
+profiles being meant for a GPU or TPU (docs/GPU_TPU.md). On CPU, where bf16 matmuls are slower than float32 and
+results were measured in float32, add ``--dtype float32`` (flags override the profile).
+
 Results to expect (the paper, DeBERTa-v3-base, GSNR): MRPC 88.73, SST-2 94.38, CoLA 67.28, QQP 91.60,
 QNLI 93.76, RTE 85.56, MNLI 90.36/90.50, STS-B 90.35 (PAPER.md Table 1). Not reproduced here: no GPU
 and no hub access in our CI; see docs/RESULTS.md for what was run.
@@ -36,6 +40,7 @@ COMMON = dict(
     beta2=0.85,
     warmup_ratio=0.06,
     weight_decay=0.01,
+    dtype="bfloat16",
 )
 
 

@@ -4,6 +4,10 @@
         --model /path/to/deberta-v3-base --train-file train-v1.1.json --validation-file dev-v1.1.json
     python -m jax_adalora.train --config configs/squad.py:v2 --score fisher --model microsoft/deberta-v3-base
 
+Compute dtype: bfloat16 for activations (parameters, logits, the loss and the regulariser stay float32), the
+profiles being meant for a GPU or TPU (docs/GPU_TPU.md). On CPU add ``--dtype float32`` (flags override the
+profile).
+
 Results to expect (the paper, GSNR): v1.1 EM/F1 88.48/94.23, v2.0 86.09/88.97 (PAPER.md Table 2).
 Not reproduced here (no GPU, no hub access in CI).
 """
@@ -24,6 +28,7 @@ COMMON = dict(
     t_final=5000,
     delta_t=100,
     warmup_ratio=0.06,
+    dtype="bfloat16",
 )
 
 PROFILES = {"v1": dict(COMMON, task="squad"), "v2": dict(COMMON, task="squad_v2")}

@@ -11,7 +11,9 @@ with that, a freed buffer over 2 GiB, such as the 4.7 GB of DeBERTa-v3-base's st
 returned to the kernel and faulted in again every step (1.2 million minor faults, 7 s of a 25 s step).
 
 Call :func:`keep_freed_memory` before JAX starts its backend (before the first array is made). It changes
-nothing off glibc, or when ``JAX_ADALORA_MALLOC_TUNING=0``.
+nothing off glibc, or when ``JAX_ADALORA_MALLOC_TUNING=0``; it applies only where JAX will run on CPU
+(:func:`runs_on_cpu`), since on GPU/TPU hosts the large buffers live in device memory and the tuning was never
+measured there. ``JAX_ADALORA_MALLOC_TUNING=1`` applies it whatever the backend.
 
 :func:`step_compiler_options` are the XLA options the training step is compiled with. On CPU, XLA hands
 both dots and reductions to the YNNPACK library by default. Its reduction over the leading (example) axis
@@ -19,6 +21,10 @@ of a per-example gradient such as (32, 1536, 16) took about 11 ms on our 2-core 
 XLA's own loop: about 0.13 s of a 2-3 s MiniLM step at 32 × 128 with exact per-example statistics
 (``scripts/bench_example_sums.py``, docs/PERFORMANCE.md). The options keep YNNPACK for dots only. They are
 empty off CPU, when ``JAX_ADALORA_XLA_CPU_TUNING=0``, or when the installed jaxlib does not know the option.
+
+:func:`enable_compilation_cache` keeps compiled programs on disk (JAX's persistent compilation cache), so a
+second run of the same shapes skips XLA's compile: worth most on GPU/TPU, where a DeBERTa step compiles for
+minutes across buckets.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +57,37 @@ XLA_CPU_ENV_SWITCH = "JAX_ADALORA_XLA_CPU_TUNING"
 CPU_STEP_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
+def runs_on_cpu() -> bool:
+    """Whether JAX will run this process on CPU, decided without starting a backend.
+
+    The first platform of ``JAX_PLATFORMS`` (``jax.config.jax_platforms``) when it is set; otherwise CPU
+    unless an accelerator plugin is installed (a ``jax_plugins`` module or entry point, libtpu, or
+    ``PJRT_NAMES_AND_LIBRARY_PATHS``), in which case JAX would try that accelerator first. A host with an
+    accelerator plugin but no device falls back to CPU in JAX and reads as not CPU here: set
+    ``JAX_PLATFORMS=cpu`` there.
+    """
+    platforms = jax.config.jax_platforms
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not _accelerator_plugin_installed()
+
+
+def _accelerator_plugin_installed() -> bool:
+    if os.environ.get("PJRT_NAMES_AND_LIBRARY_PATHS") or os.environ.get("TPU_LIBRARY_PATH"):
+        return True
+    if importlib.util.find_spec("jax_plugins") is not None or importlib.util.find_spec("libtpu") is not None:
+        return True
+    return bool(importlib.metadata.entry_points(group="jax_plugins"))
+
+
 def keep_freed_memory() -> bool:
-    """Tunes glibc's allocator as the module docstring says; returns whether it did."""
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not sys.platform.startswith("linux"):
+    """Tunes glibc's allocator as the module docstring says, on the CPU backend only (``JAX_ADALORA_MALLOC_TUNING``
+    ``=1``: on any backend, ``=0``: never); returns whether it did."""
+    switch = os.environ.get(ENV_SWITCH)
+    if switch == "0" or not sys.platform.startswith("linux"):
+        return False
+    if switch != "1" and not runs_on_cpu():
+        log.debug("JAX will not run on CPU: glibc's allocator left as it is (%s=1 tunes it anyway)", ENV_SWITCH)
         return False
     name = ctypes.util.find_library("c")
     if name is None:
@@ -79,3 +116,32 @@ def step_compiler_options() -> dict[str, str]:
         log.debug("XLA rejected %s (%s); compiling the step with XLA's defaults", CPU_STEP_OPTIONS, error)
         return {}
     return dict(CPU_STEP_OPTIONS)
+
+
+def enable_compilation_cache(directory: str | os.PathLike, *, min_compile_time_s: float = 1.0) -> Path:
+    """Keeps compiled XLA programs under ``directory`` and reuses them in later processes.
+
+    Call it once, before the first compile (a program compiled earlier is not written). JAX keys entries by the
+    program, the compile options, the backend and the jax/jaxlib versions, so a changed model, flag or install
+    compiles afresh. The cache is trusted code: keep it in a directory only you can write.
+
+    Args:
+      directory: where the cache lives; created if missing.
+      min_compile_time_s: programs that compiled faster than this are not stored (JAX's default, 1 s).
+
+    Returns:
+      The directory, resolved.
+
+    Raises:
+      ValueError: ``directory`` exists and is not a directory, or another cache directory is already set.
+    """
+    path = Path(directory).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"compilation cache {path}: exists and is not a directory")
+    current = jax.config.jax_compilation_cache_dir
+    if current is not None and Path(current).expanduser().resolve() != path:
+        raise ValueError(f"compilation cache {path}: this process already caches in {current}")
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    return path

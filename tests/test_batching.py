@@ -30,7 +30,7 @@ def rows_of(batch):
 
 
 def test_batches_pad_to_the_smallest_fitting_bucket():
-    it = BatchIterator(make_split(), 3, shuffle=False, seed=0, bucket_lengths=(32, 64, 128))
+    it = BatchIterator(make_split(), 3, shuffle=False, seed=0, bucket_lengths=(32, 64, 128), pad_to_multiple_of=1)
     batches = list(it)
     assert it.steps_per_epoch == len(batches) == 4
     assert [b["input_ids"].shape for b in batches] == [(3, 128), (3, 64), (3, 130), (3, 128)]
@@ -40,15 +40,31 @@ def test_batches_pad_to_the_smallest_fitting_bucket():
     assert first["token_type_ids"].shape == (3, 128) and first["labels"].tolist() == [0, 1, 2]
 
 
+def test_widths_are_rounded_up_to_a_multiple_of_8_by_default_and_the_extra_columns_are_padding():
+    split = make_split(pad=7)
+    batches = list(BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(32, 64, 128)))
+    assert [b["input_ids"].shape[1] for b in batches] == [128, 64, 136, 128]  # 130 -> 136
+    wide = batches[2]
+    np.testing.assert_array_equal(wide["input_ids"][:, :130], split.input_ids[6:9])
+    assert (wide["input_ids"][:, 130:] == 7).all()
+    for name in ("attention_mask", "token_type_ids"):
+        assert (wide[name][:, 130:] == 0).all()
+    # Any multiple; buckets that are not multiples of it are rounded too.
+    by_5 = BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(32, 64, 128), pad_to_multiple_of=5)
+    assert [b["input_ids"].shape[1] for b in by_5] == [130, 65, 130, 130]
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        BatchIterator(split, 3, shuffle=False, seed=0, pad_to_multiple_of=0)
+
+
 def test_buckets_wider_than_the_split_stop_at_its_width():
     """A split cut at max_seq_length 20 never pads to a wider bucket (32): the width is the split's."""
     split = make_split([5, 20, 9], pad=7)
-    (batch,) = list(BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(8, 32)))
+    (batch,) = list(BatchIterator(split, 3, shuffle=False, seed=0, bucket_lengths=(8, 32), pad_to_multiple_of=1))
     assert batch["input_ids"].shape == (3, 20)
     np.testing.assert_array_equal(batch["input_ids"], split.input_ids)
     assert (batch["input_ids"][0, 5:] == 7).all() and (batch["attention_mask"][0, 5:] == 0).all()
     (short,) = list(BatchIterator(split.select(np.array([0, 2])), 2, shuffle=False, seed=0, bucket_lengths=(8, 32)))
-    assert short["input_ids"].shape[1] <= 20
+    assert short["input_ids"].shape[1] <= 24  # 20 rounded up to a multiple of 8
 
 
 def test_last_partial_batch_is_padded_and_masked_never_dropped():
@@ -115,6 +131,10 @@ def test_iteration_yields_the_rest_of_the_epoch():
 def test_fixed_length_splits_keep_their_width():
     it = BatchIterator(make_split([5, 9, 3, 40], fixed_length=True), 2, shuffle=False, seed=0)
     assert [b["input_ids"].shape for b in it] == [(2, 40), (2, 40)]
+    odd = BatchIterator(make_split([5, 9, 3, 37], fixed_length=True), 2, shuffle=False, seed=0)
+    assert [b["input_ids"].shape for b in odd] == [(2, 40), (2, 40)]  # still one width for all batches
+    exact = BatchIterator(make_split([5, 37], fixed_length=True), 2, shuffle=False, seed=0, pad_to_multiple_of=1)
+    assert exact.next_batch()["input_ids"].shape == (2, 37)
 
 
 def test_select_and_bad_arguments():

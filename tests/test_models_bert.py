@@ -163,3 +163,48 @@ def test_first_token_only_is_the_first_row_of_the_full_output_with_dropout_on(ca
     grad = lambda flag: jax.grad(lambda p: jnp.sum(first_row(p, flag) * weights))(params)  # noqa: E731
     for a, b in zip(jax.tree.leaves(grad(False)), jax.tree.leaves(grad(True)), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "deberta-v2"])
+def test_remat_keeps_outputs_gradients_and_dropout_masks(model_type):
+    """``EncoderConfig.remat`` recomputes each layer in the backward pass: the same parameters, outputs and
+    gradients (dropout on; BERT's full output, DeBERTa's first token only) as without it, and it stays out of
+    config.json."""
+    from jax_adalora.models.heads import build_encoder
+
+    sizes = {k: v for k, v in TINY.items() if k != "initializer_range"}
+    rates = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    if model_type == "bert":
+        config = EncoderConfig(**sizes, **rates)
+    else:
+        config = EncoderConfig.deberta_v3_base(**sizes, **rates, position_buckets=8)
+    ids, mask, types = (jnp.asarray(a, jnp.int32) for a in make_inputs(0, max(config.type_vocab_size, 1)))
+    types = types if config.type_vocab_size > 0 else None
+    keys = dropout_keys(jax.random.key(3), jnp.arange(ids.shape[0]))
+    plain_def, params = nnx.split(build_encoder(config, rngs=nnx.Rngs(0)))
+    remat_def, remat_params = nnx.split(build_encoder(config.replace(remat=True), rngs=nnx.Rngs(0)))
+    jax.tree.map(np.testing.assert_array_equal, params, remat_params)
+    weights = jax.random.normal(jax.random.key(4), (*ids.shape, config.hidden_size))
+
+    def loss(params, graphdef, first_token_only):
+        out = nnx.merge(graphdef, params)(ids, mask, types, dropout_keys=keys, first_token_only=first_token_only)
+        return jnp.sum(out * weights[:, : out.shape[1]])
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
+
+    def close(got, want):  # recomputation may fuse differently: float32 rounding, relative to each leaf's scale
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+    first_token_only = model_type == "deberta-v2"  # one family each way: compiles are the test's cost
+    want = value_and_grad(params, plain_def, first_token_only)
+    got = value_and_grad(params, remat_def, first_token_only)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+    jax.tree.map(close, got[1], want[1])
+
+    def rematerialised_layers(graphdef) -> int:
+        jaxpr = jax.make_jaxpr(loss, static_argnums=(1, 2))(params, graphdef, False).jaxpr
+        return sum(eqn.primitive.name in ("remat2", "checkpoint") for eqn in jaxpr.eqns)
+
+    assert rematerialised_layers(remat_def) == config.num_hidden_layers
+    assert rematerialised_layers(plain_def) == 0
+    assert "remat" not in config.replace(remat=True).to_hf_dict()

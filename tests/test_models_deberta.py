@@ -405,3 +405,34 @@ def test_short_sequences_read_relative_scores_without_a_gather():
     short, long = (tuple(jnp.asarray(a) for a in batch(config, length=n))[:2] for n in (8, 24))
     assert _gathers_on_scores(encoder, *short) == 0
     assert _gathers_on_scores(encoder, *long) == 2 * config.num_hidden_layers  # c2p and p2c per layer
+
+
+def test_off_cpu_the_skew_reads_every_length_with_the_gathers_values_and_gradients(monkeypatch):
+    """DeBERTa-v3's table (position_buckets 256, 2S = 512) at 300 tokens: beyond it, CPU gathers (as measured
+    there) and any other backend skews (no scatter-add in the backward pass); outputs and gradients agree."""
+    from jax_adalora.models.deberta import relative_scores_by_skew
+
+    assert relative_scores_by_skew(256, 256, 512, "cpu") and not relative_scores_by_skew(257, 257, 512, "cpu")
+    assert relative_scores_by_skew(384, 384, 512, "gpu") and relative_scores_by_skew(1, 384, 512, "tpu")
+    v3 = dict(CONFIGS["v3_like"], position_buckets=256, max_relative_positions=512)
+    hf = DebertaV2Config(**{**TINY, "num_hidden_layers": 1, "max_position_embeddings": 512}, **v3)
+    config = EncoderConfig.from_hf_dict(hf.to_dict())
+    encoder = DebertaV2Encoder(config, rngs=nnx.Rngs(0))
+    ids, mask, types = (jnp.asarray(a) for a in batch(config, batch_size=2, length=300))
+    graphdef, params = nnx.split(encoder)
+    weights = jax.random.normal(jax.random.key(3), (2, 300, config.hidden_size))
+
+    def loss(params):
+        return jnp.sum(nnx.merge(graphdef, params)(ids, mask, types) * weights)
+
+    def value_and_grad():
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # as traced for CPU, wherever the test runs
+    assert _gathers_on_scores(encoder, ids, mask) == 2  # c2p and p2c gathered
+    gathered = value_and_grad()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _gathers_on_scores(encoder, ids, mask) == 0
+    skewed = value_and_grad()
+    np.testing.assert_allclose(float(skewed[0]), float(gathered[0]), rtol=1e-5)
+    chex.assert_trees_all_close(skewed[1], gathered[1], rtol=1e-4, atol=1e-5)

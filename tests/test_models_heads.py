@@ -240,3 +240,23 @@ def test_export_needs_merged_adapters(tmp_path):
     batch = inputs()
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     np.testing.assert_allclose(run_hf(hf, *batch), run_ours(model, *batch), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["bert_classification", "deberta_qa"])
+def test_the_final_projection_of_a_bfloat16_model_asks_for_float32_precision(case):
+    """bf16 activations meet the float32 head at Precision.HIGHEST (JAX's default is one bf16 pass on TPU, TF32 on
+    GPU); on CPU the precision changes nothing, so the logits equal those at the default precision bitwise."""
+    family, _, head, num_labels = HEAD_CASES[case]
+    config = EncoderConfig.from_hf_dict(tiny_hf_config(family).to_dict())
+    model = build_model(config, head=head, num_labels=num_labels, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    final = model.qa_outputs if head == "qa" else model.classifier
+    assert final.precision == jax.lax.Precision.HIGHEST
+    batch = tuple(jnp.asarray(a, jnp.int32) for a in inputs())
+    forward = nnx.jit(lambda model, *batch: model(*batch))
+    dots = [line for line in forward.lower(model, *batch).as_text().splitlines() if "dot_general" in line]
+    highest = [line for line in dots if "HIGHEST" in line]
+    assert len(highest) == 1 and "bf16" not in highest[0]  # the head alone, on float32 operands
+    logits = jax.tree.map(np.asarray, forward(model, *batch))
+    assert all(a.dtype == np.float32 for a in jax.tree.leaves(logits))
+    final.precision = None
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, forward(model, *batch)), logits)

@@ -92,3 +92,70 @@ def test_the_step_options_compile_reductions_without_ynnpack_and_keep_the_values
     for ours in (default(g), tuned(g)):
         for value, expected in zip(ours, reference, strict=True):
             np.testing.assert_allclose(np.asarray(value), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_runs_on_cpu_and_the_allocator_tuning_follow_the_configured_platform_without_starting_a_backend():
+    """One fresh process: platforms as JAX_PLATFORMS would set them, then none (plugins decide); the allocator is
+    tuned only where JAX runs on CPU unless forced; and no backend was started (none of CUDA or TPU is here, so
+    starting one would have raised)."""
+    code = (
+        "import os, jax\n"
+        "from jax._src import xla_bridge\n"
+        "from jax_adalora import runtime\n"
+        "def on(platforms, **env):\n"
+        "    jax.config.update('jax_platforms', platforms)\n"
+        "    os.environ.update(env)\n"
+        "    return [runtime.runs_on_cpu(), runtime.keep_freed_memory()]\n"
+        "out = on('cuda,cpu') + on('tpu') + on('cpu', JAX_ADALORA_MALLOC_TUNING='0')\n"
+        "out += on(None, JAX_ADALORA_MALLOC_TUNING='') + [runtime._accelerator_plugin_installed()]\n"
+        "out += on(None, PJRT_NAMES_AND_LIBRARY_PATHS='gpu:/nonexistent.so')\n"
+        "out += on('tpu', JAX_ADALORA_MALLOC_TUNING='1')\n"
+        "print(*out, xla_bridge.backends_are_initialized())\n"
+    )
+    env = {"JAX_PLATFORMS": "", "PJRT_NAMES_AND_LIBRARY_PATHS": "", "TPU_LIBRARY_PATH": "", runtime.ENV_SWITCH: ""}
+    words = _in_fresh_process(code, **env).split()
+    linux = str(sys.platform.startswith("linux"))
+    assert words[:6] == ["False", "False", "False", "False", "True", "False"]  # CUDA, TPU; CPU but switched off
+    plugin = words[8] == "True"  # none is installed in CI; a GPU/TPU install reads as not CPU
+    assert words[6:8] == [str(not plugin), "False" if plugin else linux]
+    assert words[9:] == ["False", "False", "False", linux, "False"]  # a registered plugin; forced; no backend
+
+
+def test_the_compilation_cache_is_written_by_one_process_and_read_by_the_next(tmp_path):
+    code = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from jax_adalora.runtime import enable_compilation_cache\n"
+        "hits = []\n"
+        "jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))\n"
+        "enable_compilation_cache(sys.argv[1], min_compile_time_s=0)\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((16, 16))).block_until_ready()\n"
+        "print(hits.count('/jax/compilation_cache/cache_hits'))\n"
+    )
+    directory = tmp_path / "cache" / "nested"
+    run = lambda: subprocess.run(
+        [sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run() == "0"
+    written = sorted(p.name for p in directory.iterdir())
+    assert written  # the programs were stored
+    assert int(run()) >= 1  # and found by the next process
+    assert sorted(p.name for p in directory.iterdir()) == written
+
+
+def test_the_compilation_cache_refuses_a_file_or_a_second_directory(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="not a directory"):
+        runtime.enable_compilation_cache(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+    import jax
+
+    saved = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    try:  # nothing compiles in between, so JAX's cache is never initialised in this process
+        assert runtime.enable_compilation_cache(tmp_path / "a") == (tmp_path / "a").resolve()
+        runtime.enable_compilation_cache(tmp_path / "a")  # the same directory again is fine
+        with pytest.raises(ValueError, match="already caches in"):
+            runtime.enable_compilation_cache(tmp_path / "b")
+        assert not (tmp_path / "b").exists()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])

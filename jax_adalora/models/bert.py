@@ -195,8 +195,26 @@ class BertEncoder(nnx.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             num_queries = 1 if first_token_only and i == last else None
-            x = layer(x, key_bias, dropout_keys=dropout_keys, num_queries=num_queries)
+            x = run_layer(
+                layer, x, key_bias, dropout_keys=dropout_keys, num_queries=num_queries, remat=self.config.remat
+            )
         return x
+
+
+def run_layer(layer: nnx.Module, x: jax.Array, *inputs, dropout_keys, num_queries, remat: bool) -> jax.Array:
+    """``layer(x, *inputs, dropout_keys=..., num_queries=...)``, under ``nnx.remat`` when ``remat``.
+
+    Rematerialised, the layer keeps only its inputs for the backward pass and recomputes the rest (the same
+    values and dropout masks: they come from the keys). ``num_queries`` stays static; ``inputs`` are arrays
+    or None.
+    """
+    if not remat:
+        return layer(x, *inputs, dropout_keys=dropout_keys, num_queries=num_queries)
+
+    def call(layer, x, inputs, dropout_keys):
+        return layer(x, *inputs, dropout_keys=dropout_keys, num_queries=num_queries)
+
+    return nnx.remat(call)(layer, x, inputs, dropout_keys)
 
 
 class BertPooler(nnx.Module):

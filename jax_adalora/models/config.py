@@ -2,6 +2,7 @@
 
 Built from a Hugging Face ``config.json`` (``EncoderConfig.from_hf_dict``) or from a named size
 (``EncoderConfig.bert_base()``, ``.minilm_l6()``, ``.deberta_v3_base()``), each taking field overrides.
+``remat`` is ours, not Hugging Face's: it is neither read from nor written to ``config.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "deberta-v2")
+_OWN_FIELDS = ("remat", "extra_hf_fields")  # not Hugging Face config fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,9 @@ class EncoderConfig:
     pooler_hidden_size: int | None = None
     pooler_dropout: float = 0.0
     pooler_hidden_act: str = "gelu"
+    # Recompute each encoder layer's activations in the backward pass instead of keeping them (nnx.remat): less
+    # memory for long sequences or large batches, about one more forward pass of compute. Same values.
+    remat: bool = False
     # Kept so that export can write back what it read.
     # hash=False: values may be lists or dicts (e.g. id2label); the config must stay hashable, since
     # modules keep it as a static attribute of their graphdef.
@@ -100,7 +105,7 @@ class EncoderConfig:
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any]) -> EncoderConfig:
         model_type = hf.get("model_type", "bert")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra_hf_fields"}
+        known = {f.name for f in dataclasses.fields(cls)} - set(_OWN_FIELDS)
         kwargs = {k: v for k, v in hf.items() if k in known}
         kwargs["model_type"] = model_type
         if "num_hidden_layers" not in hf and "n_layers" in hf:
@@ -128,7 +133,7 @@ class EncoderConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         out = dict(self.extra_hf_fields)
         for f in dataclasses.fields(self):
-            if f.name == "extra_hf_fields":
+            if f.name in _OWN_FIELDS:
                 continue
             value = getattr(self, f.name)
             if f.name == "pos_att_type":

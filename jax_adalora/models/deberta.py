@@ -6,8 +6,10 @@ positions (log-bucketed when ``position_buckets > 0``) depend only on the static
 so they are numpy constants at trace time and the forward stays shape-static. When the relative
 positions that occur fit in the table (N + L - 1 <= 2S for N queries and L keys: 255 <= 512 for
 DeBERTa-v3 at 128 tokens), the c2p / p2c scores are taken against those table rows alone and
-shifted into place (``skew``); longer sequences gather them from the scores against the whole table,
-as transformers does for every length.
+shifted into place (``skew``). Longer sequences on CPU gather them from the scores against the whole
+table, as transformers does for every length; off CPU the skew serves every length
+(:func:`relative_scores_by_skew`), since the gather's backward pass is a scatter-add, which GPUs run with
+atomics (sums in a non-deterministic order).
 
 The six matrices AdaLoRA adapts sit at the paths shared with the BERT encoder
 (``layers[i].attention.query|key|value|output``, ``layers[i].intermediate``, ``layers[i].output``)
@@ -39,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from jax_adalora.models.activations import activation
-from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries
+from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries, run_layer
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout, shared_dropout
 
@@ -106,6 +108,18 @@ def skew(x: jax.Array, cols: int) -> jax.Array:
     lead = x.shape[:-2]
     flat = x.reshape(*lead, rows * width)[..., rows - 1 : rows - 1 + rows * (width - 1)]
     return flat.reshape(*lead, rows, width - 1)[..., :cols]
+
+
+def relative_scores_by_skew(num_queries: int, length: int, table_rows: int, platform: str) -> bool:
+    """Whether c2p / p2c are read by :func:`skew` (else gathered) for ``num_queries`` queries against ``length``
+    keys and a table of ``table_rows`` = 2S rows, on ``platform`` (``jax.default_backend()``).
+
+    Both give the same values and gradients for any length (tested). On CPU the choice is what was measured
+    there: the skew while the ``N + L - 1`` relative positions fit in the table, where it does fewer FLOPs.
+    Elsewhere always the skew: beyond the table it projects more rows than the gather, but its backward pass
+    is a pad where the gather's is a scatter-add (atomic and non-deterministic on GPU). Unmeasured on a device.
+    """
+    return platform != "cpu" or num_queries + length - 1 <= table_rows
 
 
 def _norm_rel_ebd(config: EncoderConfig) -> list[str]:
@@ -232,9 +246,8 @@ class DisentangledAttention(nnx.Module):
 
     def _relative_scores(self, q, k, rel_embeddings, length: int) -> jax.Array:
         """c2p + p2c terms (B, NH, N, L) from queries (B, NH, N, D), the first N of L positions, keys
-        (B, NH, L, D) and the table (2S, H): skewed when the N + L - 1 relative positions fit in the
-        table, else gathered."""
-        if q.shape[-2] + length - 1 <= rel_embeddings.shape[0]:
+        (B, NH, L, D) and the table (2S, H): skewed or gathered as :func:`relative_scores_by_skew` says."""
+        if relative_scores_by_skew(q.shape[-2], length, rel_embeddings.shape[0], jax.default_backend()):
             return self.skewed_relative_scores(q, k, rel_embeddings, length)
         return self.gathered_relative_scores(q, k, rel_embeddings, length)
 
@@ -278,7 +291,7 @@ class DisentangledAttention(nnx.Module):
         per row, are its scores against every key (query): ``skew``. Against the gather this projects and
         scores N + L - 1 table rows instead of 2S, and its backward pass is a pad instead of a scatter-add.
         It gives the same result for any length; it costs fewer FLOPs only while N + L - 1 <= 2S, which is
-        when :meth:`_relative_scores` chooses it.
+        when :meth:`_relative_scores` chooses it on CPU (off CPU: always).
         """
         key_projection, query_projection = self._projections()
         num_queries = q.shape[-2]
@@ -357,6 +370,7 @@ class DebertaV2Encoder(nnx.Module):
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         _check_supported(config)
+        self.remat = config.remat
         self.embeddings = DebertaEmbeddings(config, dtype=dtype, rngs=rngs)
         self.layers = nnx.List(
             [DebertaLayer(config, layer_index=i, dtype=dtype, rngs=rngs) for i in range(config.num_hidden_layers)]
@@ -389,7 +403,15 @@ class DebertaV2Encoder(nnx.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             num_queries = 1 if first_token_only and i == last else None
-            x = layer(x, pair_mask, rel_embeddings, dropout_keys=dropout_keys, num_queries=num_queries)
+            x = run_layer(
+                layer,
+                x,
+                pair_mask,
+                rel_embeddings,
+                dropout_keys=dropout_keys,
+                num_queries=num_queries,
+                remat=self.remat,
+            )
         return x
 
 

@@ -101,7 +101,12 @@ def keep_mask(
 
 def _masked(x: jax.Array, key: jax.Array, rate: float, full_shape: tuple[int, ...] | None = None) -> jax.Array:
     keep = 1.0 - rate
-    return jnp.where(keep_mask(key, rate, x.shape, full_shape), x / keep, jnp.zeros_like(x))
+    mask = keep_mask(key, rate, x.shape, full_shape)
+    # The scale is applied in float32 (at least) and rounded once: a bf16 ``x / keep`` would divide by bf16(0.9) =
+    # 0.8984, a 0.17 % bias at every site. For float32 ``x`` the casts vanish and the program is unchanged.
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    scaled = (x.astype(wide) / keep).astype(x.dtype)
+    return jnp.where(mask, scaled, jnp.zeros_like(x))
 
 
 def _check_rate(rate: float) -> None:

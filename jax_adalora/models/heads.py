@@ -12,7 +12,9 @@ Hugging Face key map (:meth:`hf_weight_map`), used both to load and to export.
 * :class:`EncoderModel` -> last hidden state (B, L, H) (``BertModel`` / ``DebertaV2Model``).
 
 Head parameters sit at the top level (``pooler``, ``classifier``, ``qa_outputs``), outside ``encoder``.
-The final projection runs in float32 whatever the compute dtype, so logits are always float32.
+The final projection runs in float32 whatever the compute dtype, so logits are always float32; it asks for
+``Precision.HIGHEST``, since JAX's default float32 matmul is one bf16 pass on TPU and TF32 on recent GPUs
+(CPU computes float32 matmuls in float32 either way, so its logits are unchanged).
 
 Example::
 
@@ -84,6 +86,7 @@ def _final_linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
         d_out,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        precision=jax.lax.Precision.HIGHEST,
         kernel_init=nnx.initializers.normal(stddev=0.02),
         rngs=rngs,
     )

@@ -2,9 +2,10 @@
 
 ``EncodedSplit`` holds a whole split, padded to its longest row. ``BatchIterator`` cuts it into batches
 of a fixed size, each padded to the smallest of a few bucket lengths that fits its longest row, so a
-jitted step compiles at most once per bucket. A short last batch is filled with copies of its first
-row and flagged by ``example_mask`` (1 real, 0 filler); copies rather than zeros keep every row a
-valid input, so padded rows can never turn a masked loss into NaN.
+jitted step compiles at most once per bucket. Widths are then rounded up to a multiple of 8 (tensor-core
+tiles on GPU, sublanes on TPU; ``pad_to_multiple_of=1`` keeps the bucket widths). A short last batch is
+filled with copies of its first row and flagged by ``example_mask`` (1 real, 0 filler); copies rather
+than zeros keep every row a valid input, so padded rows can never turn a masked loss into NaN.
 
     >>> it = BatchIterator(split, 32, shuffle=True, seed=0)
     >>> batch = it.next_batch()          # {"input_ids": (32, L) int32, ..., "example_mask": (32,)}
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
+DEFAULT_PAD_MULTIPLE = 8
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _ROW_FIELDS = ("labels", "start_positions", "end_positions")  # per-row targets that travel with a batch
 _ENCODE_CHUNK = 8192
@@ -141,6 +143,8 @@ class BatchIterator:
         (the row's own length when it exceeds them all). Ignored for ``fixed_length`` splits (QA).
       drop_remainder: drop the last short batch of each epoch; default: when shuffling (training),
         unless the split has fewer rows than ``batch_size``. Evaluation never drops rows.
+      pad_to_multiple_of: every padded width is rounded up to a multiple of this (QA's fixed width too);
+        the extra columns are padding (``attention_mask`` 0). 1 keeps the widths the buckets give.
 
     Each batch holds the model inputs, the split's targets, ``example_mask`` (B,) int32 (1 real, 0
     filler) and ``example_index`` (B,) int32 (the row in the split; a filler copies its source's index).
@@ -155,9 +159,12 @@ class BatchIterator:
         seed: int,
         bucket_lengths: Sequence[int] = DEFAULT_BUCKETS,
         drop_remainder: bool | None = None,
+        pad_to_multiple_of: int = DEFAULT_PAD_MULTIPLE,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         if len(split) == 0:
             raise ValueError("cannot batch an empty split")
         self.split = split
@@ -165,6 +172,7 @@ class BatchIterator:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.bucket_lengths = tuple(sorted(int(b) for b in bucket_lengths))
+        self.pad_to_multiple_of = int(pad_to_multiple_of)
         if drop_remainder is None:
             drop_remainder = self.shuffle
         self.drop_remainder = bool(drop_remainder) and len(split) >= self.batch_size
@@ -225,11 +233,14 @@ class BatchIterator:
         return self
 
     def padded_width(self, rows: np.ndarray) -> int:
+        """The width of the batch of ``rows``: its bucket, rounded up to ``pad_to_multiple_of``."""
         if self.split.fixed_length:
-            return self.split.width
-        longest = int(self.split.lengths[rows].max())
-        # Never wider than the split's widest row (e.g. max_seq_length 48 with buckets 32, 64 gives 48).
-        return min(next((b for b in self.bucket_lengths if b >= longest), longest), self.split.width)
+            width = self.split.width
+        else:
+            longest = int(self.split.lengths[rows].max())
+            # Never wider than the split's widest row (e.g. max_seq_length 48 with buckets 32, 64 gives 48).
+            width = min(next((b for b in self.bucket_lengths if b >= longest), longest), self.split.width)
+        return -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
     def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch of split ``rows``, filled up to ``batch_size`` and padded to its bucket."""

@@ -1,0 +1,28 @@
+"""The config files under configs/: every profile parses through the command line; the GPU/TPU ones (GLUE, SQuAD
+with DeBERTa-v3-base) default to bfloat16 compute, which ``--dtype float32`` overrides; the CPU default stays
+float32."""
+
+from pathlib import Path
+
+import pytest
+
+from jax_adalora.run_config import load_config_file, parse_args
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+GLUE_TASKS = ("mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb")
+ACCELERATOR_PROFILES = [f"glue.py:{t}" for t in GLUE_TASKS] + [f"glue.py:official-{t}" for t in GLUE_TASKS]
+ACCELERATOR_PROFILES += ["squad.py:v1", "squad.py:v2"]
+
+
+@pytest.mark.parametrize("profile", ACCELERATOR_PROFILES)
+def test_accelerator_profiles_default_to_bfloat16_and_a_flag_restores_float32(profile):
+    spec = f"{CONFIGS / profile}"
+    assert load_config_file(spec)["dtype"] == "bfloat16"
+    assert parse_args(["--config", spec]).train.dtype == "bfloat16"
+    assert parse_args(["--config", spec, "--dtype", "float32"]).train.dtype == "float32"
+
+
+@pytest.mark.parametrize("profile", ["movie.py:sentiment", "movie.py:rating", "movie.py:paper"])
+def test_the_cpu_profiles_and_the_built_in_default_stay_float32(profile):
+    assert parse_args(["--config", f"{CONFIGS / profile}"]).train.dtype == "float32"
+    assert parse_args([]).train.dtype == "float32"
