@@ -284,7 +284,7 @@ def _train_loop(
                 progress["best"], progress["best_step"] = score, step
                 _save_adapters(out_dir / "best_adapters.safetensors", state.params)
         stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
-        overdue = t.checkpoint_minutes > 0 and time.time() - last_checkpoint >= 60 * t.checkpoint_minutes
+        overdue = step % t.log_every == 0 and _minutes_since(last_checkpoint) >= t.checkpoint_minutes > 0
         if step % checkpoint_every == 0 or step == total_steps or stopping or overdue:
             progress["iterator"] = train_iter.state()
             progress["loss_window"] = list(loss_window)  # so that a resumed run logs the same mean losses
@@ -330,6 +330,17 @@ def _train_loop(
         set_masks(trained, {p: np.asarray(k, np.float32) for p, k in alloc.keep.items()})
         _export(trained, out_dir, run, alloc, total_steps)
     return final
+
+
+def _minutes_since(start: float) -> float:
+    """Minutes since ``start``, as process 0 measured them: every process must take the same checkpoint
+    decision (saving is collective), so on several hosts process 0's clock decides."""
+    minutes = (time.time() - start) / 60
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        minutes = float(multihost_utils.broadcast_one_to_all(np.float32(minutes)))
+    return minutes
 
 
 def _check_batch_sizes(run: RunConfig, n_dev: int) -> None:

@@ -174,10 +174,7 @@ def test_a_config_that_does_not_fit_the_weights_fails_before_allocating(assets, 
         2,
         f"{model / 'config.json'}: num_hidden_layers=1000000 but {model / 'model.safetensors'} holds 2 layers",
     )
-    (model / "config.json").write_text(json.dumps({**config, "vocab_size": 5}))
-    _one_error(_flags((model, assets[1]), tmp_path / "never"), capsys, 2, "vocab_size=5 does not fit")
-    (model / "config.json").write_text(json.dumps({"name": "my notes", "layers": 3}))
-    _one_error(_flags((model, assets[1]), tmp_path / "never"), capsys, 2, "not a Hugging Face encoder config")
+    # tests/test_pretrained.py checks the other sizes, and a config.json that is not a Hugging Face config
     assert not (tmp_path / "never").exists()
 
 
@@ -275,7 +272,7 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
 def test_stop_corrupt_checkpoint_and_resume_end_like_a_straight_run(assets, tmp_path, capsys):
     """``--stop-after-steps`` checkpoints before it stops; a metrics row logged after that checkpoint (as by a
     killed run) is dropped on resume; the corrupt latest checkpoint is named and the one before it used."""
-    common = ["--checkpoint-every", "2", "--no-export", "--score", "gsnr", "--epochs", "1"]
+    common = ["--checkpoint-every", "2", "--no-export", "--score", "sensitivity", "--epochs", "1"]
     assert _cli(_flags(assets, tmp_path / "straight", *common), capsys)[0] == 0
 
     out = tmp_path / "stopped"
@@ -325,7 +322,7 @@ def test_a_default_style_run_killed_between_evaluations_resumes_exactly(assets, 
     """No --checkpoint-every: checkpoints come from the time cadence (--checkpoint-minutes), between the
     evaluations at the end of each 8-step epoch. Killed after one of them, the resumed run ends with the same
     adapters and the same metrics.jsonl, byte for byte, no row twice."""
-    common = ["--score", "gsnr", "--no-export", "--epochs", "3", "--checkpoint-minutes", "0.001"]
+    common = ["--score", "sensitivity", "--no-export", "--epochs", "3", "--checkpoint-minutes", "0.001"]
     straight = _run_cli(_flags(assets, tmp_path / "straight", *common), stdout=subprocess.DEVNULL)
     assert straight.wait(timeout=600) == 0
 
