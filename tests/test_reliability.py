@@ -113,6 +113,12 @@ def test_errors_found_after_loading_still_come_before_any_write(assets, tmp_path
     assert not out.exists()
 
 
+def test_debug_adds_the_traceback(assets, tmp_path, capsys):
+    assert main(_flags(assets, tmp_path / "never", "--max-seq-length", "500", "--debug")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: --max-seq-length 500: ")
+
+
 def test_an_output_dir_that_is_not_ours_is_refused_untouched(assets, tmp_path, capsys):
     model_dir, _ = assets
     model_copy = tmp_path / "model"
@@ -270,12 +276,16 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
 
 
 def test_stop_corrupt_checkpoint_and_resume_end_like_a_straight_run(assets, tmp_path, capsys):
-    """``--stop-after-steps`` checkpoints before it stops; a metrics row logged after that checkpoint (as by a
-    killed run) is dropped on resume; the corrupt latest checkpoint is named and the one before it used."""
+    """A stale metrics.jsonl of a failed attempt is not appended to; ``--stop-after-steps`` checkpoints
+    before it stops; a metrics row logged after that checkpoint (as by a killed run) is dropped on resume;
+    the corrupt latest checkpoint is named and the one before it used."""
     common = ["--checkpoint-every", "2", "--no-export", "--score", "sensitivity", "--epochs", "1"]
     assert _cli(_flags(assets, tmp_path / "straight", *common), capsys)[0] == 0
 
     out = tmp_path / "stopped"
+    out.mkdir()  # ours, from an attempt that failed before its first checkpoint: started afresh, not appended to
+    (out / MANIFEST).write_text("{}")
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n")
     status, _, stdout = _cli(_flags(assets, out, *common, "--stop-after-steps", "5"), capsys)
     assert status == 0 and "checkpoint of step 5" in stdout
     with open(out / "metrics.jsonl", "a") as handle:
