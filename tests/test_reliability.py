@@ -358,3 +358,11 @@ def test_a_default_style_run_killed_between_evaluations_resumes_exactly(assets, 
     assert (killed / "metrics.jsonl").read_bytes() == (tmp_path / "straight" / "metrics.jsonl").read_bytes()
     for name in ("final_adapters.safetensors", "best_adapters.safetensors", "rank_pattern.json"):
         assert (killed / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+def test_an_unexpected_error_is_one_line_too(assets, tmp_path, capsys, monkeypatch):
+    def broken(run):
+        raise KeyError("accuracy")
+
+    monkeypatch.setattr("jax_adalora.train.train_and_evaluate", broken)
+    _one_error(_flags(assets, tmp_path / "never"), capsys, 1, "error: KeyError: 'accuracy' (rerun with --debug")
