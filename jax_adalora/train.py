@@ -138,7 +138,7 @@ def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[
     for split_name, split in data.evals.items():
         outputs = []
         for batch in _batches(split, run.train.eval_batch_size, shuffle=False, seed=0):
-            out = eval_step(params, frozen, _device_batch(batch, sharding))
+            out = _host_local(eval_step(params, frozen, _device_batch(batch, sharding)))
             keep = np.asarray(batch["example_mask"]).astype(bool)
             out = jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out)
             outputs.append(out)
@@ -150,6 +150,28 @@ def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[
         prefix = "" if len(data.evals) == 1 else f"{split_name}/"
         results.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     return results
+
+
+def _host_local(tree):
+    """Arrays sharded over the devices of every process, whole on each process (numpy)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 only (checkpoints: orbax, on every process)."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """Waits for every process (a no-op on one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def main_metric(data, metrics: dict[str, float]) -> float:
@@ -198,7 +220,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
     created = not out_dir.exists()
     if t.resume and not resuming:
         log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
-    start_output_dir(out_dir, run_dict, resuming=resuming)
+    if _is_writer():
+        start_output_dir(out_dir, run_dict, resuming=resuming)
+    _sync("jax_adalora: output directory ready")
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=t.keep_checkpoints)
     try:
         return _train_loop(
@@ -206,7 +230,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
             resuming=resuming, total_steps=total_steps, n_dev=n_dev, batch_sharding=batch_sharding,
         )  # fmt: skip
     except BaseException:
-        if not resuming and checkpointer.latest_step() is None:
+        if _is_writer() and not resuming and checkpointer.latest_step() is None:
             _discard_outputs(out_dir, remove_dir=created)
         raise
     finally:
@@ -224,7 +248,7 @@ def _train_loop(
     if resuming:
         state, progress = checkpointer.restore_latest_usable(state)
         train_iter.restore(progress["iterator"])
-        dropped = truncate_metrics(metrics_file, int(state.step))
+        dropped = truncate_metrics(metrics_file, int(state.step)) if _is_writer() else 0
         print(
             f"resumed from step {int(state.step)} ({checkpointer.directory / str(int(state.step))})"
             + (f"; dropped {dropped} metrics.jsonl rows logged after it" if dropped else ""),
@@ -309,8 +333,6 @@ def _train_loop(
 
     alloc = find_allocator_state(state.opt_state)
     final_ranks = ranks(alloc)
-    atomic_write_json(out_dir / "rank_pattern.json", {"ranks": final_ranks, "rank_pattern": rank_pattern(alloc)})
-    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task}: {run.adalora.score} ranks")
     final = {
         "task": t.task,
         "score": run.adalora.score,
@@ -323,6 +345,10 @@ def _train_loop(
         "steps": total_steps,
         "train_seconds_this_process": round(elapsed, 2),
     }
+    if not _is_writer():
+        return final
+    atomic_write_json(out_dir / "rank_pattern.json", {"ranks": final_ranks, "rank_pattern": rank_pattern(alloc)})
+    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task}: {run.adalora.score} ranks")
     atomic_write_json(out_dir / "final_metrics.json", final)
     _save_adapters(out_dir / "final_adapters.safetensors", state.params)
     if t.export:
@@ -399,6 +425,8 @@ def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> No
 def _save_adapters(path: Path, params) -> None:
     from safetensors.numpy import save
 
+    if not _is_writer():
+        return
     flat = {}
     for name, triplet in params["adapters"].items():
         for leaf, value in triplet.items():
@@ -409,14 +437,30 @@ def _save_adapters(path: Path, params) -> None:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
+    if not _is_writer():
+        return
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
 def _tensorboard(directory: Path, *, purge_step: int | None = None):
+    """TensorBoard events, written by process 0; the other processes get a writer that writes nothing."""
     from tensorboardX import SummaryWriter
 
+    if not _is_writer():
+        return _NoEvents()
     return SummaryWriter(str(directory), purge_step=purge_step)
+
+
+class _NoEvents:
+    def add_scalar(self, *args, **kwargs) -> None:
+        del args, kwargs
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def error_line(err: BaseException) -> tuple[int, str]:
