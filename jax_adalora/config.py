@@ -99,10 +99,13 @@ class AdaLoRAConfig:
         """Checks the schedule fields against the run length; raises ``ValueError`` naming the field."""
         _require(isinstance(total_steps, int) and total_steps >= 1, "total_steps", total_steps, "an integer >= 1")
         if self.t_init >= total_steps - self.t_final:
+            # A suggestion in the paper's proportions (warm-up ~10 %, final phase ~20 % of the run).
             raise ValueError(
-                f"AdaLoRAConfig.t_init={self.t_init} must be < total_steps - t_final "
+                f"AdaLoRAConfig.t_init={self.t_init} must be < total_steps - AdaLoRAConfig.t_final "
                 f"({total_steps} - {self.t_final} = {total_steps - self.t_final}): no steps are left for the "
-                "budget to decrease; lower t_init or t_final, or train longer"
+                f"budget to decrease in this {total_steps}-step run; lower them (e.g. "
+                f"AdaLoRAConfig.t_init={total_steps // 10} and AdaLoRAConfig.t_final={total_steps // 5}) "
+                "or train longer"
             )
 
 

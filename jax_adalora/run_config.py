@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ class TrainConfig:
         a smaller working set, e.g. DeBERTa-v3-base at 32 x 128 needs 1.25 GB of XLA temp buffers in
         microbatches of 8 instead of 4.7 GB.
       eval_every: evaluate every N steps (0: at the end of every epoch).
-      checkpoint_every: checkpoint every N steps (0: at every evaluation).
+      checkpoint_every: checkpoint every N steps (0: at every evaluation); see also checkpoint_minutes.
+      checkpoint_minutes: also checkpoint once this many minutes have passed since the last checkpoint, so
+        that a killed run loses at most that much work (0: only by steps).
       keep_checkpoints: how many recent checkpoints to keep.
       head_pattern: regex over '.'-joined paths of non-adapter parameters that also train (the task head).
       dropout: apply the model's dropout while training.
@@ -60,6 +64,7 @@ class TrainConfig:
     doc_stride: int = 128
     eval_every: int = 0
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 5.0
     keep_checkpoints: int = 2
     log_every: int = 10
     head_pattern: str = r"(classifier|pooler|qa_outputs)\..*"
@@ -103,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.log_every={self.log_every!r}: expected >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"TrainConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
+        if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
+            raise ValueError(f"TrainConfig.checkpoint_minutes={self.checkpoint_minutes!r}: expected a number >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,27 +181,85 @@ def build_run_config(overrides: dict[str, Any], *, source: str = "overrides") ->
         if name == "statistics" and isinstance(value, str):
             value = value.replace("-", "_")
         per_section[owner[name]][name] = value
-    return RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
+    for section, cls in _SECTIONS:
+        _check_types(cls, per_section[section], source)
+    run = RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
+    validate_optim(run.optim)
+    return run
+
+
+def _check_types(cls, values: dict[str, Any], source: str) -> None:
+    """Each value has its field's type (an int passes for a float), so that a config file's ``"3"`` for
+    ``epochs`` fails here, naming the field, rather than as a comparison error deep in validation."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        kind = hints[name]
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"{cls.__name__}.{name}={value!r}: expected {_TYPE_WORDS[kind]} (from {source})")
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def validate_optim(optim: OptimConfig) -> None:
+    """Checks the optimiser fields (AdamW with warm-up, clipping); raises ``ValueError`` naming the field.
+
+    ``OptimConfig`` lives with the training step; its rules live here, with the other run checks, so that a
+    ``--learning-rate nan`` stops before anything is written instead of training on NaNs.
+    """
+    rules = (
+        ("learning_rate", lambda v: v > 0, "a finite number > 0, e.g. 1e-3"),
+        ("weight_decay", lambda v: v >= 0, "a finite number >= 0 (0: no decay)"),
+        ("warmup_ratio", lambda v: 0 <= v < 1, "a fraction of the run in [0, 1), e.g. 0.06"),
+        ("max_grad_norm", lambda v: v > 0, "a finite number > 0, e.g. 1.0"),
+        ("b1", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+        ("b2", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.999"),
+        ("eps", lambda v: v > 0, "a finite number > 0, e.g. 1e-8"),
+    )
+    for name, rule, expected in rules:
+        value = getattr(optim, name)
+        if not (math.isfinite(value) and rule(value)):
+            raise ValueError(f"OptimConfig.{name}={value!r}: expected {expected}")
 
 
 def load_config_file(spec: str) -> dict[str, Any]:
-    """``path.py[:profile]`` → the dict returned by the file's ``get_config(profile)``."""
+    """``path.py[:profile]`` → the dict returned by the file's ``get_config(profile)``.
+
+    Raises:
+      ValueError: one line naming ``--config`` and the file, for a missing file, one that fails to run
+        (any exception it raises), no ``get_config``, an unknown profile or a result that is not a dict.
+    """
     path_str, _, profile = spec.partition(":")
     path = Path(path_str)
     if not path.is_file():
         raise ValueError(f"--config {spec}: file {path} not found")
-    module_spec = importlib.util.spec_from_file_location(f"jax_adalora_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec = importlib.util.spec_from_file_location(f"jax_adalora_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # the file is user code: whatever it raises is a bad --config
+        raise ValueError(f"--config {spec}: running {path} raised {_one_line(err)}") from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config {spec}: {path} defines no get_config(profile) function")
     try:
         config = module.get_config(profile or None)
     except KeyError as err:
         raise ValueError(f"--config {spec}: unknown profile {err}") from None
+    except Exception as err:
+        raise ValueError(
+            f"--config {spec}: get_config({profile or None!r}) in {path} raised {_one_line(err)}"
+        ) from None
     if not isinstance(config, dict):
         raise ValueError(f"--config {spec}: get_config must return a dict of field overrides")
     return config
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"({', '.join(f'{k}={v}' for k, v in DEFAULT_RUN.items())}); a --config file and then flags override it."
         ),
         formatter_class=argparse.HelpFormatter,
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the Python traceback as well as the one-line message",
     )
     parser.add_argument(
         "--config",
@@ -248,22 +318,37 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             overrides.update(load_config_file(args.config))
         except ValueError as err:
             parser.error(str(err))
-    overrides.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
+    overrides.update(flags)
     try:
         return build_run_config(overrides, source=args.config or "flags")
     except (ValueError, TypeError) as err:
-        parser.error(_flagify(str(err)))
+        parser.error(flag_names(str(err)))
     raise AssertionError("unreachable")
 
 
-def _flagify(message: str) -> str:
-    """Turns ``AdaLoRAConfig.r_target=...`` into ``--r-target (AdaLoRAConfig.r_target)=...``."""
-    for _, cls in _SECTIONS:
-        for f in dataclasses.fields(cls):
-            prefix = f"{cls.__name__}.{f.name}="
-            if message.startswith(prefix):
-                return f"--{f.name.replace('_', '-')}: {message}"
-    return message
+_QUALIFIED_FIELD = re.compile(r"\b(?:TrainConfig|AdaLoRAConfig|OptimConfig)\.(\w+)(=?)")
+
+
+def flag_names(message: str) -> str:
+    """A message for a command-line user: ``AdaLoRAConfig.t_init=60`` becomes ``--t-init 60`` and
+    ``AdaLoRAConfig.t_final`` becomes ``--t-final``, so that errors name the flag to change.
+
+    Args:
+      message: an error message from the config classes or the run checks.
+
+    Returns:
+      The message with every qualified field name written as its flag.
+    """
+    owner = field_owner()
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in owner:
+            return match.group(0)
+        return "--" + name.replace("_", "-") + (" " if match.group(2) else "")
+
+    return _QUALIFIED_FIELD.sub(flag, message)
 
 
 def _attribute_docs(cls) -> dict[str, str]:

@@ -6,16 +6,24 @@ offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every
 Outputs in ``--output-dir``: ``config.json``, ``metrics.jsonl`` (one line per log/eval), TensorBoard
 events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``, ``final_adapters.safetensors``,
 ``rank_pattern.json``, ``rank_heatmap.png``, ``final_metrics.json``, and with ``--export`` the merged
-Hugging Face model (``merged/``) and the PEFT AdaLoRA adapter (``peft_adapter/``).
+Hugging Face model (``merged/``) and the PEFT AdaLoRA adapter (``peft_adapter/``), and ``run_manifest.json``,
+which marks the directory as a run's (see :mod:`jax_adalora.run_dir`).
+
+Every check of the run (flags, model, data, schedule, batch sizes, output directory, resume compatibility,
+free disk space) comes before the first file is written. On the command line an error is one line on stderr,
+``error: ...``, naming the flag, file or field; exit status 2 for a usage or configuration error, 1 for a
+failure at run time (disk, permissions, divergence); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -28,9 +36,17 @@ from tqdm.auto import tqdm
 from jax_adalora.adapter_files import save_adapters
 from jax_adalora.adapters import inject_adapters, set_masks
 from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
-from jax_adalora.checkpoint import Checkpointer
+from jax_adalora.checkpoint import Checkpointer, NonFiniteState
 from jax_adalora.report import atomic_write_json, save_rank_heatmap
-from jax_adalora.run_config import RunConfig, parse_args
+from jax_adalora.run_config import RunConfig, flag_names, parse_args
+from jax_adalora.run_dir import (
+    MANIFEST,
+    check_free_space,
+    check_output_dir,
+    remove_outputs,
+    start_output_dir,
+    truncate_metrics,
+)
 from jax_adalora.runtime import keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
@@ -44,7 +60,11 @@ log = logging.getLogger("jax_adalora.train")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, the gradient or the parameters became NaN or infinite; the last good checkpoint is kept."""
+
+
+# Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def _mesh() -> Mesh:
@@ -55,9 +75,16 @@ def _mesh() -> Mesh:
 def _load(run: RunConfig):
     """Tokenizer, task data and the adapted model (with its rank spec)."""
     from jax_adalora.models import from_pretrained, load_tokenizer
+    from jax_adalora.models.pretrained import load_config, max_sequence_length, resolve_model_dir
     from jax_adalora.tasks import load_task
 
     t = run.train
+    limit = max_sequence_length(load_config(resolve_model_dir(t.model)))
+    if limit is not None and t.max_seq_length > limit:
+        raise ValueError(
+            f"--max-seq-length {t.max_seq_length}: {t.model} has position embeddings for at most {limit} tokens; "
+            f"pass --max-seq-length {limit} or less"
+        )
     tokenizer = load_tokenizer(t.model)
     data = load_task(
         t.task,
@@ -111,7 +138,7 @@ def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[
     for split_name, split in data.evals.items():
         outputs = []
         for batch in _batches(split, run.train.eval_batch_size, shuffle=False, seed=0):
-            out = eval_step(params, frozen, _device_batch(batch, sharding))
+            out = _host_local(eval_step(params, frozen, _device_batch(batch, sharding)))
             keep = np.asarray(batch["example_mask"]).astype(bool)
             out = jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out)
             outputs.append(out)
@@ -125,6 +152,28 @@ def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[
     return results
 
 
+def _host_local(tree):
+    """Arrays sharded over the devices of every process, whole on each process (numpy)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 only (checkpoints: orbax, on every process)."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """Waits for every process (a no-op on one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def main_metric(data, metrics: dict[str, float]) -> float:
     name = data.spec.main_metric
     for key, value in metrics.items():
@@ -134,24 +183,20 @@ def main_metric(data, metrics: dict[str, float]) -> float:
 
 
 def train_and_evaluate(run: RunConfig) -> dict:
-    """Trains, evaluates every epoch (or every ``eval_every`` steps), writes all outputs; returns final metrics."""
+    """Trains, evaluates every epoch (or every ``eval_every`` steps), writes all outputs; returns final metrics.
+
+    Everything is checked before the first write; a run that fails before its first checkpoint removes
+    what it wrote, so the corrected rerun starts cleanly.
+    """
     t = run.train
     out_dir = run.output_dir
-    data, model, rank_spec = _load(run)  # before anything is written: bad inputs fail here
-    if out_dir.exists() and any(out_dir.iterdir()) and not t.resume:
-        if (out_dir / "final_metrics.json").exists() or (out_dir / "checkpoints").exists():
-            raise FileExistsError(
-                f"--output-dir {out_dir} already holds a run; pass --resume to continue it or choose another directory"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "config.json", run.to_dict())
+    run_dict = run.to_dict()
+    resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
+    data, model, rank_spec = _load(run)
 
     mesh = _mesh()
     n_dev = mesh.devices.size
-    if t.batch_size % n_dev:
-        raise ValueError(f"--batch-size {t.batch_size} must be divisible by the number of devices ({n_dev})")
-    if t.microbatch_size % n_dev:
-        raise ValueError(f"--microbatch-size {t.microbatch_size} must be divisible by the number of devices ({n_dev})")
+    _check_batch_sizes(run, n_dev)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -165,26 +210,56 @@ def train_and_evaluate(run: RunConfig) -> dict:
     tx = make_optimizer(run.optim, run.adalora, total_steps)
     state = jax.device_put(init_train_state(functional, tx, run.adalora), replicated)
     frozen = jax.device_put(functional.frozen, replicated)
+    check_free_space(out_dir, _bytes_needed(run, state, frozen))
     train_step = make_train_step(
         functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None
     )
     eval_step = make_eval_step(functional)
 
-    checkpointer = Checkpointer(out_dir / "checkpoints", keep=t.keep_checkpoints)
-    progress = {"history": [], "best": None, "best_step": None, "epoch": 0}
-    if t.resume and checkpointer.latest_step() is not None:
-        state, progress = checkpointer.restore(state)
-        train_iter.restore(progress["iterator"])
-        log.info("resumed from step %d", int(state.step))
-    elif t.resume:
+    created = not out_dir.exists()
+    if t.resume and not resuming:
         log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
+    if _is_writer():
+        start_output_dir(out_dir, run_dict, resuming=resuming)
+    _sync("jax_adalora: output directory ready")
+    checkpointer = Checkpointer(out_dir / "checkpoints", keep=t.keep_checkpoints)
+    try:
+        return _train_loop(
+            run, data, rank_spec, functional, state, frozen, train_step, eval_step, train_iter, checkpointer,
+            resuming=resuming, total_steps=total_steps, n_dev=n_dev, batch_sharding=batch_sharding,
+        )  # fmt: skip
+    except BaseException:
+        if _is_writer() and not resuming and checkpointer.latest_step() is None:
+            _discard_outputs(out_dir, remove_dir=created)
+        raise
+    finally:
+        checkpointer.close()
 
-    eval_every = t.eval_every or steps_per_epoch
+
+def _train_loop(
+    run, data, rank_spec, functional, state, frozen, train_step, eval_step, train_iter, checkpointer, *,
+    resuming: bool, total_steps: int, n_dev: int, batch_sharding,
+) -> dict:  # fmt: skip
+    t = run.train
+    out_dir = run.output_dir
+    metrics_file = out_dir / "metrics.jsonl"
+    progress = {"history": [], "best": None, "best_step": None, "epoch": 0, "loss_window": []}
+    if resuming:
+        state, progress = checkpointer.restore_latest_usable(state)
+        train_iter.restore(progress["iterator"])
+        dropped = truncate_metrics(metrics_file, int(state.step)) if _is_writer() else 0
+        print(
+            f"resumed from step {int(state.step)} ({checkpointer.directory / str(int(state.step))})"
+            + (f"; dropped {dropped} metrics.jsonl rows logged after it" if dropped else ""),
+            flush=True,
+        )
+
+    eval_every = t.eval_every or train_iter.steps_per_epoch
     checkpoint_every = t.checkpoint_every or eval_every
     base_key = jax.random.key(t.seed)
-    metrics_file = out_dir / "metrics.jsonl"
-    tb = _tensorboard(out_dir / "tb")
     start_step = int(state.step)
+    # purge_step: TensorBoard hides the events a killed run logged after the checkpoint it resumes from.
+    tb = _tensorboard(out_dir / "tb", purge_step=start_step + 1 if resuming else None)
     print(
         f"jax_adalora: {t.task} | {t.model} | score={run.adalora.score} stats={run.adalora.statistics} "
         f"smoothing={run.adalora.smoothing} | {len(rank_spec)} adapted matrices, r {run.adalora.r_init} -> "
@@ -192,9 +267,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
         flush=True,
     )
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, file=sys.stdout)
-    started = time.time()
+    started = last_checkpoint = time.time()
     step = start_step
-    loss_window: list[float] = []
+    loss_window: list[float] = list(progress.get("loss_window", []))
     while step < total_steps:
         batch = train_iter.next_batch()
         state, step_metrics = train_step(
@@ -202,11 +277,11 @@ def train_and_evaluate(run: RunConfig) -> dict:
         )
         step += 1
         loss = float(step_metrics["loss"])
-        if not math.isfinite(loss):
+        grad_norm = float(step_metrics["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             bar.close()
             raise TrainingDiverged(
-                f"loss became {loss} at step {step}; stopping. The last good checkpoint is in {out_dir / 'checkpoints'}"
-                " (lower --learning-rate or --max-grad-norm and --resume)"
+                _diverged_message(f"the loss ({loss}) or gradient norm ({grad_norm})", step, checkpointer)
             )
         loss_window.append(loss)
         if step % t.log_every == 0 or step == total_steps:
@@ -215,12 +290,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
             mean_loss = float(np.mean(loss_window))
             loss_window = []
             bar.set_postfix(loss=f"{mean_loss:.4f}", budget=budget)
-            record = {
-                "step": step,
-                "loss": mean_loss,
-                "budget": budget,
-                "grad_norm": float(step_metrics["grad_norm"]),
-            }
+            record = {"step": step, "loss": mean_loss, "budget": budget, "grad_norm": grad_norm}
             _append_jsonl(metrics_file, record)
             tb.add_scalar("train/loss", mean_loss, step)
             tb.add_scalar("train/budget", budget, step)
@@ -236,12 +306,25 @@ def train_and_evaluate(run: RunConfig) -> dict:
             if progress["best"] is None or score > progress["best"]:
                 progress["best"], progress["best_step"] = score, step
                 _save_adapters(out_dir / "best_adapters.safetensors", functional, state)
-        if step % checkpoint_every == 0 or step == total_steps:
+        stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
+        overdue = step % t.log_every == 0 and _minutes_since(last_checkpoint) >= t.checkpoint_minutes > 0
+        if step % checkpoint_every == 0 or step == total_steps or stopping or overdue:
             progress["iterator"] = train_iter.state()
-            checkpointer.save(step, state, progress)
-        if t.stop_after_steps and step >= start_step + t.stop_after_steps and step < total_steps:
+            progress["loss_window"] = list(loss_window)  # so that a resumed run logs the same mean losses
+            try:
+                checkpointer.save(step, state, progress)
+            except NonFiniteState as err:
+                bar.close()
+                raise TrainingDiverged(_diverged_message(str(err), step, checkpointer)) from None
+            tb.flush()
+            last_checkpoint = time.time()
+        if stopping:
             bar.close()
-            print(f"stopping after {t.stop_after_steps} steps as asked (--stop-after-steps); resume with --resume")
+            tb.close()
+            print(
+                f"stopping after {t.stop_after_steps} steps as asked (--stop-after-steps); checkpoint of step {step} "
+                f"in {checkpointer.directory}; continue with --resume"
+            )
             return {}
     bar.close()
     tb.close()
@@ -249,8 +332,6 @@ def train_and_evaluate(run: RunConfig) -> dict:
 
     alloc = find_allocator_state(state.opt_state)
     final_ranks = ranks(alloc)
-    atomic_write_json(out_dir / "rank_pattern.json", {"ranks": final_ranks, "rank_pattern": rank_pattern(alloc)})
-    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task}: {run.adalora.score} ranks")
     final = {
         "task": t.task,
         "score": run.adalora.score,
@@ -263,14 +344,72 @@ def train_and_evaluate(run: RunConfig) -> dict:
         "steps": total_steps,
         "train_seconds_this_process": round(elapsed, 2),
     }
+    if not _is_writer():
+        return final
+    atomic_write_json(out_dir / "rank_pattern.json", {"ranks": final_ranks, "rank_pattern": rank_pattern(alloc)})
+    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task}: {run.adalora.score} ranks")
     atomic_write_json(out_dir / "final_metrics.json", final)
     _save_adapters(out_dir / "final_adapters.safetensors", functional, state)
     if t.export:
         trained = functional.model(jax.device_get(state.params))
         set_masks(trained, rank_pattern(alloc))
         _export(trained, out_dir, run, alloc, total_steps)
-    checkpointer.close()
     return final
+
+
+def _minutes_since(start: float) -> float:
+    """Minutes since ``start``, as process 0 measured them: every process must take the same checkpoint
+    decision (saving is collective), so on several hosts process 0's clock decides."""
+    minutes = (time.time() - start) / 60
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        minutes = float(multihost_utils.broadcast_one_to_all(np.float32(minutes)))
+    return minutes
+
+
+def _check_batch_sizes(run: RunConfig, n_dev: int) -> None:
+    """Every batch is sharded over the devices (and split between processes) in equal parts."""
+    t = run.train
+    n_proc = jax.process_count()
+    for flag, size in (
+        ("--batch-size", t.batch_size),
+        ("--microbatch-size", t.microbatch_size),
+        ("--eval-batch-size", t.eval_batch_size),
+    ):
+        if size % n_dev:
+            raise ValueError(f"{flag} {size} must be divisible by the number of devices ({n_dev})")
+        if size % n_proc:
+            raise ValueError(f"{flag} {size} must be divisible by the number of processes ({n_proc})")
+
+
+def _bytes_needed(run: RunConfig, state, frozen) -> int:
+    """Disk space the run's outputs need: ``keep + 1`` checkpoints (orbax writes the next before it drops
+    the oldest), two adapter files, the merged model and PEFT adapter with ``--export``, and 16 MB for
+    metrics, events and the heatmap."""
+    nbytes = lambda tree: sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(tree))
+    state_bytes, param_bytes = nbytes(state), nbytes(state.params)
+    needed = (run.train.keep_checkpoints + 1) * state_bytes + 2 * param_bytes + 16 * 2**20
+    if run.train.export:
+        needed += nbytes(frozen) + 2 * param_bytes
+    return needed
+
+
+def _diverged_message(what: str, step: int, checkpointer: Checkpointer) -> str:
+    last = checkpointer.latest_step()
+    where = f"{checkpointer.directory / str(last)} (step {last})" if last is not None else "none yet"
+    return (
+        f"{what} became NaN or infinite at step {step}; stopping. Last good checkpoint: {where}. "
+        "Lower --learning-rate or --max-grad-norm and --resume"
+    )
+
+
+def _discard_outputs(out_dir: Path, *, remove_dir: bool) -> None:
+    """Removes what a run that failed before its first checkpoint wrote (nothing in it can be resumed)."""
+    remove_outputs(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if remove_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> None:
@@ -284,30 +423,98 @@ def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> No
 
 def _save_adapters(path: Path, functional: FunctionalModel, state) -> None:
     """The adapters, their current rank pattern and the trained head, as :func:`jax_adalora.save_adapters` writes."""
+    if not _is_writer():
+        return
     model = functional.model(jax.device_get(state.params))
     save_adapters(path, model, rank_pattern=rank_pattern(state.opt_state), include=functional.trainable)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
+    if not _is_writer():
+        return
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
-def _tensorboard(directory: Path):
+def _tensorboard(directory: Path, *, purge_step: int | None = None):
+    """TensorBoard events, written by process 0; the other processes get a writer that writes nothing."""
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(directory))
+    if not _is_writer():
+        return _NoEvents()
+    return SummaryWriter(str(directory), purge_step=purge_step)
+
+
+class _NoEvents:
+    def add_scalar(self, *args, **kwargs) -> None:
+        del args, kwargs
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def error_line(err: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message a command-line user sees for ``err``.
+
+    Usage and configuration errors (:data:`USAGE_ERRORS`) give 2 and their message with flags for field
+    names; a disk or permission error (found anywhere in the exception's chain, as libraries wrap them)
+    gives 1 and names the path; anything else gives 1 and its type.
+    """
+    os_error = _os_error_in_chain(err)
+    if os_error is not None and not isinstance(os_error, USAGE_ERRORS):
+        what = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}.get(
+            os_error.errno, os_error.strerror or str(os_error)
+        )
+        path = os_error.filename or ""
+        if os_error.errno == errno.ENOSPC and os_error.strerror and "disk space" in os_error.strerror:
+            what = os_error.strerror
+        return 1, f"{path}: {what}" if path else what
+    text = flag_names(" ".join(str(err).split()))
+    if isinstance(err, USAGE_ERRORS):
+        return 2, text
+    if isinstance(err, TrainingDiverged):
+        return 1, text
+    return 1, f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
+
+
+def _os_error_in_chain(err: BaseException) -> OSError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _log_to_stderr() -> None:
+    """INFO lines of jax_adalora on stderr. The root logger usually has a handler already (installed on
+    import by a dependency), which makes ``logging.basicConfig`` a no-op that leaves the root at WARNING:
+    our logger gets its own level, and its records reach whichever handler the root has."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax_adalora").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: returns the exit status (0, 1 for a failure at run time, 2 for a usage error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     keep_freed_memory()  # before JAX starts its backend; see jax_adalora.runtime
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run = parse_args(argv)
+    run = parse_args(argv)  # argparse prints usage and one line, and exits with status 2
+    _log_to_stderr()
     try:
         final = train_and_evaluate(run)
-    except (ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if "--debug" in argv:
+            traceback.print_exc()
+        status, line = error_line(err)
+        print(f"error: {line}", file=sys.stderr)
+        return status
     if final:
         print(json.dumps(final, indent=2))
     return 0

@@ -198,3 +198,35 @@ def test_packaged_minilm_matches_transformers_offline():
     with torch.no_grad():
         expected = reference(**{k: torch.tensor(v) for k, v in encoded.items()}).last_hidden_state.numpy()
     np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"num_hidden_layers": 10**6}, r"num_hidden_layers=1000000 but .*model\.safetensors holds 2 layers"),
+        ({"intermediate_size": 4096}, r"intermediate_size=4096 does not fit .*intermediate\.dense\.weight"),
+        ({"hidden_size": 64}, r"hidden_size=64 does not fit .*word_embeddings\.weight has shape \(99, 32\)"),
+    ],
+)
+def test_a_config_that_does_not_fit_the_weights_fails_before_allocating(bare_bert_dir, tmp_path, override, message):
+    config = json.loads((bare_bert_dir / "config.json").read_text()) | override
+    copy_checkpoint(
+        bare_bert_dir, tmp_path / "absurd", config=config, state=load_file(bare_bert_dir / "model.safetensors")
+    )
+    with pytest.raises(ValueError, match=r"absurd/config\.json: " + message):
+        from_pretrained(tmp_path / "absurd")
+
+
+def test_a_config_that_is_not_a_hugging_face_config_is_refused(bare_bert_dir, tmp_path):
+    copy_checkpoint(bare_bert_dir, tmp_path / "notes", config={"hidden": 32, "comment": "my settings"})
+    with pytest.raises(ValueError, match=r"notes/config\.json: not a Hugging Face encoder config"):
+        from_pretrained(tmp_path / "notes")
+
+
+def test_a_truncated_safetensors_file_is_named(bare_bert_dir, tmp_path):
+    copy_checkpoint(bare_bert_dir, tmp_path / "cut", state=load_file(bare_bert_dir / "model.safetensors"))
+    weights = tmp_path / "cut" / "model.safetensors"
+    for size in (weights.stat().st_size - 100, 100, 4):
+        weights.write_bytes(weights.read_bytes()[:size])
+        with pytest.raises(ValueError, match=r"cut/model\.safetensors: truncated"):
+            from_pretrained(tmp_path / "cut")

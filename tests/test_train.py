@@ -180,6 +180,7 @@ def test_missing_data_file_names_the_file_and_writes_nothing(assets, tmp_path):
 
 def test_output_dir_with_a_run_needs_resume(assets, tmp_path):
     out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "2").mkdir(parents=True)
+    (out / "run_manifest.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--resume"):
         train_and_evaluate(parse_args(_flags(assets, out)))

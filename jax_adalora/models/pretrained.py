@@ -25,8 +25,10 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Mapping
@@ -213,6 +215,15 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
 def _read_file(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: weights shard not found")
+    try:
+        return _read_tensors(path)
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # safetensors and torch raise their own types for a damaged file
+        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -267,6 +278,7 @@ def from_pretrained(
         raise ValueError(f"head={head!r}: expected one of {HEAD_KINDS}")
     directory = resolve_model_dir(name_or_path)
     config = load_config(directory)
+    check_config_against_weights(config, directory)  # before reading or allocating anything large
     state, weights_file = read_state_dict(directory)
     model = build_model(config, head=head, num_labels=num_labels, dtype=dtype, rngs=nnx.Rngs(seed))
     info = load_state_dict(model, state, directory=directory, weights_file=weights_file)
@@ -274,13 +286,116 @@ def from_pretrained(
 
 
 def load_config(directory: Path) -> EncoderConfig:
+    """The encoder config in ``directory/config.json``.
+
+    Raises:
+      FileNotFoundError: no config.json.
+      ValueError: not JSON, or not a Hugging Face encoder config (no ``model_type``: anything else would
+        silently become BERT-base), or a field of the wrong kind.
+    """
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: config.json not found (a model directory needs config.json and weights)")
     try:
-        return EncoderConfig.from_json(path)
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON config ({err})") from None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise ValueError(
+            f"{path}: not a Hugging Face encoder config (no model_type field; expected a BERT, RoBERTa or "
+            "DeBERTa-v2/v3 config.json as transformers' save_pretrained writes it)"
+        )
+    try:
+        return EncoderConfig.from_hf_dict(raw)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:encoder\.)?layer\.(\d+)\.")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header alone (a few KB read), checking the file is complete.
+
+    Raises:
+      ValueError: the header is unreadable or the file is shorter than its header says (truncated).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: truncated safetensors file ({size} bytes)")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise ValueError(f"{path}: truncated or not a safetensors file (header of {length} bytes, file {size})")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: unreadable safetensors header ({err})") from None
+    entries = {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    end = max((int(v.get("data_offsets", (0, 0))[1]) for v in entries.values()), default=0)
+    if 8 + length + end > size:
+        raise ValueError(f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + length + end})")
+    return {k: tuple(int(d) for d in v.get("shape", ())) for k, v in entries.items()}
+
+
+def _weight_shapes(directory: Path) -> tuple[dict[str, tuple[int, ...]], Path] | None:
+    """Shapes of the safetensors weights in ``directory`` from their headers; None for torch files."""
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if single.exists():
+        return safetensors_shapes(single), single
+    if index.exists():
+        shapes: dict[str, tuple[int, ...]] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            if not (directory / shard).exists():
+                raise FileNotFoundError(f"{directory / shard}: weights shard not found")
+            shapes.update(safetensors_shapes(directory / shard))
+        return shapes, index
+    return None
+
+
+def check_config_against_weights(config: EncoderConfig, directory: Path) -> None:
+    """Checks the config's sizes against the weights' shapes (safetensors headers only), so that an absurd
+    ``config.json`` fails in milliseconds instead of allocating gigabytes before the first shape mismatch.
+
+    Raises:
+      ValueError: naming config.json, the field, the weights file and the tensor that disagree.
+    """
+    found = _weight_shapes(Path(directory))
+    if found is None:
+        return
+    shapes, weights_file = found
+    config_file = Path(directory) / CONFIG_FILE
+
+    def mismatch(field: str, value, key: str, shape) -> ValueError:
+        return ValueError(f"{config_file}: {field}={value} does not fit {weights_file}: {key} has shape {shape}")
+
+    layers = {int(m.group(1)) for key in shapes if (m := _LAYER_INDEX.search(key))}
+    if layers and max(layers) + 1 != config.num_hidden_layers:
+        raise ValueError(
+            f"{config_file}: num_hidden_layers={config.num_hidden_layers} but {weights_file} holds "
+            f"{max(layers) + 1} layers"
+        )
+    width = config.embedding_size or config.hidden_size
+    for key, shape in shapes.items():
+        if key.endswith("embeddings.word_embeddings.weight"):
+            if shape != (config.vocab_size, width):
+                field = "vocab_size" if shape[-1:] == (width,) else "hidden_size"
+                raise mismatch(field, getattr(config, field), key, shape)
+        elif key.endswith("embeddings.position_embeddings.weight") and shape[0] != config.max_position_embeddings:
+            raise mismatch("max_position_embeddings", config.max_position_embeddings, key, shape)
+        elif key.endswith("intermediate.dense.weight") and shape != (config.intermediate_size, config.hidden_size):
+            raise mismatch("intermediate_size", config.intermediate_size, key, shape)
+
+
+def max_sequence_length(config: EncoderConfig) -> int | None:
+    """The longest row (special tokens included) the model's position embeddings can number, or None when it
+    has no absolute positions (DeBERTa-v3: relative positions only)."""
+    if config.model_type == "deberta-v2" and not config.position_biased_input:
+        return None
+    if config.model_type == "roberta":  # positions start after pad_token_id
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings
 
 
 def load_state_dict(

