@@ -49,6 +49,11 @@ class TrainConfig:
       max_train_examples, max_eval_examples: truncate the data (quick runs, tests).
       data_dir, train_file, validation_file: local task data instead of the hub.
       stop_after_steps: stop early after this many steps (for tests of resumption; 0 = never).
+      pad_to_multiple_of: round every padded batch width up to a multiple of this (8 suits tensor cores and
+        TPU lanes; 1 keeps the bucket widths). Padding is masked: results do not depend on it.
+      remat: recompute each encoder layer's activations in the backward pass (less memory, more time).
+      compilation_cache_dir: a directory for JAX's persistent compilation cache ("" = none), so a second run
+        of the same shapes skips compiling.
     """
 
     task: str = "movie-sentiment"
@@ -77,6 +82,9 @@ class TrainConfig:
     train_file: str = ""
     validation_file: str = ""
     stop_after_steps: int = 0
+    pad_to_multiple_of: int = 8
+    remat: bool = False
+    compilation_cache_dir: str = ""
 
     def __post_init__(self):
         for name in (
@@ -86,6 +94,7 @@ class TrainConfig:
             "max_seq_length",
             "doc_stride",
             "keep_checkpoints",
+            "pad_to_multiple_of",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected >= 1")

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "run_manifest.json"
 FORMAT_VERSION = 1
 # Settings that change how a run is watched or saved, never what it computes; a resume may change them.
-# microbatch_size changes only how a batch is differentiated (the same update up to float32 rounding),
-# so that a run can resume on a machine with less memory.
+# microbatch_size and remat change only how a batch is differentiated (the same update up to float32
+# rounding), so that a run can resume on a machine with less memory; the compilation cache only saves time.
 RESUMABLE_FIELDS = (
     "output_dir",
     "resume",
@@ -39,6 +39,8 @@ RESUMABLE_FIELDS = (
     "stop_after_steps",
     "export",
     "microbatch_size",
+    "remat",
+    "compilation_cache_dir",
 )
 # Our outputs besides the manifest; a fresh start in our own directory removes these stale ones.
 _OUTPUTS = (

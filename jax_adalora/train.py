@@ -47,7 +47,7 @@ from jax_adalora.run_dir import (
     start_output_dir,
     truncate_metrics,
 )
-from jax_adalora.runtime import keep_freed_memory
+from jax_adalora.runtime import enable_compilation_cache, keep_freed_memory
 from jax_adalora.step import (
     FunctionalModel,
     init_train_state,
@@ -102,15 +102,15 @@ def _load(run: RunConfig):
     head = "qa" if spec.kind == "qa" else "classification"
     num_labels = 1 if spec.kind == "regression" else max(spec.num_labels, 1)
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
-    model = from_pretrained(t.model, head=head, num_labels=num_labels, dtype=dtype, seed=t.seed)
+    model = from_pretrained(t.model, head=head, num_labels=num_labels, dtype=dtype, seed=t.seed, remat=t.remat)
     rank_spec = inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
     return data, model, rank_spec
 
 
-def _batches(split, batch_size: int, *, shuffle: bool, seed: int):
+def _batches(split, batch_size: int, *, shuffle: bool, seed: int, pad_to_multiple_of: int):
     from jax_adalora.tasks import BatchIterator
 
-    return BatchIterator(split, batch_size, shuffle=shuffle, seed=seed)
+    return BatchIterator(split, batch_size, shuffle=shuffle, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def _device_batch(batch: dict, sharding) -> dict:
@@ -137,7 +137,9 @@ def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[
     results: dict[str, float] = {}
     for split_name, split in data.evals.items():
         outputs = []
-        for batch in _batches(split, run.train.eval_batch_size, shuffle=False, seed=0):
+        for batch in _batches(
+            split, run.train.eval_batch_size, shuffle=False, seed=0, pad_to_multiple_of=run.train.pad_to_multiple_of
+        ):
             out = _host_local(eval_step(params, frozen, _device_batch(batch, sharding)))
             keep = np.asarray(batch["example_mask"]).astype(bool)
             out = jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out)
@@ -191,6 +193,11 @@ def train_and_evaluate(run: RunConfig) -> dict:
     t = run.train
     out_dir = run.output_dir
     run_dict = run.to_dict()
+    if t.compilation_cache_dir:  # before anything compiles
+        try:
+            enable_compilation_cache(t.compilation_cache_dir)
+        except ValueError as err:
+            raise ValueError(f"--compilation-cache-dir: {err}") from None
     resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
     data, model, rank_spec = _load(run)
 
@@ -200,7 +207,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    train_iter = _batches(data.train, t.batch_size, shuffle=True, seed=t.seed)
+    train_iter = _batches(data.train, t.batch_size, shuffle=True, seed=t.seed, pad_to_multiple_of=t.pad_to_multiple_of)
     steps_per_epoch = train_iter.steps_per_epoch
     total_steps = t.epochs * steps_per_epoch
     run.adalora.validate_schedule(total_steps)

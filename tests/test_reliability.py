@@ -78,12 +78,24 @@ def _tree_bytes(directory: Path) -> dict[str, bytes]:
         ("--max-grad-norm", "-1"),
         ("--weight-decay", "-0.1"),
         ("--checkpoint-minutes", "inf"),
+        ("--pad-to-multiple-of", "0"),
     ],
 )
 def test_bad_optimiser_values_name_the_flag(tmp_path, capsys, flag, value):
     out = tmp_path / "never"
     line = _one_error(["--output-dir", out, flag, value], capsys, 2, f"error: {flag} ", ": expected")
     assert "Config." not in line  # the flag, not the internal field
+    assert not out.exists()
+
+
+def test_a_compilation_cache_path_that_is_a_file_names_the_flag(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file of the user's")
+    out = tmp_path / "never"
+    _one_error(
+        ["--output-dir", out, "--compilation-cache-dir", taken], capsys, 2, "--compilation-cache-dir", str(taken)
+    )
+    assert taken.read_text() == "a file of the user's"
     assert not out.exists()
 
 

@@ -252,6 +252,7 @@ def from_pretrained(
     num_labels: int = 2,
     dtype=jnp.float32,
     seed: int = 0,
+    remat: bool = False,
     return_info: bool = False,
 ):
     """A BERT / RoBERTa / DeBERTa-v2 model with pretrained weights.
@@ -264,6 +265,7 @@ def from_pretrained(
       num_labels: classes of the classification head; 1 means regression.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       seed: initialises whatever the checkpoint lacks (typically the head).
+      remat: recompute each encoder layer's activations in the backward pass (``EncoderConfig.remat``).
       return_info: also return a :class:`LoadInfo`.
 
     Returns:
@@ -279,6 +281,8 @@ def from_pretrained(
     directory = resolve_model_dir(name_or_path)
     config = load_config(directory)
     check_config_against_weights(config, directory)  # before reading or allocating anything large
+    if remat:
+        config = config.replace(remat=True)
     state, weights_file = read_state_dict(directory)
     model = build_model(config, head=head, num_labels=num_labels, dtype=dtype, rngs=nnx.Rngs(seed))
     info = load_state_dict(model, state, directory=directory, weights_file=weights_file)
