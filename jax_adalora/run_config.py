@@ -54,6 +54,9 @@ class TrainConfig:
       remat: recompute each encoder layer's activations in the backward pass (less memory, more time).
       compilation_cache_dir: a directory for JAX's persistent compilation cache ("" = none), so a second run
         of the same shapes skips compiling.
+      distributed: this process is one of several (hosts): join them with jax.distributed.initialize (the
+        cluster, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, say who is who); process
+        0 writes every file.
     """
 
     task: str = "movie-sentiment"
@@ -85,6 +88,7 @@ class TrainConfig:
     pad_to_multiple_of: int = 8
     remat: bool = False
     compilation_cache_dir: str = ""
+    distributed: bool = False
 
     def __post_init__(self):
         for name in (

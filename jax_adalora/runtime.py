@@ -145,3 +145,23 @@ def enable_compilation_cache(directory: str | os.PathLike, *, min_compile_time_s
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     return path
+
+
+def start_distributed() -> None:
+    """Joins this process to a run over several processes (hosts) with ``jax.distributed.initialize``.
+
+    The coordinator, the process count and this process's index come from the cluster where JAX detects one
+    (SLURM, a Cloud TPU pod, Open MPI, ...), else from the environment: ``JAX_COORDINATOR_ADDRESS``
+    (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On CPU the processes
+    exchange data through gloo collectives. Call it before anything touches a JAX device.
+    """
+    kwargs = {}
+    for argument, variable in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        value = os.environ.get(variable, "")
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"{variable}={value!r}: expected a whole number")
+            kwargs[argument] = int(value)
+    if runs_on_cpu():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)

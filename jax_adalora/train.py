@@ -47,7 +47,7 @@ from jax_adalora.run_dir import (
     start_output_dir,
     truncate_metrics,
 )
-from jax_adalora.runtime import enable_compilation_cache, keep_freed_memory
+from jax_adalora.runtime import enable_compilation_cache, keep_freed_memory, start_distributed
 from jax_adalora.step import (
     FunctionalModel,
     init_train_state,
@@ -512,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     run = parse_args(argv)  # argparse prints usage and one line, and exits with status 2
     _log_to_stderr()
     try:
+        if run.train.distributed:
+            start_distributed()
         final = train_and_evaluate(run)
     except KeyboardInterrupt:
         print("error: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)

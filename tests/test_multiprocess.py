@@ -1,8 +1,8 @@
 """Two processes on this machine, as several hosts run the command: the same run as one process.
 
-Each process calls ``jax.distributed.initialize`` (coordinator on 127.0.0.1, CPU collectives through gloo)
-and then ``jax_adalora.train.main``, the entry point the README documents for several hosts; each feeds its
-own two local devices. One process with four devices is the reference.
+Each process runs ``python -m jax_adalora.train --distributed`` with the coordinator (127.0.0.1), the
+process count and its index in the environment (CPU collectives through gloo), as on several hosts; each
+feeds its own two local devices. One process with four devices is the reference.
 """
 
 from __future__ import annotations
@@ -52,14 +52,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _two_processes(flags: list[str], logs: Path) -> list[subprocess.Popen]:
-    """Processes 0 and 1 of one run; their stderr goes to ``logs/<pid>.err`` (a pipe could fill and block)."""
+def _two_processes(flags: list[str], logs: Path, *, command_line: bool = False) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one run; their stderr goes to ``logs/<pid>.err`` (a pipe could fill and block).
+
+    ``command_line``: ``python -m jax_adalora.train --distributed`` with the coordinator, process count and
+    index in the environment, as a user launches it on several hosts; else through ``LAUNCH``, which also
+    shortens JAX's heartbeat timeout to 10 s."""
     address = f"127.0.0.1:{_free_port()}"
     logs.mkdir()
+
+    def command(pid):
+        if command_line:
+            return [sys.executable, "-m", "jax_adalora.train", "--distributed", *flags]
+        return [sys.executable, "-c", LAUNCH, address, str(pid), *flags]
+
+    def env(pid):
+        where = {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
+        return {**_env(2), **(where if command_line else {})}
+
     return [
         subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, address, str(pid), *flags],
-            env=_env(2),
+            command(pid),
+            env=env(pid),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=open(logs / f"{pid}.err", "w"),  # noqa: SIM115 - the child holds it
@@ -78,7 +92,7 @@ def test_two_processes_train_as_one(assets, tmp_path):
         timeout=600,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    processes = _two_processes(_flags(assets, tmp_path / "two", *COMMON), tmp_path / "logs")
+    processes = _two_processes(_flags(assets, tmp_path / "two", *COMMON), tmp_path / "logs", command_line=True)
     for pid, process in enumerate(processes):
         assert process.wait(timeout=600) == 0, (tmp_path / "logs" / f"{pid}.err").read_text()[-2000:]
 
