@@ -30,8 +30,8 @@ def _python_blocks(page: str) -> list[tuple[str, str, str | None]]:
 BLOCKS = [block for page in EXECUTED_PAGES for block in _python_blocks(page)]
 
 
-def _hook_module():
-    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "docs" / "hooks" / "cli_reference.py")
+def _hook_module(name="cli_reference"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -86,4 +86,13 @@ def test_api_reference_names_every_public_name():
     documented = set(re.findall(r"^::: jax_adalora\.(\w+)$", page, re.M))
     assert documented == set(jal.__all__), (
         f"missing: {sorted(set(jal.__all__) - documented)}, not public: {sorted(documented - set(jal.__all__))}"
+    )
+
+
+def test_sphinx_roles_are_dropped_before_code_only():
+    hook = _hook_module("sphinx_roles")
+    html = "see :func:<code>jal.merge</code> and :class:<code>Moments</code>; ratio 1:2 and :func: alone"
+    assert (
+        hook.drop_sphinx_roles(html)
+        == "see <code>jal.merge</code> and <code>Moments</code>; ratio 1:2 and :func: alone"
     )
