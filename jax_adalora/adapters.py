@@ -331,7 +331,7 @@ def inject_adapters(
       ValueError: the targets match no linear layer, or a listed path is not a linear layer of the model
         (the message lists the available paths).
 
-    Example:
+    Examples:
       >>> from flax import nnx
       >>> import jax_adalora as jal
       >>> class Net(nnx.Module):

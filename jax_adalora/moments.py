@@ -129,7 +129,7 @@ def value_grad_and_moments(
       ``loss`` (scalar), ``grads`` (``nnx.State`` of the ``wrt`` variables) and ``moments``
       (:class:`jax_adalora.stats.Moments` with pure-array trees in the layout of ``nnx.to_pure_dict(grads)``).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from flax import nnx
       >>> import jax_adalora as jal
