@@ -2,7 +2,8 @@
 
 Profiles ``<task>`` follow the seed paper (r_init 16 -> r_target 8, 3 epochs; its learning rates are
 not published, so each task starts from the official script's rate), ``official-<task>`` follow the
-official AdaLoRA GLUE scripts (PAPER.md §3). Tasks: mnli sst2 cola qqp qnli rte mrpc stsb.
+official AdaLoRA GLUE scripts (as the score-function study, Kim et al., describes them).
+Tasks: mnli sst2 cola qqp qnli rte mrpc stsb.
 
     python -m jax_adalora.train --config configs/glue.py:mrpc --score gsnr \
         --model /path/to/deberta-v3-base --data-dir /path/to/glue/MRPC
@@ -14,8 +15,8 @@ profiles being meant for a GPU or TPU (docs/GPU_TPU.md). On CPU, where bf16 matm
 results were measured in float32, add ``--dtype float32`` (flags override the profile).
 
 Results to expect (the paper, DeBERTa-v3-base, GSNR): MRPC 88.73, SST-2 94.38, CoLA 67.28, QQP 91.60,
-QNLI 93.76, RTE 85.56, MNLI 90.36/90.50, STS-B 90.35 (PAPER.md Table 1). Not reproduced here: no GPU
-and no hub access in our CI; see docs/RESULTS.md for what was run.
+QNLI 93.76, RTE 85.56, MNLI 90.36/90.50, STS-B 90.35 (Kim et al., Table 1).
+Not reproduced here: no GPU and no hub access in our CI; see docs/RESULTS.md for what was run.
 """
 
 # Official AdaLoRA GLUE scripts: lr, epochs, t_init, t_final, delta_t, orth_reg_weight, r_init, r_target.

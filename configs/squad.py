@@ -8,7 +8,7 @@ Compute dtype: bfloat16 for activations (parameters, logits, the loss and the re
 profiles being meant for a GPU or TPU (docs/GPU_TPU.md). On CPU add ``--dtype float32`` (flags override the
 profile).
 
-Results to expect (the paper, GSNR): v1.1 EM/F1 88.48/94.23, v2.0 86.09/88.97 (PAPER.md Table 2).
+Results to expect (the paper, GSNR): v1.1 EM/F1 88.48/94.23, v2.0 86.09/88.97 (Kim et al., Table 2).
 Not reproduced here (no GPU, no hub access in CI).
 """
 

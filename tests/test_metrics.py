@@ -43,7 +43,7 @@ def test_compute_metrics_rejects_bad_calls():
         compute_metrics(("accuracy",), [1, 0], [1, 0, 1])
 
 
-# PAPER.md Table 1: MRPC, SST-2, CoLA, QQP, QNLI, RTE, MNLI-m, MNLI-mm, STS-B, and the paper's average.
+# Kim et al.'s Table 1: MRPC, SST-2, CoLA, QQP, QNLI, RTE, MNLI-m, MNLI-mm, STS-B, and the paper's average.
 TABLE_1 = {
     "sensitivity": ([89.95, 95.41, 67.58, 89.81, 93.86, 83.39, 89.38, 89.37, 91.77], 87.84),
     "movement": ([90.44, 94.49, 68.23, 90.51, 93.70, 86.28, 89.78, 89.61, 91.27], 88.26),

@@ -92,7 +92,7 @@ def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, floa
 
 # ---- the GLUE average ----------------------------------------------------------------------------
 
-# One number per column of PAPER.md Table 1: MRPC and QQP accuracy (the AdaLoRA convention; their F1 is
+# One number per column of Kim et al.'s Table 1: MRPC and QQP accuracy (the AdaLoRA convention; their F1 is
 # reported beside it but not averaged), CoLA Matthews correlation, STS-B Pearson, MNLI matched and
 # mismatched as two columns. The mean of these nine numbers reproduces the table's "avg" column for
 # all four rows (e.g. sensitivity: 87.84), whereas 8 columns with m/mm merged gives 87.64.

@@ -2,7 +2,7 @@
 
 Text keys follow GLUE's ``task_to_keys`` (the Hugging Face ``nyu-mll/glue`` column names); label names
 and their order follow ``nyu-mll/glue`` (MNLI: entailment 0, neutral 1, contradiction 2; QNLI and RTE:
-entailment 0, not_entailment 1). The main metric is the single number PAPER.md Table 1 reports per task:
+entailment 0, not_entailment 1). The main metric is the single number Kim et al.'s Table 1 reports per task:
 Matthews correlation for CoLA, Pearson correlation for STS-B, accuracy for every other GLUE task
 (MRPC and QQP report F1 beside it), F1 for SQuAD.
 
