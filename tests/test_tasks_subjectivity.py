@@ -60,7 +60,7 @@ def test_real_split_keeps_each_movie_on_one_side_and_is_fixed(cache, splits):
     train, evals = splits
     assert {movie_of[t] for t in train.first}.isdisjoint({movie_of[t] for t in evals["validation"].first})
     assert {movie_of[t] for t in evals["validation"].first} <= dev
-    again, again_evals = subjectivity.subjectivity_splits(SPEC, data, "cache")
+    again, again_evals = subjectivity.subjectivity_splits(data, "cache")
     assert again.first == train.first and again_evals["validation"].first == evals["validation"].first
 
 
@@ -131,7 +131,7 @@ def test_split_by_movie_is_balanced_and_fixed():
     rows = [f'plot,"{LONG} plot{m}a. {LONG} plot{m}b.",m{m},True' for m in range(20)]
     rows += [f"fresh,{LONG} review{m}{k},m{m},True" for m in range(20) for k in range(3)]
     data = _csv(*rows)
-    train, evals = subjectivity.subjectivity_splits(SPEC, data, "mini")
+    train, evals = subjectivity.subjectivity_splits(data, "mini")
     dev = evals["validation"]
     texts, _, movies = subjectivity.labelled_sentences(subjectivity.parse_corpus(data, "mini"))
     movie_of = dict(zip(texts, movies, strict=True))
@@ -140,7 +140,7 @@ def test_split_by_movie_is_balanced_and_fixed():
     assert np.bincount(train.labels).tolist() == [36, 36] and np.bincount(dev.labels).tolist() == [4, 4]
     assert {movie_of[t] for t in dev.first} == dev_movies
     assert {movie_of[t] for t in train.first} == {f"m{m}" for m in range(20)} - dev_movies
-    again, again_evals = subjectivity.subjectivity_splits(SPEC, data, "mini")
+    again, again_evals = subjectivity.subjectivity_splits(data, "mini")
     assert again.first == train.first and again_evals["validation"].first == dev.first
 
 

@@ -230,8 +230,8 @@ def balanced_rows(texts: list[str], labels: np.ndarray, rows: np.ndarray) -> np.
     return np.sort(np.concatenate(chosen))
 
 
-def subjectivity_splits(spec: TaskSpec, data: bytes, origin: str) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
-    """Train and ``{"validation": dev}`` from the csv's bytes."""
+def subjectivity_splits(data: bytes, origin: str) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
+    """Train and ``{"validation": dev}`` from the csv's bytes (``origin`` names it in messages)."""
     texts, labels, movies = labelled_sentences(parse_corpus(data, origin))
     in_dev = np.isin(np.asarray(movies), sorted(dev_movies(movies)))
 
@@ -256,6 +256,6 @@ def load_subjectivity_splits(
             raise TaskDataError("--train-file and --validation-file go together: pass both")
         return read_named_split(spec, train_file), {"validation": read_named_split(spec, validation_file)}
     if data_dir:
-        return subjectivity_splits(spec, local_corpus(data_dir), str(Path(data_dir) / FILE_NAME))
+        return subjectivity_splits(local_corpus(data_dir), str(Path(data_dir) / FILE_NAME))
     path = corpus_file(cache)
-    return subjectivity_splits(spec, path.read_bytes(), str(path))
+    return subjectivity_splits(path.read_bytes(), str(path))
