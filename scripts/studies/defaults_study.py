@@ -10,24 +10,29 @@ default ``--head-pattern``), classifier only}, ``--score`` ∈ {sensitivity, gsn
 ``movie-sentiment`` and ``movie-rating``; seeds 0, 1, 2 (the seed sets the training subset, the head and
 adapter init, the data order and dropout). Everything else is the built-in run (``DEFAULT_RUN``: MiniLM-L6,
 r 16 → 8 on the six matrices of each layer, AdamW lr 1e-3, 48 tokens, batch 32, 1 epoch) on a seeded
-training subset (``--max-train-examples``, default 1,536: 48 steps), the AdaLoRA schedule scaled to the run
-(t_init 10 %, t_final 20 % of the steps as the built-in run's 30 / 60 of 297; ΔT 2, as ``score_study.py``,
-so that the budget still decreases in ~16 re-allocations), one evaluation on the whole dev split at the end.
-The learning rate stays the built-in run's: the study is about its defaults, and a short run favours
-whatever trains the adapters faster (α 32 doubles their effective step), so the chosen defaults must be
-checked at full length (issue 22's five-seed built-in run).
+training subset (``--max-train-examples``, default 3,072: 96 steps, a third of the built-in run's 297), the
+AdaLoRA schedule scaled to the run (t_init 10 %, t_final 20 % of the steps, as the built-in run's 30 / 60;
+ΔT 2, as ``score_study.py``, so that the budget decreases in ~33 re-allocations, the built-in run's 41), one
+evaluation on the whole dev split at the end. The learning rate stays the built-in run's: the study is about
+its defaults, and a short run favours whatever trains faster (α 32 doubles the adapters' effective step), so
+the chosen defaults must be checked at full length (issue 22's five-seed built-in run).
 
-Budget: "about 4 CPU-hours" read as about 4 hours of the 2-core machine, i.e. ~28,800 CPU-seconds (a run's
-CPU time is what contention does not change; the wall time on the shared machine is 2-3 times the free one).
-Measured on 2048-example runs (64 steps) of ``subjectivity``, seed 0, at 2026-12-01 20:04-20:25 with a load
-average of 6-10 on the 2 cores: the current defaults 250 CPU-s (771 s wall; first compile), PEFT's common
-settings 205 CPU-s (494 s wall). With ~2.2 CPU-s a step (the built-in run: 297 steps in 4.5-7 min on 2
-free cores) that leaves ~80 CPU-s per run for loading, compiling and evaluating; seeds 1 and 2 hit the
-persistent compilation cache (``--cache-dir``), and per-example statistics (gsnr) cost ~1.3x a step and
-more to compile (score study). At N steps: sensitivity ≈ 80 + 2.2 N CPU-s (50 + 2.2 N cached), gsnr ≈
-130 + 2.9 N (70 + 2.9 N cached); 144 runs, 1/3 uncached: ≈ 12,400 + 367 N CPU-s. N = 48 (1,536 examples)
-gives ≈ 30,000 CPU-s ≈ 8.3 core-hours ≈ 4.2 hours on the 2 cores; N = 64 (2,048) would be ≈ 5.0 hours.
-Every result file records the run's wall and training seconds, so the estimate can be checked.
+Budget: "about 4 CPU-hours" read as about 4 hours of the 2-core machine, ~28,800 CPU-seconds (a run's CPU
+time is what contention does not change; on the shared machine the wall time is 2-3 times the free one).
+Measured on ``subjectivity``, seed 0, 2026-12-01 20:04-20:50, load average 6-10 on the 2 cores: at 2,048
+examples (64 steps) the current defaults took 250 CPU-s (771 s wall, first compile) and PEFT's common settings
+205 CPU-s (494 s wall). With ~2.2 CPU-s a step (the built-in run: 297 steps in 4.5-7 min on 2 free cores)
+that leaves ~80 CPU-s per run to load, compile and evaluate; seeds 1 and 2 hit the persistent compilation
+cache (``--cache-dir``); per-example statistics (gsnr) cost ~1.3x a step and more to compile (score study).
+At N steps: sensitivity ≈ 80 + 2.2 N CPU-s (50 + 2.2 N cached), gsnr ≈ 130 + 2.9 N (70 + 2.9 N cached);
+144 runs, 1/3 uncached: ≈ 12,400 + 367 N CPU-s. 4 hours allow N ≈ 45, i.e. 1,536 examples (48 steps), and
+that is too short: at 48 steps the classifier-only runs had not started to learn (subjectivity, seed 0, dev
+accuracy: current defaults 83.3, α 32 γ 0 classifier only 53.2, α 16 γ 0.1 classifier only 50.8, where
+chance is 50), while at 64 steps α 32 γ 0 classifier only reached 84.8 (current defaults 84.3). A study in
+that regime would measure how fast a cold classifier starts, not which settings win. The default is
+therefore 96 steps: ≈ 12,400 + 35,200 ≈ 47,600 CPU-s ≈ 13 core-hours ≈ 6.6 hours on the 2 cores (5.0 at
+64 steps), about 1.7 times the budget asked. Every result file records the run's wall and training seconds,
+so the estimate can be checked as the study goes.
 
 Resumable: each finished run leaves ``<out>/runs/<task>/<setting>-s<seed>.json`` (metrics, kept ranks,
 times, commit, the run's settings); a later invocation reuses it instead of training again (and refuses
@@ -71,7 +76,7 @@ FACTORS = (
     ("score", "sensitivity", "gsnr"),
 )
 DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_MAX_TRAIN_EXAMPLES = 1536
+DEFAULT_MAX_TRAIN_EXAMPLES = 3072
 
 
 @dataclasses.dataclass(frozen=True)
