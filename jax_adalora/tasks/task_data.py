@@ -24,6 +24,7 @@ from jax_adalora.tasks.movie import load_movie_splits
 from jax_adalora.tasks.registry import TaskSpec, get_task_spec
 from jax_adalora.tasks.squad import QAExample, load_squad_splits
 from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
+from jax_adalora.tasks.subjectivity import load_subjectivity_splits
 
 log = logging.getLogger("jax_adalora.tasks")
 
@@ -198,6 +199,8 @@ def load_task(
     else:
         if spec.source == "movie":
             train, evals = load_movie_splits(spec, **sources, cache=cache_dir)
+        elif spec.source == "subjectivity":
+            train, evals = load_subjectivity_splits(spec, **sources, cache=cache_dir)
         else:
             train, evals = load_glue_splits(spec, **sources)
         train = train.take(_train_rows(len(train), max_train_examples, seed))

@@ -1,0 +1,426 @@
+"""Defaults study: which adapter scale, regulariser and trained head make the built-in run win, per task.
+
+Issue 22: PEFT's AdaLoRA as its users commonly run it (lora_alpha 32, no task type so no orthogonal
+regulariser, only the classifier trained) beat our defaults (α 16, γ 0.1, pooler + classifier) by 4-7
+points on one seed. This study measures each choice, paired by seed, next to the choice of score.
+
+Grid (``settings_grid()``, 16 settings): adapter scale α ∈ {16, 32} (α / r_init ∈ {1, 2} at r_init 16),
+orthogonal regularisation γ ∈ {0.1, 0}, trained head ∈ {pooler + classifier (the training command's
+default ``--head-pattern``), classifier only}, ``--score`` ∈ {sensitivity, gsnr}; on ``subjectivity``,
+``movie-sentiment`` and ``movie-rating``; seeds 0, 1, 2 (the seed sets the training subset, the head and
+adapter init, the data order and dropout). Everything else is the built-in run (``DEFAULT_RUN``: MiniLM-L6,
+r 16 → 8 on the six matrices of each layer, AdamW lr 1e-3, 48 tokens, batch 32, 1 epoch) on a seeded
+training subset (``--max-train-examples``, default 3,072: 96 steps, a third of the built-in run's 297), the
+AdaLoRA schedule scaled to the run (t_init 10 %, t_final 20 % of the steps, as the built-in run's 30 / 60;
+ΔT 2, as ``score_study.py``, so that the budget decreases in ~33 re-allocations, the built-in run's 41), one
+evaluation on the whole dev split at the end. The learning rate stays the built-in run's: the study is about
+its defaults, and a short run favours whatever trains faster (α 32 doubles the adapters' effective step), so
+the chosen defaults must be checked at full length (issue 22's five-seed built-in run).
+
+Budget: "about 4 CPU-hours" read as about 4 hours of the 2-core machine, ~28,800 CPU-seconds (a run's CPU
+time is what contention does not change; on the shared machine the wall time is 2-3 times the free one).
+Measured on ``subjectivity``, seed 0, 2026-12-01 20:04-20:50, load average 6-10 on the 2 cores: at 2,048
+examples (64 steps) the current defaults took 250 CPU-s (771 s wall, first compile) and PEFT's common settings
+205 CPU-s (494 s wall). With ~2.2 CPU-s a step (the built-in run: 297 steps in 4.5-7 min on 2 free cores)
+that leaves ~80 CPU-s per run to load, compile and evaluate; seeds 1 and 2 hit the persistent compilation
+cache (``--cache-dir``); per-example statistics (gsnr) cost ~1.3x a step and more to compile (score study).
+At N steps: sensitivity ≈ 80 + 2.2 N CPU-s (50 + 2.2 N cached), gsnr ≈ 130 + 2.9 N (70 + 2.9 N cached);
+144 runs, 1/3 uncached: ≈ 12,400 + 367 N CPU-s. 4 hours allow N ≈ 45, i.e. 1,536 examples (48 steps), and
+that is too short: at 48 steps the classifier-only runs had not started to learn (subjectivity, seed 0, dev
+accuracy: current defaults 83.3, α 32 γ 0 classifier only 53.2, α 16 γ 0.1 classifier only 50.8, where
+chance is 50), while at 64 steps α 32 γ 0 classifier only reached 84.8 (current defaults 84.3). A study in
+that regime would measure how fast a cold classifier starts, not which settings win. The default is
+therefore 96 steps: ≈ 12,400 + 35,200 ≈ 47,600 CPU-s ≈ 13 core-hours ≈ 6.6 hours on the 2 cores (5.0 at
+64 steps), about 1.7 times the budget asked. Every result file records the run's wall and training seconds,
+so the estimate can be checked as the study goes.
+
+Resumable: each finished run leaves ``<out>/runs/<task>/<setting>-s<seed>.json`` (metrics, kept ranks,
+times, commit, the run's settings); a later invocation reuses it instead of training again (and refuses
+one made at other settings). After every run ``results.json`` and ``REPORT.md`` are rewritten from all
+result files there, so an interrupted study always has its table. Runs go seed-major, then task, then
+setting (the current defaults, PEFT's common settings, then the settings one choice away from either), so
+the whole grid on one task and seed is finished before the next one starts.
+
+    python scripts/studies/defaults_study.py                                  # the study, into docs/studies/defaults
+    python scripts/studies/defaults_study.py --list                           # the plan and what is done
+    python scripts/studies/defaults_study.py --report-only                    # rewrite the table, train nothing
+    python scripts/studies/defaults_study.py --max-runs 1 --out /tmp/ds --tasks subjectivity --seeds 0   # time one
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(SCRIPTS))
+
+import score_study  # noqa: E402
+import study_helpers as helpers  # noqa: E402
+
+TASKS = ("subjectivity", "movie-sentiment", "movie-rating")
+MAIN_METRICS = {"subjectivity": "accuracy", "movie-sentiment": "accuracy", "movie-rating": "pearson"}
+HEAD_PATTERNS = {"pooler+classifier": r"(classifier|pooler|qa_outputs)\..*", "classifier": r"classifier\..*"}
+SCORES = ("sensitivity", "gsnr")
+# The factors, each as (field, first level, second level): effects are "second minus first".
+FACTORS = (
+    ("alpha", 16.0, 32.0),
+    ("gamma", 0.1, 0.0),
+    ("head", "pooler+classifier", "classifier"),
+    ("score", "sensitivity", "gsnr"),
+)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_MAX_TRAIN_EXAMPLES = 3072
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One cell of the grid: adapter scale numerator, orthogonal regularisation weight, trained head, score."""
+
+    alpha: float
+    gamma: float
+    head: str
+    score: str
+
+    @property
+    def name(self) -> str:
+        head = "pc" if self.head == "pooler+classifier" else "c"
+        return f"a{self.alpha:g}-g{self.gamma:g}-{head}-{self.score}"
+
+    def overrides(self) -> dict:
+        """The training command's fields this setting sets."""
+        return {
+            "alpha": float(self.alpha),
+            "orth_reg_weight": float(self.gamma),
+            "head_pattern": HEAD_PATTERNS[self.head],
+            "score": self.score,
+        }
+
+    def replace(self, **changes) -> Setting:
+        return dataclasses.replace(self, **changes)
+
+
+CURRENT = Setting(alpha=16.0, gamma=0.1, head="pooler+classifier", score="sensitivity")  # the defaults today
+PEFT_COMMON = Setting(alpha=32.0, gamma=0.0, head="classifier", score="sensitivity")  # PEFT as commonly run
+
+
+def changes(a: Setting, b: Setting) -> int:
+    """How many of the four choices differ between two settings."""
+    return sum(getattr(a, factor) != getattr(b, factor) for factor, _, _ in FACTORS)
+
+
+def settings_grid() -> list[Setting]:
+    """All 16 settings, the most telling first: the current defaults, PEFT's common settings, the settings one
+    choice away from either (each choice's effect from both ends), then the rest; ties in grid order."""
+    grid = [
+        Setting(alpha, gamma, head, score)
+        for score in SCORES
+        for alpha in (16.0, 32.0)
+        for gamma in (0.1, 0.0)
+        for head in HEAD_PATTERNS
+    ]
+    return sorted(grid, key=lambda s: (min(changes(s, CURRENT), changes(s, PEFT_COMMON)), s != CURRENT))
+
+
+def plan(tasks: Sequence[str], seeds: Sequence[int], settings: Sequence[Setting]) -> list[tuple[int, str, Setting]]:
+    """``(seed, task, setting)`` in run order: seed-major, then task, then setting."""
+    return [(seed, task, setting) for seed in seeds for task in tasks for setting in settings]
+
+
+def result_path(out: Path, task: str, setting: Setting, seed: int) -> Path:
+    return Path(out) / "runs" / task / f"{setting.name}-s{seed}.json"
+
+
+def _digest(overrides: dict) -> str:
+    """A short hash of a run's settings (output folder excluded): names its scratch folder."""
+    settings = {k: v for k, v in overrides.items() if k != "output_dir"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def check_reusable(path: Path, recorded: dict, overrides: dict) -> None:
+    """Raises ``ValueError`` naming the file and the first differing field when a result was made otherwise."""
+    for key in sorted(set(recorded) | set(overrides)):
+        if key != "output_dir" and recorded.get(key) != overrides.get(key):
+            raise ValueError(
+                f"{path}: made with {key}={recorded.get(key)!r}, this study asks {key}={overrides.get(key)!r}; "
+                "pass another --out (or remove the file to run it again)"
+            )
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+
+def task_schedule(task: str, args) -> dict:
+    """Train and dev sizes of ``task`` at the study's scale and the scaled AdaLoRA schedule."""
+    n_train, n_dev = helpers.split_sizes(task, args)
+    total_steps = args.epochs * (n_train // args.batch_size)
+    schedule = helpers.scaled_schedule(
+        total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
+    )
+    return {"train_examples": n_train, "dev_examples": n_dev, "total_steps": total_steps, **schedule}
+
+
+def run_study(
+    args,
+    schedules: dict[str, dict],
+    command: str,
+    *,
+    train_run: Callable[[dict, str], dict] = score_study.one_run,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Runs (or reuses) every run of the plan; after each, rewrites the outputs. Returns the runs trained.
+
+    ``train_run(overrides, revision)`` trains one run and returns its summary (``score_study.one_run``);
+    ``command`` is how the study was invoked, for the report.
+    """
+    out, scratch = Path(args.out), Path(args.scratch)
+    revision = helpers.recorded_revision(out)
+    runs = plan(args.tasks, args.seeds, settings_grid())
+    started, trained = time.time(), 0
+    for number, (seed, task, setting) in enumerate(runs, start=1):
+        path = result_path(out, task, setting, seed)
+        overrides = helpers.scaled_run_overrides(
+            task, seed, schedules[task]["total_steps"], args, Path("."), **setting.overrides()
+        )
+        overrides["output_dir"] = str(scratch / f"{task}-{setting.name}-s{seed}-{_digest(overrides)}")
+        head = f"[{time.time() - started:7.0f} s] run {number}/{len(runs)}: {task} {setting.name} seed {seed}"
+        if path.exists():
+            check_reusable(path, json.loads(path.read_text())["overrides"], overrides)
+            log(f"{head}: done before, reused")
+            continue
+        if args.max_runs and trained >= args.max_runs:
+            log(f"{head}: not run (--max-runs {args.max_runs} reached)")
+            continue
+        log(f"{head}: training")
+        summary = train_run(overrides, revision)
+        record = {"task": task, "seed": seed, "setting": dataclasses.asdict(setting), "overrides": overrides}
+        helpers.write_json(path, {**record, **summary})
+        trained += 1
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+        log(f"    -> {metrics}; wall {summary['wall_seconds']} s")
+        write_outputs(args, schedules, command)
+    write_outputs(args, schedules, command)
+    return trained
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def load_results(out: Path) -> dict[str, dict[str, dict[int, dict]]]:
+    """``{task: {setting name: {seed: record}}}`` of every result file under ``out/runs``."""
+    results: dict = {}
+    for path in sorted(Path(out).glob("runs/*/*.json")):
+        record = json.loads(path.read_text())
+        setting = Setting(**record["setting"])
+        results.setdefault(record["task"], {}).setdefault(setting.name, {})[int(record["seed"])] = record
+    return results
+
+
+def main_metric(task: str, record: dict) -> float:
+    return float(record["metrics"][MAIN_METRICS[task]])
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """``b - a`` on the seeds both have: values by seed, mean, standard error (nan below 2 seeds), n."""
+    seeds = sorted(set(a) & set(b))
+    differences = [b[s] - a[s] for s in seeds]
+    return difference_summary(dict(zip(seeds, differences, strict=True)))
+
+
+def difference_summary(by_seed: dict[int, float]) -> dict:
+    """Mean and standard error (sample std / √n; nan below 2 values) of per-seed differences."""
+    values = list(by_seed.values())
+    if not values:
+        return {"by_seed": {}, "mean": float("nan"), "se": float("nan"), "n": 0}
+    mean, std = helpers.mean_std(values)
+    se = std / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return {"by_seed": by_seed, "mean": mean, "se": se, "n": len(values)}
+
+
+def main_effect(values: dict[str, dict[int, float]], factor: str, first, second) -> dict:
+    """Per seed, the mean over the other factors' cells of (``second`` − ``first`` level of ``factor``),
+    over the cells where both are done; then mean and standard error over seeds."""
+    per_seed: dict[int, list[float]] = {}
+    for setting in settings_grid():
+        if getattr(setting, factor) != first:
+            continue
+        low, high = values.get(setting.name, {}), values.get(setting.replace(**{factor: second}).name, {})
+        for seed in set(low) & set(high):
+            per_seed.setdefault(seed, []).append(high[seed] - low[seed])
+    return difference_summary({seed: sum(d) / len(d) for seed, d in sorted(per_seed.items())})
+
+
+def summarize(results: dict) -> dict:
+    """Per task: per setting mean ± std and the paired difference to the current defaults; the main effects."""
+    summary = {}
+    for task, per_setting in results.items():
+        values = {name: {s: main_metric(task, r) for s, r in runs.items()} for name, runs in per_setting.items()}
+        rows = {}
+        for setting in settings_grid():
+            if setting.name not in values:
+                continue
+            by_seed = values[setting.name]
+            mean, std = helpers.mean_std(list(by_seed.values()))
+            rows[setting.name] = {
+                "values": by_seed,
+                "mean": mean,
+                "std": std,
+                "minus_current": paired(values.get(CURRENT.name, {}), by_seed),
+            }
+        effects = {factor: main_effect(values, factor, a, b) for factor, a, b in FACTORS}
+        summary[task] = {"metric": MAIN_METRICS[task], "settings": rows, "main_effects": effects}
+    return summary
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+FACTOR_LABELS = {
+    "alpha": "α 32 − α 16",
+    "gamma": "γ 0 − γ 0.1",
+    "head": "classifier only − pooler + classifier",
+    "score": "gsnr − sensitivity",
+}
+
+
+def _mean_se(d: dict) -> str:
+    if not d["n"]:
+        return "—"
+    se = "" if d["n"] < 2 else f" ± {100 * d['se']:.2f}"
+    return f"{100 * d['mean']:+.2f}{se} (n {d['n']})"
+
+
+def report_markdown(args, command: str, schedules: dict, summary: dict, n_done: int, n_planned: int) -> str:
+    """The study's table: per task, every setting (mean ± std, paired Δ to the current defaults) and the
+    main effect of each choice (paired by seed, mean ± standard error)."""
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    sections = []
+    for task in args.tasks:
+        if task not in summary:
+            continue
+        part = summary[task]
+        rows = []
+        for setting in settings_grid():
+            row = part["settings"].get(setting.name)
+            if row is None:
+                continue
+            label = setting.name + (" (current defaults)" if setting == CURRENT else "")
+            label += " (PEFT as commonly run)" if setting == PEFT_COMMON else ""
+            values = list(row["values"].values())
+            cell = helpers.format_mean_std(values, scale=100)
+            rows.append([label, len(values), cell, _mean_se(row["minus_current"])])
+        table = helpers.markdown_table(
+            ["setting", "seeds", f"dev {part['metric']} ×100 (mean ± std)", "Δ to current defaults (± SE)"], rows
+        )
+        effects = helpers.markdown_table(
+            ["choice", "Δ ×100 (mean ± SE over seeds)", "per seed"],
+            [
+                [
+                    FACTOR_LABELS[factor],
+                    _mean_se(part["main_effects"][factor]),
+                    " / ".join(f"{100 * v:+.2f}" for v in part["main_effects"][factor]["by_seed"].values()),
+                ]
+                for factor, _, _ in FACTORS
+            ],
+        )
+        s = schedules[task]
+        scale = f"{s['train_examples']} train examples, {s['total_steps']} steps, dev {s['dev_examples']}"
+        sections.append(
+            f"## {task} ({scale})\n\n{table}\nMain effects (each averaged over the other choices' cells):\n\n{effects}"
+        )
+    body = "\n".join(sections) or "(no finished runs yet)\n"
+    return f"""# Defaults study (issue 22)
+
+Generated by `scripts/studies/defaults_study.py` from the result files in `runs/`; {n_done} of {n_planned}
+planned runs are done. Command:
+
+    {command}
+
+Settings are named `a<α>-g<γ>-<head>-<score>`: head `pc` = pooler + classifier (the training command's default
+`--head-pattern`), `c` = classifier only. The current defaults are `{CURRENT.name}`; PEFT as commonly run
+(lora_alpha 32, no task type so no regulariser, classifier only) corresponds to `{PEFT_COMMON.name}`.
+Everything else is the built-in run at a reduced scale: a seeded subset of {args.max_train_examples or "all"}
+training examples, {args.epochs} epoch, {args.max_seq_length} tokens, learning rate {lr:g}, schedule t_init
+{args.init_fraction:.0%} / t_final {args.final_fraction:.0%} of the steps, ΔT {args.delta_t}. Δ are paired by seed
+(same subset, init and order); SE = sample std of the per-seed differences / √n. Metrics ×100.
+
+{body}"""
+
+
+def write_outputs(args, schedules: dict, command: str) -> None:
+    """``results.json`` and ``REPORT.md`` in ``--out`` from every result file there."""
+    out = Path(args.out)
+    results = load_results(out)
+    summary = summarize(results)
+    n_planned = len(plan(args.tasks, args.seeds, settings_grid()))
+    n_done = sum(len(runs) for per_setting in results.values() for runs in per_setting.values())
+    payload = {
+        "command": command,
+        "scale": {
+            k: v for k, v in vars(args).items() if k not in ("scratch", "out", "cache_dir", "list", "report_only")
+        },
+        "schedules": schedules,
+        "runs_done": n_done,
+        "runs_planned": n_planned,
+        "summary": summary,
+    }
+    helpers.write_json(out / "results.json", payload)
+    helpers.write_text(out / "REPORT.md", report_markdown(args, command, schedules, summary, n_done, n_planned))
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    helpers.add_scale_arguments(parser)
+    parser.set_defaults(max_train_examples=DEFAULT_MAX_TRAIN_EXAMPLES)
+    parser.add_argument("--max-runs", type=int, default=0, help="train at most this many new runs (0: all)")
+    parser.add_argument("--list", action="store_true", help="print the plan and what is done; train nothing")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the table from the result files")
+    parser.add_argument("--scratch", default="/tmp/defaults_study", help="run folders (checkpoints), outside the repo")
+    parser.add_argument("--out", default="docs/studies/defaults", help="result files, results.json, REPORT.md")
+    args = parser.parse_args(argv)
+    if args.max_runs < 0:
+        parser.error(f"--max-runs {args.max_runs}: expected >= 0")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {args.seeds}: a seed is given twice")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.list:
+        for number, (seed, task, setting) in enumerate(plan(args.tasks, args.seeds, settings_grid()), start=1):
+            done = "done" if result_path(out, task, setting, seed).exists() else "to do"
+            print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {done}")
+        return 0
+    command = helpers.command_line("studies/defaults_study.py", argv)
+    schedules = {task: task_schedule(task, args) for task in args.tasks}
+    if args.report_only:
+        write_outputs(args, schedules, command)
+        print(f"wrote {out}/REPORT.md", flush=True)
+        return 0
+    helpers.enable_compilation_cache(args.cache_dir)
+    started = time.time()
+    try:
+        trained = run_study(args, schedules, command, log=lambda line: print(line, flush=True))
+    except ValueError as err:
+        print(f"defaults_study: {err}", file=sys.stderr)
+        return 2
+    print(f"trained {trained} runs in {time.time() - started:.0f} s; wrote {out}/REPORT.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

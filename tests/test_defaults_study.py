@@ -1,0 +1,115 @@
+"""scripts/studies/defaults_study.py: the grid, the run order, resumption and the table (no training)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "studies"))
+
+import defaults_study as study  # noqa: E402
+
+EFFECTS = {"alpha": 0.02, "gamma": 0.01, "head": -0.005, "score": 0.003}  # of the second level of each factor
+SCHEDULES = {
+    task: {"train_examples": 64, "dev_examples": 10, "total_steps": 20, "t_init": 2, "t_final": 4, "delta_t": 5}
+    for task in study.TASKS
+}
+
+
+def fake_metric(overrides: dict) -> float:
+    """A metric with known main effects, plus a per-seed offset that pairing by seed removes."""
+    value = 0.7 + 0.01 * overrides["seed"] ** 2
+    value += EFFECTS["alpha"] * (overrides["alpha"] == 32.0) + EFFECTS["gamma"] * (overrides["orth_reg_weight"] == 0)
+    value += EFFECTS["head"] * (overrides["head_pattern"] == study.HEAD_PATTERNS["classifier"])
+    return value + EFFECTS["score"] * (overrides["score"] == "gsnr")
+
+
+class FakeTraining:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, overrides: dict, revision: str) -> dict:
+        self.calls.append(overrides)
+        metric = study.MAIN_METRICS[overrides["task"]]
+        return {"metrics": {metric: fake_metric(overrides)}, "wall_seconds": 1.0, "git_revision": revision}
+
+
+def test_grid_holds_every_combination_once_defaults_first():
+    grid = study.settings_grid()
+    assert len(grid) == len(set(grid)) == 16 and len({s.name for s in grid}) == 16
+    assert grid[:2] == [study.CURRENT, study.PEFT_COMMON]
+    assert all(min(study.changes(s, study.CURRENT), study.changes(s, study.PEFT_COMMON)) == 1 for s in grid[2:10])
+    assert study.CURRENT.overrides() == {
+        "alpha": 16.0,
+        "orth_reg_weight": 0.1,
+        "head_pattern": r"(classifier|pooler|qa_outputs)\..*",
+        "score": "sensitivity",
+    }
+    from jax_adalora.run_config import DEFAULT_RUN, TrainConfig
+
+    assert study.CURRENT.head == "pooler+classifier"
+    assert study.HEAD_PATTERNS[study.CURRENT.head] == TrainConfig.head_pattern  # today's defaults, as the docs say
+    assert (DEFAULT_RUN["alpha"], DEFAULT_RUN["orth_reg_weight"]) == (study.CURRENT.alpha, study.CURRENT.gamma)
+
+
+def test_plan_finishes_one_task_and_seed_across_the_grid_first():
+    runs = study.plan(["subjectivity", "movie-rating"], [0, 1], study.settings_grid())
+    assert len(runs) == 64
+    assert {(seed, task) for seed, task, _ in runs[:16]} == {(0, "subjectivity")}
+    assert [s for _, _, s in runs[:16]] == study.settings_grid()
+    assert {seed for seed, _, _ in runs[:32]} == {0}
+
+
+def test_study_resumes_from_result_files_and_reports_paired_effects(tmp_path):
+    argv = ["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--seeds", "0", "1", "2"]
+    args = study.parse_args([*argv, "--tasks", "subjectivity", "--max-runs", "5"])
+    lines = []
+    first = FakeTraining()
+    assert study.run_study(args, SCHEDULES, "cmd", train_run=first, log=lines.append) == 5
+    assert sum("training" in line for line in lines) == 5 and sum("not run" in line for line in lines) == 43
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["runs_done"] == 5
+
+    args = study.parse_args([*argv, "--tasks", "subjectivity"])
+    lines.clear()
+    second = FakeTraining()
+    assert study.run_study(args, SCHEDULES, "cmd", train_run=second, log=lines.append) == 43
+    assert sum("reused" in line for line in lines) == 5
+    trained = {(o["seed"], o["alpha"], o["orth_reg_weight"], o["head_pattern"], o["score"]) for o in first.calls}
+    assert trained.isdisjoint(
+        {(o["seed"], o["alpha"], o["orth_reg_weight"], o["head_pattern"], o["score"]) for o in second.calls}
+    )
+    assert first.calls[0]["max_train_examples"] == study.DEFAULT_MAX_TRAIN_EXAMPLES
+    assert first.calls[0]["t_init"] == 2 and first.calls[0]["eval_every"] == 20
+
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["subjectivity"]
+    for factor, effect in EFFECTS.items():
+        measured = summary["main_effects"][factor]
+        assert measured["n"] == 3 and measured["mean"] == pytest.approx(effect, abs=1e-9)
+        assert measured["se"] == pytest.approx(0.0, abs=1e-9)  # the seed offsets cancel in the pairs
+    peft = summary["settings"][study.PEFT_COMMON.name]["minus_current"]
+    assert peft["mean"] == pytest.approx(EFFECTS["alpha"] + EFFECTS["gamma"] + EFFECTS["head"], abs=1e-9)
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "48 of 48" in report and "a32-g0-c-sensitivity (PEFT as commonly run) | 3 |" in report
+    assert "| α 32 − α 16 | +2.00 ± 0.00 (n 3) |" in report
+
+
+def test_a_result_made_at_other_settings_is_refused(tmp_path):
+    argv = ["--out", str(tmp_path), "--scratch", str(tmp_path / "scratch"), "--tasks", "movie-rating"]
+    study.run_study(
+        study.parse_args([*argv, "--seeds", "0", "--max-runs", "1"]),
+        SCHEDULES,
+        "cmd",
+        train_run=FakeTraining(),
+        log=print,
+    )
+    args = study.parse_args([*argv, "--seeds", "0", "--max-train-examples", "512"])
+    made = f"a16-g0.1-pc-sensitivity-s0.json: made with max_train_examples={study.DEFAULT_MAX_TRAIN_EXAMPLES}"
+    with pytest.raises(ValueError, match=made):
+        study.run_study(args, SCHEDULES, "cmd", train_run=FakeTraining(), log=print)
+
+
+def test_bad_flags_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(["--seeds", "0", "0"])
+    assert "--seeds [0, 0]: a seed is given twice" in capsys.readouterr().err
