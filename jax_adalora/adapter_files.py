@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save
 from jax_adalora.adapters import AdaLoRAMask, AdaLoRAParam, adapter_modules
 
 FORMAT = "jax_adalora.adapters/1"
+METADATA_KEY = "jax_adalora"
 FACTORS = ("P", "lam", "Q", "mask")
 
 
@@ -58,7 +59,8 @@ def save_adapters(
         scales[module_path] = module.scaling
     for key, value in _included(model, include).items():
         tensors[key] = np.asarray(value)
-    metadata = {"format": FORMAT, "scales": json.dumps(scales)}
+    # One metadata key: safetensors writes several in a per-process random order, and files must be reproducible.
+    metadata = {METADATA_KEY: json.dumps({"format": FORMAT, "scales": scales})}
     data = save(tensors, metadata=metadata)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         handle.write(data)
@@ -83,9 +85,13 @@ def load_adapters(path: str | os.PathLike, model: nnx.Module, *, include: Any = 
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"adapter file {path}: not a readable safetensors file ({err})") from err
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"adapter file {path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
-    scales = json.loads(metadata.get("scales", "{}"))
+    try:
+        info = json.loads(metadata.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    if info.get("format") != FORMAT:
+        raise ValueError(f"adapter file {path}: format {info.get('format')!r}, expected {FORMAT!r}")
+    scales = info.get("scales", {})
     modules = adapter_modules(model)
     expected = {f"{m}.{name}": getattr(module, name)[...] for m, module in modules.items() for name in FACTORS}
     expected.update(_included(model, include))
