@@ -294,6 +294,37 @@ def trainable_filter(head_pattern: str):
     return nnx.Any(AdaLoRAParam, head)
 
 
+TRIPLET_LEAVES = ("P", "lam", "Q")
+
+
+def _key_name(key) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def split_key_path(key_path) -> tuple[str, str]:
+    """``("a.b.0.query", "lam")`` for the key path of the leaf ``a/b/0/query/lam``."""
+    names = [_key_name(k) for k in key_path]
+    return ".".join(names[:-1]), (names[-1] if names else "")
+
+
+def find_triplets(tree) -> Triplets:
+    """``{path: {"P", "lam", "Q"}}`` of every node of ``tree`` that has those three leaves, in tree order.
+
+    Paths are '.'-joined keys: an ``nnx.State`` of a model gives module paths
+    (``"encoder.layers.0.attention.query"``); a dict already keyed by module path gives those keys.
+    """
+    groups: dict[str, dict[str, jax.Array]] = {}
+    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731  (an nnx.State that is not pure)
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]:
+        path, name = split_key_path(key_path)
+        if name in TRIPLET_LEAVES:
+            groups.setdefault(path, {})[name] = leaf.get_value() if is_variable(leaf) else leaf
+    return {path: group for path, group in groups.items() if len(group) == len(TRIPLET_LEAVES)}
+
+
 def module_path_str(path: tuple) -> str:
     return ".".join(str(part) for part in path)
 

@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 from jax_adalora import scores as scores_lib
+from jax_adalora.adapters import find_triplets, split_key_path
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.stats import Moments
 
@@ -195,7 +196,7 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
         apply_mask = reallocate | (step > freeze_step)
 
         def masked(key_path, update, param):
-            path, leaf = _split_path(key_path)
+            path, leaf = split_key_path(key_path)
             if leaf != "lam" or path not in keep:
                 return update
             return jnp.where(apply_mask & ~keep[path], -param, update)
@@ -210,37 +211,6 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-TRIPLET_LEAVES = ("P", "lam", "Q")
-
-
-def _key_name(key) -> str:
-    for attribute in ("key", "idx", "name"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def _split_path(key_path) -> tuple[str, str]:
-    """``("a.b.0.query", "lam")`` for the key path of the leaf ``a/b/0/query/lam``."""
-    names = [_key_name(k) for k in key_path]
-    return ".".join(names[:-1]), (names[-1] if names else "")
-
-
-def find_triplets(tree: PyTree) -> dict[str, dict[str, jax.Array]]:
-    """``{path: {"P", "lam", "Q"}}`` of every node of ``tree`` that has those three leaves, in tree order.
-
-    Paths are '.'-joined keys: an ``nnx.State`` of a model gives module paths
-    (``"encoder.layers.0.attention.query"``); a dict already keyed by module path gives those keys.
-    """
-    groups: dict[str, dict[str, jax.Array]] = {}
-    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731  (an nnx.State that is not pure)
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]:
-        path, name = _split_path(key_path)
-        if name in TRIPLET_LEAVES:
-            groups.setdefault(path, {})[name] = leaf.get_value() if is_variable(leaf) else leaf
-    return {path: group for path, group in groups.items() if len(group) == len(TRIPLET_LEAVES)}
 
 
 def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:

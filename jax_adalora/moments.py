@@ -29,13 +29,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_adalora.adapters import AdaLoRAParam, ProbeBatchAxisError, set_probes, zero_probes
+from jax_adalora.adapters import (
+    AdaLoRAParam,
+    ProbeBatchAxisError,
+    find_triplets,
+    probes_to_triplet_layout,
+    set_probes,
+    zero_probes,
+)
 from jax_adalora.microbatch import batch_size_of, check_microbatch_size, value_and_grad_in_microbatches
 from jax_adalora.stats import (
     Moments,
     RunningMomentsState,
     batch_gradient_moments,
     float_dtype,
+    moments_of_per_example_gradients,
     moments_of_probe_gradients,
     running_moments,
     running_moments_init,
@@ -212,7 +220,7 @@ def _batch_pass(parts: _Parts, adapters, others, data, microbatch_size):
 
 def _probe_pass(parts: _Parts, adapters, others, data, microbatch_size):
     """One batch backward pass; the probes' gradients hold each example's adapter gradient."""
-    triplets = _triplets(adapters)
+    triplets = find_triplets(adapters)
     probes = zero_probes(triplets, data["weights"].shape[0])
 
     def total(others, probes, chunk):
@@ -222,10 +230,7 @@ def _probe_pass(parts: _Parts, adapters, others, data, microbatch_size):
 
     loss, (other_grads, probe_grads) = value_and_grad_in_microbatches(total, others, probes, data, microbatch_size)
     moments = moments_of_probe_gradients(probe_grads, data["weights"])
-    in_triplet_layout = Moments(
-        *({path: {**t, "P": jnp.swapaxes(t["P"], -1, -2)} for path, t in tree.items()} for tree in moments[:3]),
-        count=moments.count,
-    )
+    in_triplet_layout = Moments(*(probes_to_triplet_layout(tree) for tree in moments[:3]), count=moments.count)
     return loss, in_triplet_layout, other_grads
 
 
@@ -243,17 +248,9 @@ def _vmap_pass(parts: _Parts, adapters, others, data, microbatch_size):
     )
     weights = data["weights"]
     loss = jnp.sum(losses * weights.astype(losses.dtype)) / parts.count.astype(losses.dtype)
-    per_row = lambda g: weights.reshape(weights.shape + (1,) * (g.ndim - 1)).astype(g.dtype)  # noqa: E731
-    mean = lambda g: jnp.sum(per_row(g) * g, axis=0) / parts.count.astype(g.dtype)  # noqa: E731
-    grads = _triplets(adapter_grads)
-    first = jax.tree.map(mean, grads)
-    moments = Moments(
-        mean=first,
-        sq_mean=jax.tree.map(lambda g: mean(g * g), grads),
-        var=jax.tree.map(lambda g, m: mean(jnp.square(g - m)), grads, first),
-        count=jnp.sum(weights),
-    )
-    return loss, moments, jax.tree.map(mean, other_grads)
+    moments = moments_of_per_example_gradients(find_triplets(adapter_grads), weights)
+    other_mean = moments_of_per_example_gradients(other_grads, weights).mean  # XLA drops the unused moments
+    return loss, moments, other_mean
 
 
 def _with_penalty(parts: _Parts, penalty_fn, adapters, others, loss, grads, moments, *, mean_too: bool):
@@ -274,15 +271,6 @@ def _with_penalty(parts: _Parts, penalty_fn, adapters, others, loss, grads, mome
 
 def _module_path(path: tuple) -> str:
     return ".".join(str(part) for part in path[:-1])
-
-
-def _triplets(state: nnx.State) -> dict[str, dict[str, jax.Array]]:
-    """``{module_path: {"P": ..., "lam": ..., "Q": ...}}`` of an adapter-factor state or its gradient (values
-    keep any leading example axis)."""
-    out: dict[str, dict[str, jax.Array]] = {}
-    for path, variable in nnx.to_flat_state(state):
-        out.setdefault(_module_path(path), {})[str(path[-1])] = variable.get_value()
-    return out
 
 
 def _with_values(state: nnx.State, triplets: dict[str, dict[str, jax.Array]]) -> nnx.State:

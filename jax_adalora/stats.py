@@ -43,6 +43,23 @@ def _per_row(weights: jax.Array, x: jax.Array) -> jax.Array:
     return weights.reshape(weights.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
 
 
+def moments_of_per_example_gradients(grads: PyTree, weights: jax.Array) -> Moments:
+    """``Moments`` over the leading (example) axis of ``grads``, each example weighted by ``weights`` (B,),
+    1 for real examples and 0 for padding; ``E[(g - E[g])²]`` in two passes."""
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+
+    def mean(g):
+        return jnp.sum(_per_row(weights, g) * g, axis=0) / count.astype(g.dtype)
+
+    first = jax.tree.map(mean, grads)
+    return Moments(
+        mean=first,
+        sq_mean=jax.tree.map(lambda g: mean(g * g), grads),
+        var=jax.tree.map(lambda g, m: mean(jnp.square(g - m)), grads, first),
+        count=jnp.sum(weights),
+    )
+
+
 def moments_of_probe_gradients(probe_grads: PyTree, weights: jax.Array) -> Moments:
     """``Moments`` from the probes' gradients of ``sum_b weights[b] · loss_b / count``, where
     ``count = max(sum(weights), 1)``.

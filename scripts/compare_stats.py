@@ -49,8 +49,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora import scores as scores_lib
-from jax_adalora.adapters import inject_adapters
-from jax_adalora.allocator import budget_schedule, find_allocator_state, find_triplets, mask_to_budget
+from jax_adalora.adapters import find_triplets, inject_adapters
+from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
 from jax_adalora.report import machine_summary

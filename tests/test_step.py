@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_adalora.adapters import adapter_modules, inject_adapters
-from jax_adalora.allocator import find_triplets
+from jax_adalora.adapters import adapter_modules, find_triplets, inject_adapters
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
