@@ -146,7 +146,7 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
       ``moments.ready`` or ``update_scores`` (bools or traced bools) is false, e.g. while running estimates
       warm up.
     """
-    config.validate_schedule(total_steps)
+    config = config.for_run(total_steps)  # t_init / t_final given as fractions become steps
     score_fn = scores_lib.get(config.score, gsnr_eps=config.gsnr_eps)
     freeze_step = total_steps - config.t_final
 

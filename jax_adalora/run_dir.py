@@ -26,7 +26,8 @@ MANIFEST = "run_manifest.json"
 FORMAT_VERSION = 1
 # Settings that change how a run is watched or saved, never what it computes; a resume may change them.
 # microbatch_size and remat change only how a batch is differentiated (the same update up to float32
-# rounding), so that a run can resume on a machine with less memory; the compilation cache only saves time.
+# rounding), so that a run can resume on a machine with less memory; the compilation cache only saves time;
+# the test file is labelled after training, and the datasets cache only holds what the data already says.
 RESUMABLE_FIELDS = (
     "output_dir",
     "resume",
@@ -41,6 +42,8 @@ RESUMABLE_FIELDS = (
     "microbatch_size",
     "remat",
     "compilation_cache_dir",
+    "test_file",
+    "datasets_cache_dir",
 )
 # Our outputs besides the manifest; a fresh start in our own directory removes these stale ones.
 _OUTPUTS = (

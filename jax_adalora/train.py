@@ -17,6 +17,7 @@ failure at run time (disk, permissions, divergence); ``--debug`` adds the traceb
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -37,6 +38,7 @@ from jax_adalora.adapter_files import save_adapters
 from jax_adalora.adapters import inject_adapters, set_masks
 from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.checkpoint import Checkpointer, NonFiniteState
+from jax_adalora.inference import device_batch, predict_file, split_outputs
 from jax_adalora.report import atomic_write_json, save_rank_heatmap
 from jax_adalora.run_config import RunConfig, flag_names, parse_args
 from jax_adalora.run_dir import (
@@ -77,6 +79,7 @@ def _load(run: RunConfig):
     from jax_adalora.models import from_pretrained, load_tokenizer
     from jax_adalora.models.pretrained import load_config, max_sequence_length, resolve_model_dir
     from jax_adalora.tasks import load_task
+    from jax_adalora.tasks.text_dataset import read_unlabelled
 
     t = run.train
     limit = max_sequence_length(load_config(resolve_model_dir(t.model)))
@@ -97,8 +100,16 @@ def _load(run: RunConfig):
         max_train_examples=t.max_train_examples or None,
         max_eval_examples=t.max_eval_examples or None,
         seed=t.seed,
+        dataset=t.dataset,
+        dataset_config=t.dataset_config,
+        text_columns=t.text_column_names,
+        label_column=t.label_column,
+        task_type=t.task_type,
+        datasets_cache_dir=t.datasets_cache_dir or None,
     )
     spec = data.spec
+    if t.test_file:  # checked now, labelled after training
+        read_unlabelled(t.test_file, spec, cache_dir=t.datasets_cache_dir or None)
     head = "qa" if spec.kind == "qa" else "classification"
     num_labels = 1 if spec.kind == "regression" else max(spec.num_labels, 1)
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
@@ -107,60 +118,23 @@ def _load(run: RunConfig):
     return data, model, rank_spec
 
 
-def _batches(split, batch_size: int, *, shuffle: bool, seed: int, pad_to_multiple_of: int):
-    from jax_adalora.tasks import BatchIterator
-
-    return BatchIterator(split, batch_size, shuffle=shuffle, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
-
-
-def _device_batch(batch: dict, sharding) -> dict:
-    """The global batch as arrays sharded over the ``data`` axis.
-
-    Every process iterates the same global batches (same seed); each contributes its contiguous slice
-    of rows, so on several hosts the result is the same global array as on one.
-    """
-    batch = dict(batch)
-    if "example_index" not in batch:
-        batch["example_index"] = np.arange(len(batch["example_mask"]), dtype=np.int32)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    out = {}
-    for key, value in batch.items():
-        if not isinstance(value, np.ndarray):
-            continue
-        rows = value.shape[0] // n_proc
-        out[key] = jax.make_array_from_process_local_data(sharding, value[pid * rows : (pid + 1) * rows], value.shape)
-    return out
-
-
 def evaluate(eval_step, params, frozen, data, run: RunConfig, sharding) -> dict[str, float]:
     """Every dev split, all examples (the last partial batch is padded and masked, never dropped)."""
     results: dict[str, float] = {}
     for split_name, split in data.evals.items():
-        outputs = []
-        for batch in _batches(
-            split, run.train.eval_batch_size, shuffle=False, seed=0, pad_to_multiple_of=run.train.pad_to_multiple_of
-        ):
-            out = _host_local(eval_step(params, frozen, _device_batch(batch, sharding)))
-            keep = np.asarray(batch["example_mask"]).astype(bool)
-            out = jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out)
-            outputs.append(out)
-        if isinstance(outputs[0], tuple):
-            stacked = tuple(np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0])))
-        else:
-            stacked = np.concatenate(outputs)
-        metrics = data.evaluate(split_name, stacked)
+        outputs = split_outputs(
+            eval_step,
+            params,
+            frozen,
+            split,
+            batch_size=run.train.eval_batch_size,
+            pad_to_multiple_of=run.train.pad_to_multiple_of,
+            sharding=sharding,
+        )
+        metrics = data.evaluate(split_name, outputs)
         prefix = "" if len(data.evals) == 1 else f"{split_name}/"
         results.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
     return results
-
-
-def _host_local(tree):
-    """Arrays sharded over the devices of every process, whole on each process (numpy)."""
-    if jax.process_count() == 1:
-        return tree
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _is_writer() -> bool:
@@ -207,10 +181,17 @@ def train_and_evaluate(run: RunConfig) -> dict:
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    train_iter = _batches(data.train, t.batch_size, shuffle=True, seed=t.seed, pad_to_multiple_of=t.pad_to_multiple_of)
+    from jax_adalora.tasks import BatchIterator
+    from jax_adalora.tasks.text_dataset import spec_to_dict
+
+    train_iter = BatchIterator(
+        data.train, t.batch_size, shuffle=True, seed=t.seed, pad_to_multiple_of=t.pad_to_multiple_of
+    )
     steps_per_epoch = train_iter.steps_per_epoch
     total_steps = t.epochs * steps_per_epoch
-    run.adalora.validate_schedule(total_steps)
+    run = dataclasses.replace(run, adalora=run.adalora.for_run(total_steps))  # schedule fractions -> steps
+    run_dict["task"] = spec_to_dict(data.spec)
+    run_dict["schedule"] = {"total_steps": total_steps, "t_init": run.adalora.t_init, "t_final": run.adalora.t_final}
     kind = data.spec.kind
 
     functional = FunctionalModel(model, t.head_pattern)
@@ -268,7 +249,7 @@ def _train_loop(
     # purge_step: TensorBoard hides the events a killed run logged after the checkpoint it resumes from.
     tb = _tensorboard(out_dir / "tb", purge_step=start_step + 1 if resuming else None)
     print(
-        f"jax_adalora: {t.task} | {t.model} | score={run.adalora.score} stats={run.adalora.statistics} "
+        f"jax_adalora: {t.task_label} | {t.model} | score={run.adalora.score} stats={run.adalora.statistics} "
         f"smoothing={run.adalora.smoothing} | {len(rank_spec)} adapted matrices, r {run.adalora.r_init} -> "
         f"{run.adalora.r_target} | {total_steps} steps on {n_dev} device(s)",
         flush=True,
@@ -280,7 +261,7 @@ def _train_loop(
     while step < total_steps:
         batch = train_iter.next_batch()
         state, step_metrics = train_step(
-            state, frozen, _device_batch(batch, batch_sharding), jax.random.fold_in(base_key, step)
+            state, frozen, device_batch(batch, batch_sharding), jax.random.fold_in(base_key, step)
         )
         step += 1
         loss = float(step_metrics["loss"])
@@ -340,7 +321,7 @@ def _train_loop(
     alloc = find_allocator_state(state.opt_state)
     final_ranks = ranks(alloc)
     final = {
-        "task": t.task,
+        "task": t.task_label,
         "score": run.adalora.score,
         "statistics": run.adalora.statistics,
         "final": progress["history"][-1] if progress["history"] else {},
@@ -351,17 +332,49 @@ def _train_loop(
         "steps": total_steps,
         "train_seconds_this_process": round(elapsed, 2),
     }
+    if t.test_file:  # every process computes (the batches are sharded), process 0 writes
+        _sync("jax_adalora: best adapters written")
+        final["test_predictions"] = _label_test_file(run, data.spec, functional, state, eval_step, batch_sharding)
     if not _is_writer():
         return final
     atomic_write_json(out_dir / "rank_pattern.json", {"ranks": final_ranks, "rank_pattern": rank_pattern(alloc)})
-    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task}: {run.adalora.score} ranks")
+    save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task_label}: {run.adalora.score} ranks")
     atomic_write_json(out_dir / "final_metrics.json", final)
     _save_adapters(out_dir / "final_adapters.safetensors", functional, state)
     if t.export:
         trained = functional.model(jax.device_get(state.params))
         set_masks(trained, rank_pattern(alloc))
-        _export(trained, out_dir, run, alloc, total_steps)
+        _export(trained, out_dir, run, alloc, total_steps, label_names=data.spec.label_names)
     return final
+
+
+def _label_test_file(run: RunConfig, spec, functional, state, eval_step, sharding) -> dict:
+    """``--test-file`` labelled with the best adapters (their rank pattern as masks), in its own format,
+    beside the run's other outputs."""
+    from jax_adalora.adapter_files import load_adapters
+    from jax_adalora.models import load_tokenizer
+    from jax_adalora.tasks.prediction_files import default_output_file
+
+    t = run.train
+    model = functional.model(jax.device_get(state.params))
+    load_adapters(run.output_dir / "best_adapters.safetensors", model, include=functional.trainable)
+    best = FunctionalModel(model, t.head_pattern)
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    return predict_file(
+        eval_step,
+        jax.device_put(best.params, replicated),
+        jax.device_put(best.frozen, replicated),
+        spec=spec,
+        tokenizer=load_tokenizer(t.model),
+        input_file=t.test_file,
+        output_file=default_output_file(run.output_dir, t.test_file),
+        max_seq_length=t.max_seq_length,
+        batch_size=t.eval_batch_size,
+        pad_to_multiple_of=t.pad_to_multiple_of,
+        sharding=sharding,
+        cache_dir=t.datasets_cache_dir or None,
+        write=_is_writer(),
+    )
 
 
 def _minutes_since(start: float) -> float:
@@ -419,12 +432,17 @@ def _discard_outputs(out_dir: Path, *, remove_dir: bool) -> None:
         out_dir.rmdir()
 
 
-def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int) -> None:
+def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int, *, label_names=()) -> None:
     from jax_adalora import export
 
-    export.save_merged(model, out_dir / "merged")
+    export.save_merged(model, out_dir / "merged", label_names=label_names)
     export.save_peft_adapter(
-        model, out_dir / "peft_adapter", run=run, rank_pattern=rank_pattern(alloc), total_steps=total_steps
+        model,
+        out_dir / "peft_adapter",
+        run=run,
+        rank_pattern=rank_pattern(alloc),
+        total_steps=total_steps,
+        label_names=label_names,
     )
 
 

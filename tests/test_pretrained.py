@@ -129,10 +129,17 @@ def test_shape_mismatch_names_the_key_and_both_shapes(bare_bert_dir, tmp_path):
         from_pretrained(tmp_path / "bad")
 
 
-def test_num_labels_mismatch_with_the_checkpoint_head(tmp_path):
-    BertForSequenceClassification(BertConfig(**TINY, num_labels=3)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"classifier\.weight has shape \(3, 32\).*\(2, 32\).*num_labels"):
-        from_pretrained(tmp_path, head="classification", num_labels=2)
+def test_a_head_for_another_number_of_labels_is_initialised_fresh(tmp_path):
+    """A checkpoint fine-tuned on a 3-class task, trained here on 2 classes: the encoder loads, the classifier
+    gets the requested shape, freshly initialised and reported (transformers' ``ignore_mismatched_sizes``)."""
+    torch_model = BertForSequenceClassification(BertConfig(**TINY, num_labels=3))
+    torch_model.save_pretrained(tmp_path)
+    model, info = from_pretrained(tmp_path, head="classification", num_labels=2, return_info=True)
+    assert model.classifier.kernel.shape == (32, 2)
+    assert [name.split(" ")[0] for name in info.initialised_head] == ["classifier.weight", "classifier.bias"]
+    assert all("another number of labels" in name for name in info.initialised_head)
+    expected = torch_model.bert.encoder.layer[0].attention.self.query.weight.detach().numpy().T
+    np.testing.assert_array_equal(np.asarray(model.encoder.layers[0].attention.query.kernel[...]), expected)
 
 
 def test_unknown_model_type_names_the_config(bare_bert_dir, tmp_path):

@@ -1,7 +1,8 @@
-"""MkDocs hook: writes the training command's flag table into the CLI reference page at build time.
+"""MkDocs hook: writes the commands' flag tables into the CLI reference page at build time.
 
-The table comes from :func:`jax_adalora.run_config.build_parser`, so the page lists every flag the parser
-has, with its help text, in the parser's groups. ``tests/test_docs.py`` checks that it does.
+The tables come from :func:`jax_adalora.run_config.build_parser` (training) and
+:func:`jax_adalora.predict.build_parser` (predictions), so the page lists every flag the parsers have, with
+their help texts, in the parsers' groups. ``tests/test_docs.py`` checks that it does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PLACEHOLDER = "<!-- cli-flag-table -->"
+PREDICT_PLACEHOLDER = "<!-- predict-flag-table -->"
 CLI_PAGE = "reference/cli.md"
 GROUP_TITLES = {"options": "General", "adalora settings": "AdaLoRA settings", "optim settings": "Optimizer settings"}
 
@@ -59,6 +61,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return markdown
     if str(REPO_ROOT) not in sys.path[:1]:  # document this checkout, not another installed copy
         sys.path.insert(0, str(REPO_ROOT))
+    from jax_adalora import predict
     from jax_adalora.run_config import build_parser
 
-    return markdown.replace(PLACEHOLDER, flag_table_markdown(build_parser()))
+    markdown = markdown.replace(PLACEHOLDER, flag_table_markdown(build_parser()))
+    return markdown.replace(PREDICT_PLACEHOLDER, flag_table_markdown(predict.build_parser()))

@@ -273,8 +273,9 @@ def from_pretrained(
 
     Raises:
       FileNotFoundError: no config.json or no weights file (``ModelNotFoundError`` for a hub id offline).
-      ValueError: an unsupported ``model_type``, a bad ``head``, a weight whose shape does not fit, or a
-        checkpoint none of whose keys match the model.
+      ValueError: an unsupported ``model_type``, a bad ``head``, an encoder weight whose shape does not fit,
+        or a checkpoint none of whose keys match the model. A classifier trained for another number of labels
+        is not an error: it is initialised fresh (and logged), like a head the checkpoint lacks.
     """
     if head not in HEAD_KINDS:
         raise ValueError(f"head={head!r}: expected one of {HEAD_KINDS}")
@@ -419,12 +420,17 @@ def load_state_dict(
         variable = _variable_at(model, path)
         value = np.asarray(state[source])
         value = value.T if kind == "linear" else value
+        if value.shape != variable.shape and path[0] == "classifier":
+            # A head trained for another label set (a checkpoint fine-tuned on another task): initialised
+            # fresh for this one, as the other missing head weights are.
+            fresh_head.append(f"{hf_key} (checkpoint {tuple(np.shape(state[source]))}, another number of labels)")
+            used.add(source)
+            continue
         if value.shape != variable.shape:
             expected = variable.shape[::-1] if kind == "linear" else variable.shape
-            hint = " (pass a num_labels that matches the checkpoint)" if path[0] in ("classifier",) else ""
             raise ValueError(
                 f"{weights_file}: {source} has shape {tuple(np.shape(state[source]))} but the model "
-                f"({model.hf_architecture}, {'.'.join(map(str, path))}) expects {tuple(expected)}{hint}"
+                f"({model.hf_architecture}, {'.'.join(map(str, path))}) expects {tuple(expected)}"
             )
         variable.set_value(jnp.asarray(value, variable.dtype))
         used.add(source)
@@ -460,7 +466,7 @@ def _log_load(model, info: LoadInfo) -> None:
         )
     if info.initialised_head:
         log.warning(
-            "%s has no %s head; freshly initialised: %s",
+            "%s has no %s head that fits; freshly initialised: %s",
             info.weights_file,
             model.head_kind or "pooler",
             ", ".join(info.initialised_head),

@@ -38,6 +38,13 @@ def f1(predictions, labels) -> float:
     return float(f1_score(np.asarray(labels), np.asarray(predictions), pos_label=1, zero_division=0.0))
 
 
+def macro_f1(predictions, labels) -> float:
+    """F1 averaged over the classes present in labels or predictions, each class weighing the same."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(np.asarray(labels), np.asarray(predictions), average="macro", zero_division=0.0))
+
+
 def matthews_correlation(predictions, labels) -> float:
     """Matthews correlation (CoLA); 0.0 when undefined (a constant prediction), as scikit-learn does."""
     from sklearn.metrics import matthews_corrcoef
@@ -73,6 +80,7 @@ def mse(predictions, labels) -> float:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
     "f1": f1,
+    "macro_f1": macro_f1,
     "matthews_correlation": matthews_correlation,
     "pearson": pearson,
     "spearman": spearman,

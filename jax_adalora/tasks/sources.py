@@ -200,7 +200,7 @@ def hub_parquet_files(repo_id: str, config: str, split: str, *, hint: str) -> li
     except Exception:  # not cached: fall through to the network
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if offline or not _endpoint_reachable():
+    if offline or not endpoint_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
         raise DataUnavailableError(f"{repo_id} ({config}/{split}) is not cached and {why}. {hint}")
     try:
@@ -212,7 +212,7 @@ def hub_parquet_files(repo_id: str, config: str, split: str, *, hint: str) -> li
     return files
 
 
-def _endpoint_reachable() -> bool:
+def endpoint_reachable() -> bool:
     """A TCP connection to the hub endpoint within ``HUB_PROBE_TIMEOUT_S``, name lookup included.
 
     Checked before any download so that an offline machine fails in seconds, not after minutes of retries.

@@ -25,6 +25,7 @@ from jax_adalora.tasks.registry import TaskSpec, get_task_spec
 from jax_adalora.tasks.squad import QAExample, load_squad_splits
 from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
 from jax_adalora.tasks.subjectivity import load_subjectivity_splits
+from jax_adalora.tasks.text_dataset import label_ids, read_text_splits, tokenise
 
 log = logging.getLogger("jax_adalora.tasks")
 
@@ -161,11 +162,18 @@ def load_task(
     n_best_size: int = 20,
     max_answer_length: int = 30,
     null_score_diff_threshold: float = 0.0,
+    dataset: str = "",
+    dataset_config: str = "",
+    text_columns: Sequence[str] = (),
+    label_column: str = "",
+    task_type: str = "auto",
+    datasets_cache_dir: str | os.PathLike | None = None,
 ) -> TaskData:
     """Loads, checks and tokenises a task (see the modules ``glue``, ``squad``, ``movie`` for sources).
 
     Args:
-      name: a task of ``registry.TASKS``.
+      name: a task of ``registry.TASKS``, or "" for a task inferred from the data (``train_file`` and
+        ``validation_file``, or a hub ``dataset``; see :mod:`jax_adalora.tasks.text_dataset`).
       tokenizer: the model's Hugging Face tokenizer (a fast one for QA).
       max_seq_length: tokens per row, special tokens included (truncation; QA: window size).
       data_dir, train_file, validation_file: local data; with none, the hub (GLUE, SQuAD) or the
@@ -176,7 +184,26 @@ def load_task(
         (:func:`eval_rows`).
       seed: seeds the training subset.
       n_best_size, max_answer_length, null_score_diff_threshold: QA post-processing.
+      dataset, dataset_config, text_columns, label_column, task_type: an inferred task's data and columns.
+      datasets_cache_dir: where ``datasets`` keeps Arrow files and tokenised features ("" or None: its default,
+        ``$HF_DATASETS_CACHE``).
     """
+    if not name:
+        return _load_text_task(
+            tokenizer=tokenizer,
+            max_seq_length=max_seq_length,
+            max_train_examples=max_train_examples,
+            max_eval_examples=max_eval_examples,
+            seed=seed,
+            train_file=train_file,
+            validation_file=validation_file,
+            dataset=dataset,
+            dataset_config=dataset_config,
+            text_columns=text_columns,
+            label_column=label_column,
+            task_type=task_type,
+            cache_dir=datasets_cache_dir,
+        )
     spec = get_task_spec(name)
     sources = dict(data_dir=data_dir, train_file=train_file, validation_file=validation_file)
     if spec.kind == "qa":
@@ -216,4 +243,27 @@ def load_task(
         len(data.train),
         {k: len(v) for k, v in data.evals.items()},
     )
+    return data
+
+
+def _load_text_task(*, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed, **source) -> TaskData:
+    """A task inferred from labelled text data, read and tokenised through ``datasets`` (cached)."""
+    splits = read_text_splits(**source)
+    spec, columns = splits.spec, splits.columns
+
+    def encode(rows, split_name: str, keep_rows) -> EncodedSplit:
+        """Labels checked on the whole split (so that errors name the file's rows), then the kept rows tokenised."""
+        labels = label_ids(rows, columns.label, splits.origins[split_name], spec)
+        keep = keep_rows(labels)
+        subset = rows if len(keep) == len(rows) else rows.select(keep)  # all rows: the cache stays shared
+        return tokenise(subset, tokenizer, columns, max_seq_length=max_seq_length, labels=labels[keep])
+
+    train = encode(splits.train, "train", lambda labels: _train_rows(len(labels), max_train_examples, seed))
+    evals = {
+        name: encode(rows, name, lambda labels: eval_rows(len(labels), max_eval_examples, labels))
+        for name, rows in splits.evals.items()
+    }
+    data = TaskData(spec, train, evals)
+    log.info("task %s (%s, from the data): %d train rows, eval %s", spec.name, spec.kind, len(data.train),
+             {k: len(v) for k, v in data.evals.items()})  # fmt: skip
     return data

@@ -1,0 +1,123 @@
+"""Model outputs over a whole tokenised split, and labelled files from them: shared by training and ``predict``.
+
+>>> outputs = split_outputs(eval_step, params, frozen, data.evals["validation"], batch_size=64,
+...                         pad_to_multiple_of=8, sharding=sharding)
+>>> labelled = predict_file(eval_step, params, frozen, spec=spec, tokenizer=tok, input_file="new.csv",
+...                         output_file="new.predictions.csv", max_seq_length=128, batch_size=64,
+...                         pad_to_multiple_of=8, sharding=sharding)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jax_adalora.tasks import BatchIterator, EncodedSplit, TaskSpec, compute_metrics
+from jax_adalora.tasks.prediction_files import write_predictions
+from jax_adalora.tasks.text_dataset import read_unlabelled, tokenise
+
+
+def device_batch(batch: dict, sharding) -> dict:
+    """The global batch as arrays sharded over the ``data`` axis.
+
+    Every process iterates the same global batches (same seed); each contributes its contiguous slice
+    of rows, so on several hosts the result is the same global array as on one.
+    """
+    batch = dict(batch)
+    if "example_index" not in batch:
+        batch["example_index"] = np.arange(len(batch["example_mask"]), dtype=np.int32)
+    n_proc, pid = jax.process_count(), jax.process_index()
+    out = {}
+    for key, value in batch.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        rows = value.shape[0] // n_proc
+        out[key] = jax.make_array_from_process_local_data(sharding, value[pid * rows : (pid + 1) * rows], value.shape)
+    return out
+
+
+def host_local(tree):
+    """Arrays sharded over the devices of every process, whole on each process (numpy)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def split_outputs(
+    eval_step, params, frozen, split: EncodedSplit, *, batch_size: int, pad_to_multiple_of: int, sharding
+):
+    """The model's outputs for every row of ``split``, in split order, as float32 numpy arrays (a tuple of
+    arrays for QA). The last partial batch is padded and masked, never dropped."""
+    outputs = []
+    for batch in BatchIterator(split, batch_size, shuffle=False, seed=0, pad_to_multiple_of=pad_to_multiple_of):
+        out = host_local(eval_step(params, frozen, device_batch(batch, sharding)))
+        keep = np.asarray(batch["example_mask"]).astype(bool)
+        outputs.append(jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out))
+    if isinstance(outputs[0], tuple):
+        return tuple(np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0])))
+    return np.concatenate(outputs)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def predict_file(
+    eval_step,
+    params,
+    frozen,
+    *,
+    spec: TaskSpec,
+    tokenizer,
+    input_file: str | os.PathLike,
+    output_file: str | os.PathLike | None,
+    max_seq_length: int,
+    batch_size: int,
+    pad_to_multiple_of: int,
+    sharding,
+    cache_dir: str | os.PathLike | None = None,
+    write: bool = True,
+) -> dict:
+    """Labels the rows of ``input_file`` (the task's text columns; a label column is optional).
+
+    Writes ``output_file`` (the input's columns plus ``prediction`` and, for classification,
+    ``probability_<label>``) on the writing process when ``write``. Returns ``{"rows": N, "output_file":
+    path}`` plus the task's metrics when the file has labels.
+    """
+    if spec.kind not in ("classification", "regression"):
+        raise ValueError(
+            f"predictions from files are for classification and regression tasks; {spec.name} is {spec.kind}"
+        )
+    rows, columns, labels = read_unlabelled(input_file, spec, cache_dir=cache_dir)
+    split = tokenise(rows, tokenizer, columns, max_seq_length=max_seq_length, labels=None)
+    outputs = split_outputs(
+        eval_step,
+        params,
+        frozen,
+        split,
+        batch_size=batch_size,
+        pad_to_multiple_of=pad_to_multiple_of,
+        sharding=sharding,
+    )
+    result: dict = {"rows": len(rows)}
+    if spec.kind == "regression":
+        values = outputs.reshape(len(outputs), -1)[:, 0]
+        predicted, probabilities, for_metrics = [float(v) for v in values], None, values
+    else:
+        ids = np.argmax(outputs, axis=-1)
+        predicted, probabilities, for_metrics = [spec.label_names[i] for i in ids], softmax(outputs), ids
+    if labels is not None:
+        result.update(compute_metrics(spec.metrics, for_metrics, labels))
+    if write and output_file is not None:
+        path = write_predictions(
+            rows, output_file, predictions=predicted, probabilities=probabilities, label_names=spec.label_names
+        )
+        result["output_file"] = str(Path(path))
+    return result

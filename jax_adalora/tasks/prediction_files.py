@@ -1,0 +1,96 @@
+"""Predictions written beside the input rows, in the input's format (csv, tsv, json, jsonl or parquet).
+
+Each input row keeps its columns and gains ``prediction`` (a label name, or a number for regression) and,
+for classification, ``probability_<label>`` per class. The file is written whole to a temporary name in
+the same directory and renamed, so a reader never sees half a file; an existing file is never replaced.
+
+    >>> write_predictions(rows, "out.csv", predictions=["sports", "tech"], probabilities=probs,
+    ...                   label_names=("sports", "tech"))
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jax_adalora.tasks.text_dataset import FILE_TYPES
+
+PREDICTION_COLUMN = "prediction"
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> Path:
+    """The output path, checked before any work: a supported suffix, no existing file, a directory to write to."""
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise ValueError(f"{flag} {path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
+    if path.exists():
+        raise FileExistsError(f"{flag} {path} already exists; refusing to overwrite it: choose another path")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{flag} {path}: {path.parent} is not a directory")
+    return path
+
+
+def default_output_file(run_dir: Path, input_file: str | os.PathLike, stem_suffix: str = "predictions") -> Path:
+    """``RUN/<input stem>.predictions.<input suffix>``, numbered (``.predictions-2``) if that exists."""
+    source = Path(input_file)
+    candidate = run_dir / f"{source.stem}.{stem_suffix}{source.suffix}"
+    number = 2
+    while candidate.exists():
+        candidate = run_dir / f"{source.stem}.{stem_suffix}-{number}{source.suffix}"
+        number += 1
+    return candidate
+
+
+def with_predictions(rows, predictions: Sequence, probabilities: np.ndarray | None, label_names: Sequence[str]):
+    """The rows as a pandas frame, with the prediction columns appended."""
+    frame = rows.to_pandas()
+    taken = set(frame.columns)
+    column = PREDICTION_COLUMN if PREDICTION_COLUMN not in taken else f"{PREDICTION_COLUMN}_jax_adalora"
+    frame[column] = list(predictions)
+    if probabilities is not None:
+        for index, name in enumerate(label_names):
+            frame[f"probability_{name}"] = np.asarray(probabilities[:, index], np.float64)
+    return frame
+
+
+def write_predictions(
+    rows,
+    path: str | os.PathLike,
+    *,
+    predictions: Sequence,
+    probabilities: np.ndarray | None = None,
+    label_names: Sequence[str] = (),
+) -> Path:
+    """Writes ``rows`` (a ``datasets.Dataset``) with their predictions to ``path``, atomically.
+
+    Args:
+      rows: the input rows, in order.
+      path: the output; its suffix picks the format.
+      predictions: one label name (classification) or number (regression) per row.
+      probabilities: (N, num_labels) class probabilities, or None.
+      label_names: the class names, in the probabilities' column order.
+    """
+    path = check_output_file(path)
+    frame = with_predictions(rows, predictions, probabilities, label_names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            frame.to_csv(staging, sep="," if suffix == ".csv" else "\t", index=False)
+        elif suffix == ".jsonl":
+            frame.to_json(staging, orient="records", lines=True, force_ascii=False)
+        elif suffix == ".json":
+            frame.to_json(staging, orient="records", force_ascii=False, indent=1)
+        else:
+            frame.to_parquet(staging, index=False)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
