@@ -49,7 +49,7 @@ class Checkpointer:
           NonFiniteState: a parameter holds NaN or inf (nothing is written: a diverged state must never
             become the checkpoint a resume starts from).
         """
-        host_state = jax.tree.map(np.asarray, state)
+        host_state = jax.device_get(state)  # one explicit copy to the host
         bad = non_finite_leaves(host_state.params if hasattr(host_state, "params") else host_state)
         if bad:
             raise NonFiniteState(f"parameters {', '.join(bad[:3])} hold NaN or inf at step {step}")
@@ -64,7 +64,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to resume from")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.tree.map(np.asarray, like_state))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(like_state))
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),

@@ -55,7 +55,7 @@ def split_outputs(
     arrays for QA). The last partial batch is padded and masked, never dropped."""
     outputs = []
     for batch in BatchIterator(split, batch_size, shuffle=False, seed=0, pad_to_multiple_of=pad_to_multiple_of):
-        out = host_local(eval_step(params, frozen, device_batch(batch, sharding)))
+        out = jax.device_get(host_local(eval_step(params, frozen, device_batch(batch, sharding))))
         keep = np.asarray(batch["example_mask"]).astype(bool)
         outputs.append(jax.tree.map(lambda a, keep=keep: np.asarray(a, np.float32)[keep], out))
     if isinstance(outputs[0], tuple):
@@ -84,8 +84,9 @@ def predict_file(
     sharding,
     cache_dir: str | os.PathLike | None = None,
     write: bool = True,
+    text_columns: tuple[str, ...] = (),
 ) -> dict:
-    """Labels the rows of ``input_file`` (the task's text columns; a label column is optional).
+    """Labels the rows of ``input_file`` (the task's text columns or ``text_columns``; labels are optional).
 
     Writes ``output_file`` (the input's columns plus ``prediction`` and, for classification,
     ``probability_<label>``) on the writing process when ``write``. Returns ``{"rows": N, "output_file":
@@ -95,7 +96,7 @@ def predict_file(
         raise ValueError(
             f"predictions from files are for classification and regression tasks; {spec.name} is {spec.kind}"
         )
-    rows, columns, labels = read_unlabelled(input_file, spec, cache_dir=cache_dir)
+    rows, columns, labels = read_unlabelled(input_file, spec, cache_dir=cache_dir, text_columns=text_columns)
     split = tokenise(rows, tokenizer, columns, max_seq_length=max_seq_length, labels=None)
     outputs = split_outputs(
         eval_step,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-file", required=True, help="rows to label: the task's text column(s); labels optional")
     parser.add_argument(
         "--output-file", default=None, help="where to write (default: RUN/<input stem>.predictions.<suffix>)"
+    )
+    parser.add_argument(
+        "--text-columns",
+        default="",
+        help="the input's one or two text columns, comma-separated (default: the task's, else sentence1,sentence2, "
+        "sentence or text)",
     )
     parser.add_argument("--adapters", choices=tuple(ADAPTER_FILES), default="best", help="which adapters to use")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default: 64)")
@@ -56,7 +63,15 @@ def load_run(run_dir: Path):
     return run, spec
 
 
-def predict(run_dir: str, input_file: str, output_file: str | None, *, adapters: str = "best", batch_size: int = 64):
+def predict(
+    run_dir: str,
+    input_file: str,
+    output_file: str | None,
+    *,
+    adapters: str = "best",
+    batch_size: int = 64,
+    text_columns: tuple[str, ...] = (),
+):
     """Labels ``input_file`` with the run in ``run_dir``; returns the summary printed by the command."""
     import jax
     import jax.numpy as jnp
@@ -102,6 +117,7 @@ def predict(run_dir: str, input_file: str, output_file: str | None, *, adapters:
         pad_to_multiple_of=t.pad_to_multiple_of,
         sharding=NamedSharding(mesh, PartitionSpec("data")),
         cache_dir=t.datasets_cache_dir or None,
+        text_columns=text_columns,
     )
     return {"task": spec.name, "adapters": str(adapter_file), **summary}
 
@@ -112,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    # The base checkpoint's missing head is expected here: the run's trained head comes from its adapter file.
+    logging.getLogger("jax_adalora.models.pretrained").setLevel(logging.ERROR)
     try:
         summary = predict(
-            args.run_dir, args.input_file, args.output_file, adapters=args.adapters, batch_size=args.batch_size
+            args.run_dir,
+            args.input_file,
+            args.output_file,
+            adapters=args.adapters,
+            batch_size=args.batch_size,
+            text_columns=tuple(c.strip() for c in args.text_columns.split(",") if c.strip()),
         )
     except Exception as err:
         if args.debug:

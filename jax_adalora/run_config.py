@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
-from jax_adalora.tasks.text_dataset import TASK_TYPES
+from jax_adalora.tasks.text_dataset import TASK_TYPES, data_name
 
 DTYPES = ("float32", "bfloat16")
 
@@ -181,7 +181,7 @@ class TrainConfig:
             return self.task
         if self.dataset:
             return self.dataset.rsplit("/", 1)[-1] + (f"-{self.dataset_config}" if self.dataset_config else "")
-        return Path(self.train_file).stem
+        return data_name(self.train_file)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,6 +65,10 @@ class TrainingDiverged(RuntimeError):
     """The loss, the gradient or the parameters became NaN or infinite; the last good checkpoint is kept."""
 
 
+# The transfer guard around each training step's dispatch; the tests set "disallow", so that an implicit copy
+# between host and device (a hidden synchronisation) in the step loop fails them.
+STEP_TRANSFER_GUARD = "allow"
+
 # Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
@@ -244,7 +248,10 @@ def _train_loop(
 
     eval_every = t.eval_every or train_iter.steps_per_epoch
     checkpoint_every = t.checkpoint_every or eval_every
-    base_key = jax.random.key(t.seed)
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    # Placed from host data: on several processes, device_put may not move an array that is already on a device.
+    key_data = jax.device_get(jax.random.key_data(jax.random.key(t.seed)))
+    base_key = jax.random.wrap_key_data(jax.device_put(key_data, replicated))
     start_step = int(state.step)
     # purge_step: TensorBoard hides the events a killed run logged after the checkpoint it resumes from.
     tb = _tensorboard(out_dir / "tb", purge_step=start_step + 1 if resuming else None)
@@ -258,23 +265,38 @@ def _train_loop(
     started = last_checkpoint = time.time()
     step = start_step
     loss_window: list[float] = list(progress.get("loss_window", []))
-    while step < total_steps:
-        batch = train_iter.next_batch()
-        state, step_metrics = train_step(
-            state, frozen, device_batch(batch, batch_sharding), jax.random.fold_in(base_key, step)
-        )
-        step += 1
-        loss = float(step_metrics["loss"])
-        grad_norm = float(step_metrics["grad_norm"])
+    pending: list[tuple[int, dict]] = []  # a step whose loss and gradient norm are still on the device
+
+    def settle() -> float:
+        """Reads the pending step's loss and gradient norm (one transfer), checks them, returns the norm."""
+        done, metrics = pending.pop()
+        loss, grad_norm = (float(v) for v in jax.device_get((metrics["loss"], metrics["grad_norm"])))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             bar.close()
             raise TrainingDiverged(
-                _diverged_message(f"the loss ({loss}) or gradient norm ({grad_norm})", step, checkpointer)
+                _diverged_message(f"the loss ({loss}) or gradient norm ({grad_norm})", done, checkpointer)
             )
         loss_window.append(loss)
-        if step % t.log_every == 0 or step == total_steps:
+        return grad_norm
+
+    while step < total_steps:
+        batch = train_iter.next_batch()
+        with jax.transfer_guard(STEP_TRANSFER_GUARD):  # every copy to the device below is explicit
+            step_key = jax.random.fold_in(base_key, jax.device_put(np.uint32(step), replicated))
+            state, step_metrics = train_step(state, frozen, device_batch(batch, batch_sharding), step_key)
+        step += 1
+        # The host never waits for the step it has just dispatched: it reads the step before (finished by
+        # now) while this one runs, and this one's numbers only at a step that logs, evaluates or saves.
+        if pending:
+            settle()
+        pending.append((step, step_metrics))
+        stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
+        logs = step % t.log_every == 0 or step == total_steps
+        if logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
+            grad_norm = settle()
+        if logs:
             alloc = find_allocator_state(state.opt_state)
-            budget = int(sum(int(np.sum(np.asarray(k))) for k in alloc.keep.values()))
+            budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
             mean_loss = float(np.mean(loss_window))
             loss_window = []
             bar.set_postfix(loss=f"{mean_loss:.4f}", budget=budget)
@@ -294,8 +316,7 @@ def _train_loop(
             if progress["best"] is None or score > progress["best"]:
                 progress["best"], progress["best_step"] = score, step
                 _save_adapters(out_dir / "best_adapters.safetensors", functional, state)
-        stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
-        overdue = step % t.log_every == 0 and _minutes_since(last_checkpoint) >= t.checkpoint_minutes > 0
+        overdue = logs and _minutes_since(last_checkpoint) >= t.checkpoint_minutes > 0
         if step % checkpoint_every == 0 or step == total_steps or stopping or overdue:
             progress["iterator"] = train_iter.state()
             progress["loss_window"] = list(loss_window)  # so that a resumed run logs the same mean losses
@@ -407,7 +428,7 @@ def _bytes_needed(run: RunConfig, state, frozen) -> int:
     """Disk space the run's outputs need: ``keep + 1`` checkpoints (orbax writes the next before it drops
     the oldest), two adapter files, the merged model and PEFT adapter with ``--export``, and 16 MB for
     metrics, events and the heatmap."""
-    nbytes = lambda tree: sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(tree))
+    nbytes = lambda tree: sum(int(x.nbytes) for x in jax.tree.leaves(tree))  # sizes only: nothing is copied
     state_bytes, param_bytes = nbytes(state), nbytes(state.params)
     needed = (run.train.keep_checkpoints + 1) * state_bytes + 2 * param_bytes + 16 * 2**20
     if run.train.export:

@@ -556,6 +556,15 @@ def torch_rows(hf_dir: str, config: EncoderConfig, args, batch_np: dict, device)
     return rows, {"reference_logits": reference_logits, "trainable_tensors": len(trainable)}
 
 
+def jax_device_peak_mb() -> float | None:
+    """The JAX device's peak of bytes in use over the whole process (every JAX row and its compilation), from
+    ``Device.memory_stats()``; None where the backend keeps no statistics (CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
 def measure_peak(row: Row, i: int, device) -> float:
     """Peak memory growth (MB) during one call of ``row``."""
     import torch
@@ -742,7 +751,8 @@ def main() -> None:
             "torch_trainable_tensors": torch_info["trainable_tensors"],
             "alone_rows": "task loss only (no regulariser), dropout on",
             "peak_mb_method": "CPU: RSS growth during one untimed call after malloc_trim (approximate); "
-            "GPU: torch.cuda.max_memory_allocated delta, JAX: XLA temp buffers",
+            "GPU: torch.cuda.max_memory_allocated delta, JAX: XLA temp buffers per row and the device's "
+            "peak bytes in use over the process (jax_device_peak_mb)",
             "analytic_flops_per_step": flops,  # jax: the last layer at the first position alone
             "matmul_rate": rates,
         },
@@ -750,6 +760,7 @@ def main() -> None:
         "targets": targets,
         "ratios": ratios,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "jax_device_peak_mb": jax_device_peak_mb(),
         "contention_warning": contention_warning(machine["load_average_at_start"][0], os.cpu_count()),
     }
     if args.out:

@@ -76,7 +76,7 @@ def test_string_label_csv_infers_a_five_class_task(topic_run):
     task = json.loads((out / "config.json").read_text())["task"]
     assert task["kind"] == "classification" and task["label_names"] == names and task["text_keys"] == ["text"]
     assert set(final["final"]) == {"step", "accuracy", "macro_f1"}
-    assert final["task"] == "train"
+    assert final["task"] == root.name  # train.csv names only the split: the folder names the data
     merged = json.loads((out / "merged" / "config.json").read_text())
     assert merged["id2label"] == {str(i): n for i, n in enumerate(names)}
     assert merged["label2id"] == {n: i for i, n in enumerate(names)}
@@ -115,6 +115,19 @@ def test_predict_reproduces_the_runs_dev_accuracy(topic_run, capsys):
 def _history(out):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{"step": line["step"], **line["eval"]} for line in lines if "eval" in line]
+
+
+def test_predict_finds_the_text_under_another_usual_name(topic_run, tmp_path, capsys):
+    """The run read 'text'; a file with 'sentence' (or a column named with --text-columns) works as well."""
+    root, out, _ = topic_run
+    frame = pd.read_csv(root / "dev.csv")
+    frame.rename(columns={"text": "sentence"}).to_csv(tmp_path / "a.csv", index=False)
+    frame.rename(columns={"text": "body"}).drop(columns="label").to_parquet(tmp_path / "b.parquet")
+    for name, extra in (("a.csv", []), ("b.parquet", ["--text-columns", "body"])):
+        assert predict_main(["--run-dir", str(out), "--input-file", str(tmp_path / name), *extra]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["rows"] == 15 and ("accuracy" in summary) == (name == "a.csv")
+    assert len(pd.read_parquet(out / "b.predictions.parquet")) == 15
 
 
 def test_predict_errors_name_the_file(topic_run, tmp_path, capsys):

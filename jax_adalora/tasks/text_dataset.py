@@ -64,6 +64,14 @@ class Columns:
     label: str
 
 
+def data_name(train_file: str | os.PathLike) -> str:
+    """A name for the data in a train file: its stem (``topics`` for ``topics.csv``), or its folder's name
+    when the stem only names the split (``movies`` for ``movies/train.csv``)."""
+    path = Path(train_file)
+    generic = path.stem.lower() in ("train", "training", "train_data", "train-data")
+    return path.resolve().parent.name if generic and path.resolve().parent.name else path.stem
+
+
 def local_files_hint() -> str:
     return (
         "Pass local files instead: --train-file and --validation-file (csv, tsv, json, jsonl or parquet with a "
@@ -424,7 +432,7 @@ def read_text_splits(
         train = read_file(train_file, cache_dir=cache_dir)
         evals = {"validation": read_file(validation_file, cache_dir=cache_dir)}
         origins = {"train": str(train_file), "validation": str(validation_file)}
-        name = name or Path(train_file).stem
+        name = name or data_name(train_file)
     columns = find_columns(train, origins["train"], text_columns=text_columns, label_column=label_column)
     for split, data in evals.items():
         find_columns(data, origins[split], text_columns=columns.text, label_column=columns.label)
@@ -434,19 +442,33 @@ def read_text_splits(
     return TextSplits(spec, columns, train, evals, origins)
 
 
-def read_unlabelled(path: str | os.PathLike, spec: TaskSpec, *, cache_dir=None, label_column: str = ""):
-    """A file to predict on: its rows (``datasets.Dataset``) and, when it has the label column, its label ids.
+def read_unlabelled(
+    path: str | os.PathLike, spec: TaskSpec, *, cache_dir=None, text_columns: Sequence[str] = (), label_column: str = ""
+):
+    """A file to predict on: its rows (``datasets.Dataset``), its columns and, when it has the label column, its
+    label ids (checked against the task's label list).
 
-    The text columns are the task's; labels are optional (checked against the task's label list if present).
+    The text columns are ``text_columns``, else the task's own (``sentence`` for ``movie-sentiment``), else,
+    when the file lacks those, the usual ones (``sentence1`` + ``sentence2``, ``sentence``, ``text``) if they are
+    as many as the task reads.
     """
     rows = read_file(path, cache_dir=cache_dir)
-    columns = Columns(tuple(spec.text_keys), label_column or DEFAULT_LABEL_COLUMN)
-    missing = [c for c in columns.text if c not in rows.column_names]
+    label = label_column or DEFAULT_LABEL_COLUMN
+    wanted = tuple(text_columns) or tuple(spec.text_keys)
+    missing = [c for c in wanted if c not in rows.column_names]
+    if missing and not text_columns:
+        try:
+            inferred = find_columns(rows, str(path), label_column=label).text
+        except TaskDataError:
+            inferred = ()
+        if len(inferred) == len(wanted):
+            wanted, missing = inferred, []
     if missing:
         raise TaskDataError(
-            f"{path}: no column(s) {', '.join(map(repr, missing))}, which the run's task {spec.name} reads; "
-            f"columns: {', '.join(rows.column_names)}"
+            f"{path}: no column(s) {', '.join(map(repr, missing))}, the text the run's task {spec.name} reads "
+            f"(or pass --text-columns); columns: {', '.join(rows.column_names)}"
         )
+    columns = Columns(wanted, label)
     check_texts(rows, columns, str(path))
     labels = label_ids(rows, columns.label, str(path), spec) if columns.label in rows.column_names else None
     return rows, columns, labels
