@@ -21,8 +21,18 @@ SESSION_COMPILATION_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     SESSION_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jax_adalora_tests_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = SESSION_COMPILATION_CACHE
-    # Every program, not only those over JAX's 1 s default: a subprocess compiles hundreds of small ones.
+    # Subprocesses cache every program, not only those over JAX's 1 s default: loading the model compiles hundreds
+    # of small ones, the same in every subprocess.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_configure(config):
+    """This process keeps its small programs in memory only: writing each of the thousands that op-by-op tests
+    compile once would cost more than it saves."""
+    if SESSION_COMPILATION_CACHE is not None:
+        import jax
+
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def pytest_unconfigure(config):
