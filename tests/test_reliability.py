@@ -255,7 +255,8 @@ def test_a_disk_that_fills_during_training_leaves_no_half_run(assets, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / str(step)))
 
     monkeypatch.setattr(Checkpointer, "save", no_space)
-    _one_error(_flags(assets, out), capsys, 1, f"{out / 'checkpoints' / '8'}: no space left on device")
+    flags = _flags(assets, out, "--epochs", "1", "--checkpoint-every", "2")  # the stop-and-resume test's programs
+    _one_error(flags, capsys, 1, f"{out / 'checkpoints' / '2'}: no space left on device")
     assert not out.exists()  # nothing to resume from: the failed run's files are gone
 
 
