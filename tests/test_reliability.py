@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train import _flags, _run_cli
+from test_train import _flags, _main_in_process, _run_cli
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
 from jax_adalora import checkpoint as checkpoint_module
@@ -40,14 +40,9 @@ def assets(tmp_path_factory):
 
 def _cli(argv, capsys) -> tuple[int, list[str], str]:
     """Runs the command in-process: (exit status, stderr's ``error:`` lines, stdout)."""
-    try:
-        status = main([str(a) for a in argv])
-    except SystemExit as exit_info:  # argparse
-        status = exit_info.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    errors = [line for line in captured.err.splitlines() if "error:" in line]
-    return status, errors, captured.out
+    status, err, out = _main_in_process(argv, capsys)
+    assert "Traceback" not in err
+    return status, [line for line in err.splitlines() if "error:" in line], out
 
 
 def _one_error(argv, capsys, status: int, *needles: str) -> str:
@@ -260,7 +255,8 @@ def test_a_disk_that_fills_during_training_leaves_no_half_run(assets, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / str(step)))
 
     monkeypatch.setattr(Checkpointer, "save", no_space)
-    _one_error(_flags(assets, out), capsys, 1, f"{out / 'checkpoints' / '8'}: no space left on device")
+    flags = _flags(assets, out, "--epochs", "1", "--checkpoint-every", "2")  # the stop-and-resume test's programs
+    _one_error(flags, capsys, 1, f"{out / 'checkpoints' / '2'}: no space left on device")
     assert not out.exists()  # nothing to resume from: the failed run's files are gone
 
 
@@ -340,13 +336,12 @@ def test_a_run_that_diverges_stops_with_one_line_and_keeps_finite_checkpoints(as
 
 
 @pytest.mark.slow
-def test_a_default_style_run_killed_between_evaluations_resumes_exactly(assets, tmp_path):
+def test_a_default_style_run_killed_between_evaluations_resumes_exactly(assets, tmp_path, capsys):
     """No --checkpoint-every: checkpoints come from the time cadence (--checkpoint-minutes), between the
     evaluations at the end of each 8-step epoch. Killed after one of them, the resumed run ends with the same
     adapters and the same metrics.jsonl, byte for byte, no row twice."""
     common = ["--score", "sensitivity", "--no-export", "--epochs", "3", "--checkpoint-minutes", "0.001"]
-    straight = _run_cli(_flags(assets, tmp_path / "straight", *common), stdout=subprocess.DEVNULL)
-    assert straight.wait(timeout=600) == 0
+    assert _cli(_flags(assets, tmp_path / "straight", *common), capsys)[0] == 0  # in this process: not killed
 
     killed = tmp_path / "killed"
     victim = _run_cli(_flags(assets, killed, *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -361,9 +356,8 @@ def test_a_default_style_run_killed_between_evaluations_resumes_exactly(assets, 
     victim.wait()
     assert not (killed / "final_metrics.json").exists(), "the run finished before it could be killed"
 
-    resumed = _run_cli([*_flags(assets, killed, *common), "--resume"], stdout=subprocess.PIPE, text=True)
-    stdout, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0 and "resumed from step" in stdout
+    status, errors, stdout = _cli([*_flags(assets, killed, *common), "--resume"], capsys)
+    assert status == 0 and not errors and "resumed from step" in stdout
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     keys = [(row["step"], "eval" in row) for row in rows]
     assert len(keys) == len(set(keys))

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -7,8 +8,6 @@ from jax_adalora import runtime
 
 
 def _in_fresh_process(code: str, **env) -> str:
-    import os
-
     out = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
     )
@@ -132,8 +131,9 @@ def test_the_compilation_cache_is_written_by_one_process_and_read_by_the_next(tm
         "print(hits.count('/jax/compilation_cache/cache_hits'))\n"
     )
     directory = tmp_path / "cache" / "nested"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # not the session's cache
     run = lambda: subprocess.run(
-        [sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(directory)], capture_output=True, text=True, check=True, env=env
     ).stdout.strip()
     assert run() == "0"
     written = sorted(p.name for p in directory.iterdir())
@@ -150,7 +150,8 @@ def test_the_compilation_cache_refuses_a_file_or_a_second_directory(tmp_path):
     import jax
 
     saved = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    try:  # nothing compiles in between, so JAX's cache is never initialised in this process
+    try:  # nothing compiles in between, so no program is written to these directories
+        jax.config.update("jax_compilation_cache_dir", None)  # as in a process without the tests' session cache
         assert runtime.enable_compilation_cache(tmp_path / "a") == (tmp_path / "a").resolve()
         runtime.enable_compilation_cache(tmp_path / "a")  # the same directory again is fine
         with pytest.raises(ValueError, match="already caches in"):

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
 from jax_adalora.run_config import parse_args
-from jax_adalora.train import train_and_evaluate
+from jax_adalora.train import main, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +43,22 @@ def _run_cli(args, env_extra=None, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "jax_adalora.train", *args], env=env, cwd=REPO, **kwargs)
 
 
+def _main_in_process(argv, capsys) -> tuple[int, str, str]:
+    """The command in this process (``train.main``, argparse's exit included): (exit status, stderr, stdout)."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_info:  # argparse
+        status = exit_info.code
+    captured = capsys.readouterr()
+    return status, captured.err, captured.out
+
+
 def test_end_to_end_writes_every_output(assets, tmp_path):
     out = tmp_path / "run"
-    final = train_and_evaluate(parse_args(_flags(assets, out, "--score", "gsnr", "--stats", "per-example")))
+    # One epoch: the programs of test_one_and_eight_devices_agree's run on 8 devices, compiled once for both.
+    final = train_and_evaluate(
+        parse_args(_flags(assets, out, "--score", "gsnr", "--stats", "per-example", "--epochs", "1"))
+    )
     for name in (
         "config.json", "metrics.jsonl", "final_metrics.json", "rank_pattern.json", "rank_heatmap.png",
         "best_adapters.safetensors", "final_adapters.safetensors",
@@ -95,8 +108,7 @@ def test_training_in_microbatches_gives_the_whole_batch_run(assets, tmp_path):
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
     common = ["--score", "gsnr", "--checkpoint-every", "2", "--no-export", "--epochs", "3"]
-    straight = _run_cli(_flags(assets, tmp_path / "straight", *common))
-    assert straight.wait(timeout=600) == 0
+    train_and_evaluate(parse_args(_flags(assets, tmp_path / "straight", *common)))  # in this process: not killed
 
     killed_dir = tmp_path / "killed"
     victim = _run_cli(_flags(assets, killed_dir, *common), stdout=subprocess.DEVNULL)
@@ -111,8 +123,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
     victim.wait()
     assert not (killed_dir / "final_metrics.json").exists(), "the run finished before it could be killed"
 
-    resumed = _run_cli([*_flags(assets, killed_dir, *common), "--resume"])
-    assert resumed.wait(timeout=600) == 0
+    train_and_evaluate(parse_args([*_flags(assets, killed_dir, *common), "--resume"]))
     a = json.loads((tmp_path / "straight" / "final_metrics.json").read_text())
     b = json.loads((killed_dir / "final_metrics.json").read_text())
     assert a["final"] == pytest.approx(b["final"], rel=1e-5)
@@ -128,12 +139,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(assets, tmp_path):
 @pytest.mark.slow
 def test_one_and_eight_devices_agree(assets, tmp_path):
     common = ["--score", "gsnr", "--no-export", "--epochs", "1"]
-    for n in (1, 8):
-        proc = _run_cli(
-            _flags(assets, tmp_path / f"dev{n}", *common),
-            env_extra={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"},
-        )
-        assert proc.wait(timeout=600) == 0
+    one = _run_cli(
+        _flags(assets, tmp_path / "dev1", *common), env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    )
+    train_and_evaluate(parse_args(_flags(assets, tmp_path / "dev8", *common)))  # this session's 8 CPU devices
+    assert one.wait(timeout=600) == 0
     one = load_file(tmp_path / "dev1" / "final_adapters.safetensors")
     eight = load_file(tmp_path / "dev8" / "final_adapters.safetensors")
     # Eight devices sum the gradient in another order; AdamW divides each gradient by its own running RMS, so
@@ -148,22 +158,18 @@ def test_one_and_eight_devices_agree(assets, tmp_path):
     assert m1["final"] == pytest.approx(m8["final"], rel=1e-4)
 
 
-def test_bad_flags_give_one_clear_line_and_write_nothing(assets, tmp_path):
+def test_bad_flags_give_one_clear_line_and_write_nothing(assets, tmp_path, capsys):
     out = tmp_path / "never"
-    proc = _run_cli(_flags(assets, out, "--r-target", "9"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
+    status, err, _ = _main_in_process(_flags(assets, out, "--r-target", "9"), capsys)
+    assert status == 2 and "Traceback" not in err
     assert "--r-target" in err.strip().splitlines()[-1] and "r_init" in err
     assert not out.exists()
 
-    proc = _run_cli(
-        _flags(assets, out, "--score", "magnitude"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "--score" in err and not out.exists()
+    status, err, _ = _main_in_process(_flags(assets, out, "--score", "magnitude"), capsys)
+    assert status == 2 and "--score" in err and "Traceback" not in err and not out.exists()
 
 
-def test_missing_data_file_names_the_file_and_writes_nothing(assets, tmp_path):
+def test_missing_data_file_names_the_file_and_writes_nothing(assets, tmp_path, capsys):
     model_dir, _ = assets
     out = tmp_path / "never"
     missing = tmp_path / "nope" / "train.json"
@@ -171,9 +177,8 @@ def test_missing_data_file_names_the_file_and_writes_nothing(assets, tmp_path):
     flags = [f for f in flags]
     i = flags.index("--data-dir")
     del flags[i : i + 2]
-    proc = _run_cli(flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 2
+    status, err, _ = _main_in_process(flags, capsys)
+    assert status == 2 and "Traceback" not in err
     assert str(missing) in err
     assert not out.exists()
 
