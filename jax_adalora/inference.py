@@ -17,6 +17,7 @@ import numpy as np
 
 from jax_adalora.tasks import BatchIterator, EncodedSplit, TaskSpec, compute_metrics
 from jax_adalora.tasks.prediction_files import write_predictions
+from jax_adalora.tasks.task_data import predictions_from_outputs
 from jax_adalora.tasks.text_dataset import read_unlabelled, tokenise
 
 
@@ -63,12 +64,6 @@ def split_outputs(
     return np.concatenate(outputs)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def predict_file(
     eval_step,
     params,
@@ -108,14 +103,15 @@ def predict_file(
         sharding=sharding,
     )
     result: dict = {"rows": len(rows)}
+    predictions = predictions_from_outputs(spec.kind, outputs)
     if spec.kind == "regression":
-        values = outputs.reshape(len(outputs), -1)[:, 0]
-        predicted, probabilities, for_metrics = [float(v) for v in values], None, values
+        predicted, probabilities = [float(v) for v in predictions], None
     else:
-        ids = np.argmax(outputs, axis=-1)
-        predicted, probabilities, for_metrics = [spec.label_names[i] for i in ids], softmax(outputs), ids
+        from scipy.special import softmax
+
+        predicted, probabilities = [spec.label_names[i] for i in predictions], softmax(outputs, axis=-1)
     if labels is not None:
-        result.update(compute_metrics(spec.metrics, for_metrics, labels))
+        result.update(compute_metrics(spec.metrics, predictions, labels))
     if write and output_file is not None:
         path = write_predictions(
             rows, output_file, predictions=predicted, probabilities=probabilities, label_names=spec.label_names

@@ -76,7 +76,7 @@ def predict(
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from jax_adalora.adapter_files import load_adapters
     from jax_adalora.adapters import inject_adapters, trainable_filter
@@ -85,6 +85,7 @@ def predict(
     from jax_adalora.step import FunctionalModel, make_eval_step
     from jax_adalora.tasks.prediction_files import check_output_file, default_output_file
     from jax_adalora.tasks.sources import require_file
+    from jax_adalora.train import data_mesh
 
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: expected >= 1")
@@ -102,7 +103,7 @@ def predict(
     inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
     load_adapters(adapter_file, model, include=trainable_filter(t.head_pattern))
     functional = FunctionalModel(model, t.head_pattern)
-    mesh = Mesh(jax.devices(), ("data",))
+    mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     summary = predict_file(
         make_eval_step(functional),

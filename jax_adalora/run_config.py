@@ -179,9 +179,7 @@ class TrainConfig:
         """The task's name, or for an inferred task the dataset's name or the train file's stem."""
         if self.task:
             return self.task
-        if self.dataset:
-            return self.dataset.rsplit("/", 1)[-1] + (f"-{self.dataset_config}" if self.dataset_config else "")
-        return data_name(self.train_file)
+        return data_name(self.train_file, self.dataset, self.dataset_config)
 
 
 @dataclasses.dataclass(frozen=True)

