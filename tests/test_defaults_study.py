@@ -53,6 +53,14 @@ def test_grid_holds_every_combination_once_defaults_first():
     assert (DEFAULT_RUN["alpha"], DEFAULT_RUN["orth_reg_weight"]) == (study.CURRENT.alpha, study.CURRENT.gamma)
 
 
+def test_default_grid_crosses_the_choices_with_the_default_score_only():
+    args = study.parse_args([])
+    grid = study.settings_grid(args.scores)
+    assert len(grid) == 8 and {s.score for s in grid} == {"sensitivity"}
+    assert grid[:2] == [study.CURRENT, study.PEFT_COMMON]
+    assert len(study.plan(args.tasks, args.seeds, grid)) == 72
+
+
 def test_plan_finishes_one_task_and_seed_across_the_grid_first():
     runs = study.plan(["subjectivity", "movie-rating"], [0, 1], study.settings_grid())
     assert len(runs) == 64
@@ -63,6 +71,7 @@ def test_plan_finishes_one_task_and_seed_across_the_grid_first():
 
 def test_study_resumes_from_result_files_and_reports_paired_effects(tmp_path):
     argv = ["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--seeds", "0", "1", "2"]
+    argv += ["--scores", "sensitivity", "gsnr"]
     args = study.parse_args([*argv, "--tasks", "subjectivity", "--max-runs", "5"])
     lines = []
     first = FakeTraining()

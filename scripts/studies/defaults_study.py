@@ -4,35 +4,29 @@ Issue 22: PEFT's AdaLoRA as its users commonly run it (lora_alpha 32, no task ty
 regulariser, only the classifier trained) beat our defaults (α 16, γ 0.1, pooler + classifier) by 4-7
 points on one seed. This study measures each choice, paired by seed, next to the choice of score.
 
-Grid (``settings_grid()``, 16 settings): adapter scale α ∈ {16, 32} (α / r_init ∈ {1, 2} at r_init 16),
-orthogonal regularisation γ ∈ {0.1, 0}, trained head ∈ {pooler + classifier (the training command's
-default ``--head-pattern``), classifier only}, ``--score`` ∈ {sensitivity, gsnr}; on ``subjectivity``,
-``movie-sentiment`` and ``movie-rating``; seeds 0, 1, 2 (the seed sets the training subset, the head and
-adapter init, the data order and dropout). Everything else is the built-in run (``DEFAULT_RUN``: MiniLM-L6,
-r 16 → 8 on the six matrices of each layer, AdamW lr 1e-3, 48 tokens, batch 32, 1 epoch) on a seeded
-training subset (``--max-train-examples``, default 3,072: 96 steps, a third of the built-in run's 297), the
-AdaLoRA schedule scaled to the run (t_init 10 %, t_final 20 % of the steps, as the built-in run's 30 / 60;
-ΔT 2, as ``score_study.py``, so that the budget decreases in ~33 re-allocations, the built-in run's 41), one
-evaluation on the whole dev split at the end. The learning rate stays the built-in run's: the study is about
-its defaults, and a short run favours whatever trains faster (α 32 doubles the adapters' effective step), so
-the chosen defaults must be checked at full length (issue 22's five-seed built-in run).
+Grid (``settings_grid()``): adapter scale α ∈ {16, 32} (α / r_init ∈ {1, 2} at r_init 16), orthogonal
+regularisation γ ∈ {0.1, 0}, trained head ∈ {pooler + classifier (the training command's default
+``--head-pattern``), classifier only}: 8 settings with the training command's default score, sensitivity
+(``--scores sensitivity gsnr`` crosses them with GSNR too, 16 settings); on ``subjectivity``,
+``movie-sentiment`` and ``movie-rating``; seeds 0, 1, 2 (the seed sets the training subset, the head and adapter
+init, the data order and dropout). Everything else is the built-in run (``DEFAULT_RUN``: MiniLM-L6, r 16 → 8 on
+the six matrices of each layer, AdamW lr 1e-3, 48 tokens, batch 32, 1 epoch) on a seeded training subset
+(``--max-train-examples``, default 3,072: 96 steps, a third of the built-in run's 297), the AdaLoRA schedule
+scaled to the run (t_init 10 %, t_final 20 % of the steps, as the built-in run's 30 / 60; ΔT 2, as
+``score_study.py``, so that the budget decreases in ~33 re-allocations, the built-in run's 41), one evaluation
+on the whole dev split at the end. The learning rate stays the built-in run's: the study is about its defaults,
+and a short run favours whatever trains faster (α 32 doubles the adapters' effective step), so the chosen
+defaults must be checked at full length (issue 22's five-seed built-in run). The score is not crossed by
+default: how much the score matters is the score study's question (``score_study.py``), and crossing it
+doubles the cost.
 
-Budget: "about 4 CPU-hours" read as about 4 hours of the 2-core machine, ~28,800 CPU-seconds (a run's CPU
-time is what contention does not change; on the shared machine the wall time is 2-3 times the free one).
-Measured on ``subjectivity``, seed 0, 2026-12-01 20:04-20:50, load average 6-10 on the 2 cores: at 2,048
-examples (64 steps) the current defaults took 250 CPU-s (771 s wall, first compile) and PEFT's common settings
-205 CPU-s (494 s wall). With ~2.2 CPU-s a step (the built-in run: 297 steps in 4.5-7 min on 2 free cores)
-that leaves ~80 CPU-s per run to load, compile and evaluate; seeds 1 and 2 hit the persistent compilation
-cache (``--cache-dir``); per-example statistics (gsnr) cost ~1.3x a step and more to compile (score study).
-At N steps: sensitivity ≈ 80 + 2.2 N CPU-s (50 + 2.2 N cached), gsnr ≈ 130 + 2.9 N (70 + 2.9 N cached);
-144 runs, 1/3 uncached: ≈ 12,400 + 367 N CPU-s. 4 hours allow N ≈ 45, i.e. 1,536 examples (48 steps), and
-that is too short: at 48 steps the classifier-only runs had not started to learn (subjectivity, seed 0, dev
-accuracy: current defaults 83.3, α 32 γ 0 classifier only 53.2, α 16 γ 0.1 classifier only 50.8, where
-chance is 50), while at 64 steps α 32 γ 0 classifier only reached 84.8 (current defaults 84.3). A study in
-that regime would measure how fast a cold classifier starts, not which settings win. The default is
-therefore 96 steps: ≈ 12,400 + 35,200 ≈ 47,600 CPU-s ≈ 13 core-hours ≈ 6.6 hours on the 2 cores (5.0 at
-64 steps), about 1.7 times the budget asked. Every result file records the run's wall and training seconds,
-so the estimate can be checked as the study goes.
+Budget: "about 4 CPU-hours". Shorter runs do not measure what matters: at 48 steps the classifier-only runs
+had not started to learn (subjectivity, seed 0, dev accuracy: current defaults 83.3, α 32 γ 0 classifier only
+53.2, α 16 γ 0.1 classifier only 50.8, where chance is 50), while at 64 steps α 32 γ 0 classifier only reached
+84.8 (current defaults 84.3); a study in that regime would measure how fast a cold classifier starts, not which
+settings win. So the default is 96 steps, and the 72 runs (8 settings × 3 tasks × 3 seeds) take about
+72 × 200 s on the 2 free cores, a little over the budget; every result file records its wall and training
+seconds, so the estimate can be checked as the study goes.
 
 Resumable: each finished run leaves ``<out>/runs/<task>/<setting>-s<seed>.json`` (metrics, kept ranks,
 times, commit, the run's settings); a later invocation reuses it instead of training again (and refuses
@@ -76,6 +70,7 @@ FACTORS = (
     ("score", "sensitivity", "gsnr"),
 )
 DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SCORES = ("sensitivity",)  # the training command's default score; gsnr doubles the grid
 DEFAULT_MAX_TRAIN_EXAMPLES = 3072
 
 
@@ -115,12 +110,13 @@ def changes(a: Setting, b: Setting) -> int:
     return sum(getattr(a, factor) != getattr(b, factor) for factor, _, _ in FACTORS)
 
 
-def settings_grid() -> list[Setting]:
-    """All 16 settings, the most telling first: the current defaults, PEFT's common settings, the settings one
-    choice away from either (each choice's effect from both ends), then the rest; ties in grid order."""
+def settings_grid(scores: Sequence[str] = SCORES) -> list[Setting]:
+    """Every combination of the choices with ``scores`` (all 16 by default), the most telling first: the current
+    defaults, PEFT's common settings, the settings one choice away from either (each choice's effect from both
+    ends), then the rest; ties in grid order."""
     grid = [
         Setting(alpha, gamma, head, score)
-        for score in SCORES
+        for score in scores
         for alpha in (16.0, 32.0)
         for gamma in (0.1, 0.0)
         for head in HEAD_PATTERNS
@@ -181,7 +177,7 @@ def run_study(
     """
     out, scratch = Path(args.out), Path(args.scratch)
     revision = helpers.recorded_revision(out)
-    runs = plan(args.tasks, args.seeds, settings_grid())
+    runs = plan(args.tasks, args.seeds, settings_grid(args.scores))
     started, trained = time.time(), 0
     for number, (seed, task, setting) in enumerate(runs, start=1):
         path = result_path(out, task, setting, seed)
@@ -359,7 +355,7 @@ def write_outputs(args, schedules: dict, command: str) -> None:
     out = Path(args.out)
     results = load_results(out)
     summary = summarize(results)
-    n_planned = len(plan(args.tasks, args.seeds, settings_grid()))
+    n_planned = len(plan(args.tasks, args.seeds, settings_grid(args.scores)))
     n_done = sum(len(runs) for per_setting in results.values() for runs in per_setting.values())
     payload = {
         "command": command,
@@ -382,6 +378,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    parser.add_argument(
+        "--scores",
+        nargs="+",
+        default=list(DEFAULT_SCORES),
+        choices=list(SCORES),
+        help="the scores to cross with the other choices (default: the training command's, sensitivity)",
+    )
     helpers.add_scale_arguments(parser)
     parser.set_defaults(max_train_examples=DEFAULT_MAX_TRAIN_EXAMPLES)
     parser.add_argument("--max-runs", type=int, default=0, help="train at most this many new runs (0: all)")
@@ -401,7 +404,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     if args.list:
-        for number, (seed, task, setting) in enumerate(plan(args.tasks, args.seeds, settings_grid()), start=1):
+        runs = plan(args.tasks, args.seeds, settings_grid(args.scores))
+        for number, (seed, task, setting) in enumerate(runs, start=1):
             done = "done" if result_path(out, task, setting, seed).exists() else "to do"
             print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {done}")
         return 0
