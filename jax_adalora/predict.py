@@ -106,7 +106,7 @@ def predict(
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     summary = predict_file(
-        make_eval_step(functional),
+        make_eval_step(functional, mesh=mesh),
         jax.device_put(functional.params, replicated),
         jax.device_put(functional.frozen, replicated),
         spec=spec,

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora.adapters import trainable_filter
 from jax_adalora.allocator import rank_allocator
@@ -162,6 +163,7 @@ def make_train_step(
     dropout: bool = True,
     compiler_options: dict[str, str] | None = None,
     microbatch_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
@@ -169,6 +171,10 @@ def make_train_step(
     ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.runtime.step_compiler_options`
     and ``{}`` XLA's defaults. ``microbatch_size`` (a divisor of the batch size) differentiates the loss in
     microbatches of that many examples: the same update and statistics, a smaller working set.
+    ``mesh`` (with a ``data`` axis) fixes the step's shardings: the state, frozen weights, key and metrics
+    replicated, every batch array split along its first axis. The new state then always comes back as the
+    step expects it (no recompilation, donation intact), and an argument placed otherwise is an error at the
+    call rather than a silent copy. Without it, the shardings follow the arguments.
     """
     mode = statistics_mode(adalora)
     penalty_fn = orthogonal_penalty(adalora)
@@ -201,13 +207,29 @@ def make_train_step(
 
     if compiler_options is None:
         compiler_options = step_compiler_options()
-    return jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options)
+    shardings = {}
+    if mesh is not None:
+        replicated, split = _mesh_shardings(mesh)
+        shardings = {"in_shardings": (replicated, replicated, split, replicated), "out_shardings": replicated}
+    return jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options, **shardings)
 
 
-def make_eval_step(functional: FunctionalModel) -> Callable:
-    """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted."""
+def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None) -> Callable:
+    """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted.
+
+    ``mesh`` (with a ``data`` axis) fixes the shardings: weights replicated, batch and outputs split along
+    their first axis. Without it, the shardings follow the arguments.
+    """
 
     def eval_step(params, frozen, batch):
         return functional.apply(params, frozen, batch, None)
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    replicated, split = _mesh_shardings(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated, replicated, split), out_shardings=split)
+
+
+def _mesh_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, split along the first axis over ``data``) on ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))

@@ -204,9 +204,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
     frozen = jax.device_put(functional.frozen, replicated)
     check_free_space(out_dir, _bytes_needed(run, state, frozen))
     train_step = make_train_step(
-        functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None
+        functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None, mesh=mesh
     )
-    eval_step = make_eval_step(functional)
+    eval_step = make_eval_step(functional, mesh=mesh)
 
     created = not out_dir.exists()
     if t.resume and not resuming:

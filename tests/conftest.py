@@ -17,19 +17,20 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SESSION_COMPILATION_CACHE = None
+SESSION_COMPILATION_CACHE = None  # set where this process made the cache (pytest itself, not an xdist worker)
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     SESSION_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jax_adalora_tests_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = SESSION_COMPILATION_CACHE
+    os.environ["JAX_ADALORA_TESTS_CACHE"] = SESSION_COMPILATION_CACHE  # xdist workers share it
     # Subprocesses cache every program, not only those over JAX's 1 s default: loading the model compiles hundreds
     # of small ones, the same in every subprocess.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_configure(config):
-    """This process keeps its small programs in memory only: writing each of the thousands that op-by-op tests
-    compile once would cost more than it saves."""
-    if SESSION_COMPILATION_CACHE is not None:
+    """Test processes (pytest, its xdist workers) keep their small programs in memory only: writing each of the
+    thousands that op-by-op tests compile once would cost more than it saves."""
+    if os.environ.get("JAX_ADALORA_TESTS_CACHE") == os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         import jax
 
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)

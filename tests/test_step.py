@@ -280,3 +280,27 @@ def test_a_step_in_microbatches_gives_the_whole_batch_steps_update(family, score
     chex.assert_trees_all_close(micro.params, whole.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(micro.opt_state, whole.opt_state, rtol=1e-4, atol=1e-6)
     assert float(whole_history[-1]["grad_norm"]) > 0
+
+
+def test_a_step_built_for_a_mesh_keeps_its_shardings_compiles_once_and_refuses_a_misplaced_batch():
+    """``mesh=``: the new state comes back replicated as it went in (so the next step reuses the program and
+    its donated buffers), and a batch not split over the devices is an error at the call, not a silent copy."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    adalora = AdaLoRAConfig(r_init=4, r_target=2, t_init=1, t_final=2, delta_t=1)
+    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
+    tx = make_optimizer(OptimConfig(), adalora, total_steps=4)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    step = make_train_step(functional, tx, adalora, "classification", dropout=False, mesh=mesh)
+    state = jax.device_put(init_train_state(functional, tx, adalora), replicated)
+    frozen = jax.device_put(functional.frozen, replicated)
+    batch = jax.device_put(_batch(n=2 * len(jax.devices())), split)
+    key = jax.random.wrap_key_data(jax.device_put(np.asarray(jax.random.key_data(jax.random.key(0))), replicated))
+    for _ in range(3):
+        state, metrics = step(state, frozen, batch, key)
+    assert step._cache_size() == 1
+    assert all(leaf.sharding.is_equivalent_to(replicated, leaf.ndim) for leaf in jax.tree.leaves(state))
+    assert all(leaf.sharding.is_equivalent_to(replicated, leaf.ndim) for leaf in jax.tree.leaves(metrics))
+    with pytest.raises(ValueError, match="shard"):
+        step(state, frozen, jax.device_put(batch, replicated), key)
