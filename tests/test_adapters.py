@@ -286,3 +286,14 @@ def test_low_rank_parts_with_probes_are_per_example():
     expected = jax.vmap(jax.grad(loss_one), in_axes=(None, 0))(get_triplets(model), queries)
     chex.assert_trees_all_close(probes_to_triplet_layout(probe_grads)[path], expected[path], rtol=1e-5, atol=1e-6)
     assert float(jnp.max(jnp.abs(expected[path]["Q"]))) > 0
+
+
+def test_the_merge_for_export_asks_for_full_float32_precision():
+    """Off CPU the default matmul precision is one bf16 pass (TPU) or TF32 (GPU); the merged kernel
+    ``(P diag(λ·mask·scale) Q)ᵀ`` must request HIGHEST (CPU ignores it, accelerators honour it)."""
+    model, _, _ = _adapted()
+    adapter = next(iter(adapter_modules(model).values()))
+    graphdef, state = nnx.split(adapter)
+    hlo = jax.jit(lambda s: nnx.merge(graphdef, s).delta_kernel()).lower(state).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert len(dots) == 1 and "HIGHEST" in dots[0], dots
