@@ -84,8 +84,9 @@ HF_TARGETS = {
 ADAPTED_PER_LAYER = 6
 
 SENSITIVITY = "ours: sensitivity step (batch grad)"
-# The first JAX step this script built was often slow in every repeat, whichever it was (docs/PERFORMANCE.md), so
-# a copy of the sensitivity step is built first as a control: timed and reported, but in no ratio or target.
+# The first JAX step this script built was often slow in every repeat, whichever it was (in one run 4.74 s against
+# 3.14 s for the same program built second; the cause was not found), so a copy of the sensitivity step is built
+# first as a control: timed and reported, but in no ratio or target.
 FIRST_BUILT_CONTROL = "ours: sensitivity, built first (control)"
 PEFT_STEP = "peft: AdaLoRA step"
 OURS_BATCH_ONLY = "ours: batch gradient only"
