@@ -16,7 +16,7 @@ results were measured in float32, add ``--dtype float32`` (flags override the pr
 
 Results to expect (the paper, DeBERTa-v3-base, GSNR): MRPC 88.73, SST-2 94.38, CoLA 67.28, QQP 91.60,
 QNLI 93.76, RTE 85.56, MNLI 90.36/90.50, STS-B 90.35 (Kim et al., Table 1).
-Not reproduced here: no GPU and no hub access in our CI; see docs/RESULTS.md for what was run.
+Not reproduced here: no GPU and no hub access in our CI; see docs/results.md for what was run.
 """
 
 # Official AdaLoRA GLUE scripts: lr, epochs, t_init, t_final, delta_t, orth_reg_weight, r_init, r_target.

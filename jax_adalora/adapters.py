@@ -167,7 +167,8 @@ def factored_adapter(x: jax.Array, p: jax.Array, gate: jax.Array, q: jax.Array) 
     The hand-written backward computes the same gradients as autodiff, but contracts the tokens of
     ``dy`` against the rank-r activations directly (``dPᵀ = hᵀ dy``, a small (r, d_out) result). Left to
     autodiff, XLA on CPU materialises ``dy`` transposed (tokens × d_out) for every adapted layer,
-    which cost about 40% of the adapter's backward in our measurements (docs/PERFORMANCE.md).
+    which cost about 40% of the adapter's backward in our measurements (one adapted FFN layer's gradient:
+    0.195 s with autodiff, 0.120 s with this backward; docs/performance.md).
     """
     return ((x @ q.T) * gate) @ p.T
 
@@ -214,7 +215,8 @@ def probed_adapter(
     gradient of the factors. So one batch forward and backward, as for the batch gradient, yields the
     per-example gradients: only the weight gradients keep the example axis, contracting each example's
     tokens alone. ``Pᵀ``'s probe is (B, r, d_out) because XLA on CPU writes (B, r, d_out) about 3x
-    faster than (B, d_out, r) (docs/PERFORMANCE.md). The probes must be zero: their values are not read.
+    faster than (B, d_out, r) (32 x 128 tokens, d_out 1536: 2.98 against 10.0 ms). The probes must be zero:
+    their values are not read.
     """
     return factored_adapter(x, p, gate, q)
 

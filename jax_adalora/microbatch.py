@@ -5,7 +5,7 @@ gradients. :func:`value_and_grad_in_microbatches` computes it with ``jax.lax.sca
 microbatches, so that one compiled body runs several times on smaller tensors: the gradient is the same
 (up to float rounding) and the step's temporary memory shrinks with the microbatch (DeBERTa-v3-base at
 32 x 128: 4.7 GB of XLA temp buffers, 1.25 GB in microbatches of 8). On the project's CPU the step time
-did not change (``docs/PERFORMANCE.md``).
+did not change (``docs/performance.md``).
 """
 
 from __future__ import annotations

@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                 kwargs["choices"] = choices + tuple(c.replace("_", "-") for c in choices if "_" in c)
                 kwargs.pop("metavar", None)
             default = DEFAULT_RUN.get(f.name, f.default)
-            kwargs["help"] = (kwargs["help"] + f" (default: {default!r})").strip()
+            # argparse %-formats help texts: a literal "%" (``10 %`` in a docstring) must reach it as "%%".
+            kwargs["help"] = (kwargs["help"] + f" (default: {default!r})").strip().replace("%", "%%")
             group.add_argument(*names, **kwargs)
     return parser
 

@@ -1,15 +1,9 @@
-"""The pure helpers of scripts/bench.py: summaries, FLOP counts, targets and the table (no timing)."""
-
-import sys
-from pathlib import Path
+"""The pure helpers of scripts/benchmarks/bench.py: summaries, FLOP counts, targets and the table (no timing)."""
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import bench  # noqa: E402
-
-from jax_adalora.models.config import EncoderConfig  # noqa: E402
+from jax_adalora.models.config import EncoderConfig
+from scripts.benchmarks import bench
 
 
 def test_summarize_median_and_min():
@@ -179,7 +173,7 @@ def test_step_flops_with_the_last_layer_at_one_position():
 
 
 def test_bench_step_pairs_each_row_with_the_sensitivity_step_compiled_the_same_way():
-    import bench_step
+    from scripts.benchmarks import bench_step
 
     runs = {
         name: {"times": [float(i)]}

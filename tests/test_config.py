@@ -52,3 +52,14 @@ def test_a_microbatch_size_that_does_not_divide_the_batch_names_the_flag(value, 
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--microbatch-size {value}: " in last_line and expected in last_line
     assert parse_args(["--batch-size", "32", "--microbatch-size", "8"]).train.microbatch_size == 8
+
+
+def test_help_prints_every_field_even_with_a_percent_sign_in_its_text(capsys):
+    """argparse %-formats help texts; t_init's "the first 10 % of the steps" once made --help a traceback."""
+    from jax_adalora.run_config import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the first 10 % of the steps" in text and "--t-final" in text and "--microbatch-size" in text

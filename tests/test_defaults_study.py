@@ -1,14 +1,10 @@
 """scripts/studies/defaults_study.py: the grid, the run order, resumption and the table (no training)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "studies"))
-
-import defaults_study as study  # noqa: E402
+from scripts.studies import defaults_study as study
 
 EFFECTS = {"alpha": 0.02, "gamma": 0.01, "head": -0.005, "score": 0.003}  # of the second level of each factor
 SCHEDULES = {

@@ -289,14 +289,9 @@ def test_seventy_five_step_run_reaches_the_target_with_the_derived_schedule(mode
 
 def test_data_memory_benchmark_reports_every_phase(tmp_path, capsys):
     """The 400,000-pair memory benchmark's program, on 64 rows: it writes its JSON with every phase."""
-    import importlib.util
-    from pathlib import Path
+    from scripts.benchmarks import data_memory
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmarks" / "data_memory.py"
-    spec = importlib.util.spec_from_file_location("data_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--rows", "64", "--out", str(tmp_path / "memory.json")]) == 0
+    assert data_memory.main(["--rows", "64", "--out", str(tmp_path / "memory.json")]) == 0
     result = json.loads((tmp_path / "memory.json").read_text())
     assert result["rows"] == 64 and [p.get("rows") for p in result["phases"]] == [None, 64, 64]
     assert all(p["peak_rss_mb"] > 0 for p in result["phases"][1:]) and "peak RSS" in capsys.readouterr().out

@@ -1,17 +1,11 @@
-"""scripts/peft_baseline.py's two ways of setting PEFT up, on a tiny random BERT (no training)."""
-
-import sys
-from pathlib import Path
+"""scripts/studies/peft_baseline.py's two ways of setting PEFT up, on a tiny random BERT (no training)."""
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import peft_baseline  # noqa: E402
-
-from jax_adalora.run_config import build_run_config  # noqa: E402
+from jax_adalora.run_config import build_run_config
+from scripts.studies import peft_baseline
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,12 @@
-"""The helpers of scripts/compare_stats.py and scripts/score_study.py (no training, no timing)."""
+"""The helpers of scripts/studies/compare_stats.py and scripts/studies/score_study.py (no training, no timing)."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import study_helpers as helpers  # noqa: E402
-
-from jax_adalora.allocator import budget_schedule  # noqa: E402
+from jax_adalora.allocator import budget_schedule
+from scripts.studies import study_helpers as helpers
 
 
 def test_average_ranks_ties_share_the_mean_rank():

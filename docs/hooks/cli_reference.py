@@ -50,7 +50,7 @@ def flag_table_markdown(parser: argparse.ArgumentParser) -> str:
             continue
         title = GROUP_TITLES.get(group.title, group.title[:1].upper() + group.title[1:])
         parts.append(f"## {title}\n\n| flag | what it does |\n|---|---|")
-        parts.extend(f"| {_flag_names(a)} | {_cell(a.help or '')} |" for a in actions)
+        parts.extend(f"| {_flag_names(a)} | {_cell((a.help or '').replace('%%', '%'))} |" for a in actions)
         parts.append("")
     return "\n".join(parts)
 

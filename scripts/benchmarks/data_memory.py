@@ -6,7 +6,7 @@ with ``datasets`` (Arrow, cached), infers the task, checks every row, and tokeni
 tokenizer into the padded arrays training batches come from; twice, the second time from the cache.
 Prints a table and writes JSON: per phase, wall seconds and the process's peak RSS so far.
 
-    python scripts/benchmarks/data_memory.py --out runs/data_memory.json
+    python -m scripts.benchmarks.data_memory --out runs/data_memory.json
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 # to 7 min 45 s; nothing of it has run on a GPU yet):
 #   1. JAX with CUDA at the version requirements.txt pins (installed when missing and pip can reach an index),
 #   2. the tests that matter on a GPU (numerics in bf16, DeBERTa's relative scores, the step and its statistics),
-#   3. scripts/bench.py for MiniLM and DeBERTa-v3-base in bfloat16 (ours against PEFT, one batch shape each),
+#   3. scripts/benchmarks/bench.py for MiniLM and DeBERTa-v3-base in bfloat16 (ours against PEFT, one batch shape each),
 #   4. a short bfloat16 training run (MiniLM-L6 on movie-sentiment, the default run in bf16).
 # Everything lands in $OUT (default ./gpu_check_out): at most 8 files, one folder deep, so that a machine that
 # returns only a few files returns them all.
@@ -64,12 +64,16 @@ PYTHON
   du -sh "$ASSETS"
 }
 
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  exit 0
+fi
 if [[ "${1:-}" == "--prepare" ]]; then
   prepare
   exit $?
 fi
 if [[ $# -gt 0 ]]; then
-  echo "usage: bash scripts/benchmarks/gpu_check.sh [--prepare]" >&2
+  echo "usage: bash scripts/benchmarks/gpu_check.sh [--prepare | --help]" >&2
   exit 2
 fi
 
@@ -141,10 +145,10 @@ run_step "tests (GPU subset)" 130 env JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PREC
   "tests/test_models_bert.py::test_remat_keeps_outputs_gradients_and_dropout_masks" \
   -o junit_family=legacy --junitxml="$OUT/tests.xml"
 
-run_step "bench MiniLM bf16 32x128" 80 "$PY" scripts/bench.py --model minilm --dtype bfloat16 \
+run_step "bench MiniLM bf16 32x128" 80 "$PY" -m scripts.benchmarks.bench --model minilm --dtype bfloat16 \
   --batch-size 32 --seq-len 128 --repeats 3 --out "$OUT/bench_minilm_bf16.json"
 
-run_step "bench DeBERTa-v3-base bf16" 130 "$PY" scripts/bench.py --model deberta-v3-base --dtype bfloat16 \
+run_step "bench DeBERTa-v3-base bf16" 130 "$PY" -m scripts.benchmarks.bench --model deberta-v3-base --dtype bfloat16 \
   --batch-size 32 --seq-len 128 --repeats 3 --out "$OUT/bench_deberta_v3_base_bf16.json"
 
 TRAIN_DIR="$(mktemp -d)/train"

@@ -35,10 +35,10 @@ result files there, so an interrupted study always has its table. Runs go seed-m
 setting (the current defaults, PEFT's common settings, then the settings one choice away from either), so
 the whole grid on one task and seed is finished before the next one starts.
 
-    python scripts/studies/defaults_study.py                                  # the study, into docs/studies/defaults
-    python scripts/studies/defaults_study.py --list                           # the plan and what is done
-    python scripts/studies/defaults_study.py --report-only                    # rewrite the table, train nothing
-    python scripts/studies/defaults_study.py --max-runs 1 --out /tmp/ds --tasks subjectivity --seeds 0   # time one
+    python -m scripts.studies.defaults_study                                  # the study, into docs/studies/defaults
+    python -m scripts.studies.defaults_study --list                           # the plan and what is done
+    python -m scripts.studies.defaults_study --report-only                    # rewrite the table, train nothing
+    python -m scripts.studies.defaults_study --max-runs 1 --out /tmp/ds --tasks subjectivity --seeds 0   # time one
 """
 
 from __future__ import annotations
@@ -52,11 +52,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(SCRIPTS))
-
-import score_study  # noqa: E402
-import study_helpers as helpers  # noqa: E402
+from scripts.studies import score_study
+from scripts.studies import study_helpers as helpers
 
 TASKS = ("subjectivity", "movie-sentiment", "movie-rating")
 MAIN_METRICS = {"subjectivity": "accuracy", "movie-sentiment": "accuracy", "movie-rating": "pearson"}
@@ -409,7 +406,7 @@ def main(argv=None) -> int:
             done = "done" if result_path(out, task, setting, seed).exists() else "to do"
             print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {done}")
         return 0
-    command = helpers.command_line("studies/defaults_study.py", argv)
+    command = helpers.command_line("defaults_study", argv)
     schedules = {task: task_schedule(task, args) for task in args.tasks}
     if args.report_only:
         write_outputs(args, schedules, command)

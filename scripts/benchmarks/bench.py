@@ -26,10 +26,11 @@ the measured rate of a large matmul on each framework. Peak memory: on CPU the g
 during one untimed call, sampled every millisecond after the free heap is trimmed (approximate), plus
 XLA's own temp-buffer size for our rows; on GPU the frameworks' allocator peaks.
 
-    python scripts/bench.py --out docs/bench.json                      # MiniLM shape, batch 32 x 128
-    python scripts/bench.py --model deberta-v3-base --dtype bfloat16   # on a GPU
-    python scripts/bench.py --seq-len 32 --batch-size 8 --repeats 2    # a smoke test (~3 min on 2 cores)
-    python scripts/bench.py --model deberta-v3-base --vmap-chunk-size 4  # CPU, 24 GB: vmap(grad) 4 examples at a time
+    python -m scripts.benchmarks.bench --repeats 7 --out runs/bench.json        # MiniLM shape, batch 32 x 128
+    python -m scripts.benchmarks.bench --model deberta-v3-base --dtype bfloat16 # on a GPU
+    python -m scripts.benchmarks.bench --seq-len 32 --batch-size 8 --repeats 2  # a smoke test (~3 min on 2 cores)
+    # CPU, 24 GB: DeBERTa-v3-base at 32 x 128, torch's vmap(grad) four examples at a time
+    python -m scripts.benchmarks.bench --model deberta-v3-base --repeats 3 --vmap-chunk-size 4
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ HF_TARGETS = {
 ADAPTED_PER_LAYER = 6
 
 SENSITIVITY = "ours: sensitivity step (batch grad)"
-# The first JAX step this script built was often slow in every repeat, whichever it was (docs/PERFORMANCE.md), so
-# a copy of the sensitivity step is built first as a control: timed and reported, but in no ratio or target.
+# The first JAX step this script built was often slow in every repeat, whichever it was (in one run 4.74 s against
+# 3.14 s for the same program built second; the cause was not found), so a copy of the sensitivity step is built
+# first as a control: timed and reported, but in no ratio or target.
 FIRST_BUILT_CONTROL = "ours: sensitivity, built first (control)"
 PEFT_STEP = "peft: AdaLoRA step"
 OURS_BATCH_ONLY = "ours: batch gradient only"

@@ -13,8 +13,8 @@ schedule, the same tokenised batches in the same order (our task loader and iter
   type, so PEFT's forward skips the orthogonal regulariser whatever ``orth_reg_weight`` says; only the
   classifier is trained beside the adapters (``modules_to_save=["classifier"]``).
 
-    python scripts/peft_baseline.py --config configs/movie.py:sentiment --out docs/peft_baseline.json
-    python scripts/peft_baseline.py --config configs/movie.py:subjectivity --peft-style common --seed 1
+    python -m scripts.studies.peft_baseline --config configs/movie.py:sentiment --out docs/peft_baseline.json
+    python -m scripts.studies.peft_baseline --config configs/movie.py:subjectivity --peft-style common --seed 1
 """
 
 from __future__ import annotations

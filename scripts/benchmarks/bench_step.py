@@ -11,8 +11,9 @@ interleaved so that machine noise hits them alike.
 (``runtime.step_compiler_options``) and with XLA's defaults, and times all of them interleaved in one
 process; each row's ratio is then taken round by round against the sensitivity step compiled the same way.
 
-    python scripts/bench_step.py --out docs/bench_step.json
-    python scripts/bench_step.py --seq-len 128 --step-options both --out docs/bench_step_options.json
+    python -m scripts.benchmarks.bench_step --out runs/bench_step.json
+    python -m scripts.benchmarks.bench_step --repeats 5 --batch-size 32 --seq-len 48 --malloc-tuning off  # then on
+    python -m scripts.benchmarks.bench_step --seq-len 128 --step-options both --out runs/bench_step_options.json
 """
 
 from __future__ import annotations

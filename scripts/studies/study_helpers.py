@@ -1,4 +1,4 @@
-"""Small helpers shared by ``scripts/compare_stats.py`` and ``scripts/score_study.py``.
+"""Small helpers shared by ``scripts/studies/compare_stats.py`` and ``scripts/studies/score_study.py``.
 
 Everything above the "outputs" section is pure (numpy in, numbers or strings out) and tested in
 ``tests/test_study_helpers.py``: rank correlation, set overlap, mean ± std cells, Markdown tables, the
@@ -170,11 +170,19 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
     )
 
 
-def command_line(script: str, argv) -> str:
-    """How the study was invoked, for its report: ``python scripts/<script> <flags>``."""
+def command_line(study: str, argv) -> str:
+    """How the study was invoked, for its report: ``python -m scripts.studies.<study> <flags>``.
+
+    Args:
+      study: the study's module name in ``scripts.studies`` (``"score_study"``).
+      argv: the flags it was given; ``None`` for the process's own (``sys.argv[1:]``).
+
+    Returns:
+      The command line, runnable from the repository root.
+    """
     import sys
 
-    return f"python scripts/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    return f"python -m scripts.studies.{study} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def scaled_schedule(total_steps: int, *, init_fraction: float, final_fraction: float, delta_t: int) -> dict[str, int]:
@@ -228,7 +236,7 @@ def git_revision() -> str:
     """``HEAD``'s commit of the repository this file is in, with ``+dirty`` when tracked files changed."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         status = subprocess.run(

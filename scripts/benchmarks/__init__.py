@@ -1,0 +1,1 @@
+"""Maintained benchmarks: each one's docstring gives its purpose and the command that regenerates its figures."""

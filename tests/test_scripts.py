@@ -1,0 +1,39 @@
+"""The maintained scripts: each is a module of ``scripts.benchmarks`` or ``scripts.studies`` whose docstring opens
+with a one-line purpose and whose ``--help`` prints its flags (no benchmark or study runs)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = sorted(
+    f"scripts.{path.parent.name}.{path.stem}"
+    for folder in ("benchmarks", "studies")
+    for path in (ROOT / "scripts" / folder).glob("*.py")
+    if path.stem != "__init__" and path.stem != "study_helpers"
+)
+
+
+def test_the_maintained_scripts_are_found():
+    assert {"scripts.benchmarks.bench", "scripts.studies.score_study", "scripts.studies.compare_stats"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_purpose_and_help(name, monkeypatch, capsys):
+    module = importlib.import_module(name)
+    purpose = module.__doc__.splitlines()[0]
+    assert purpose.endswith(".") and len(purpose) <= 120, f"{name}: first docstring line {purpose!r}"
+    monkeypatch.setattr(sys, "argv", [f"python -m {name}", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_studies_record_the_module_command_they_were_run_with():
+    from scripts.studies import study_helpers
+
+    command = study_helpers.command_line("score_study", ["--seeds", "0", "1"])
+    assert command == "python -m scripts.studies.score_study --seeds 0 1"
