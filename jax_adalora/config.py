@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-SCORES = ("sensitivity", "movement", "fisher", "gsnr")
+# The built-in element scores (jax_adalora.scores); others can be registered there.
+SCORES = ("sensitivity", "movement", "fisher", "gsnr", "magnitude", "saliency")
 STATISTICS = ("per_example", "running")
 SMOOTHINGS = ("adalora", "ema", "none")
 
@@ -36,10 +37,11 @@ class AdaLoRAConfig:
       delta_t: mask every ``delta_t`` steps during the budget-decreasing phase.
       orth_reg_weight: γ, weight of the orthogonal regularisation added to the loss.
       score: element score ``s(·)``: sensitivity ``|w·g|``, movement ``-w·g``, Fisher ``E[g²]``,
-        GSNR ``E[g]²/Var[g]``.
+        GSNR ``E[g]²/Var[g]``, magnitude ``|w|``, saliency ``½·w²·E[g²]``, or a name given to
+        :func:`jax_adalora.scores.register_score` (checked when the allocator is built).
       statistics: how Fisher and GSNR get ``E[g²]`` / ``Var[g]``: ``per_example`` (exact, from per-example
-        gradients of the batch) or ``running`` (EMA over steps of batch-mean gradients). Sensitivity and
-        movement need only the batch gradient, which both modes give exactly.
+        gradients of the batch) or ``running`` (EMA over steps of batch-mean gradients). Sensitivity,
+        movement and magnitude need only the batch gradient, which both modes give exactly.
       smoothing: ``adalora`` (EMA × uncertainty, the reference), ``ema`` (plain EMA) or ``none``.
       running_decay: EMA decay of the running moments (only with ``statistics="running"``).
       gsnr_eps: added to ``Var[g]`` in GSNR so that zero variance gives a finite score.
@@ -83,7 +85,7 @@ class AdaLoRAConfig:
             _require(ok, name, value, "a whole number of steps >= 0, or a fraction of the run in [0, 1)")
         _require(self.delta_t >= 1, "delta_t", self.delta_t, ">= 1")
         _require(self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight, ">= 0")
-        _require(self.score in SCORES, "score", self.score, f"one of {SCORES}")
+        _require(isinstance(self.score, str) and bool(self.score.strip()), "score", self.score, "a score name")
         _require(self.statistics in STATISTICS, "statistics", self.statistics, f"one of {STATISTICS}")
         _require(self.smoothing in SMOOTHINGS, "smoothing", self.smoothing, f"one of {SMOOTHINGS}")
         _require(self.gsnr_eps > 0, "gsnr_eps", self.gsnr_eps, "> 0")
@@ -92,11 +94,6 @@ class AdaLoRAConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / self.r_init
-
-    @property
-    def needs_variance(self) -> bool:
-        """Whether the score reads second moments (Fisher, GSNR) rather than the batch gradient alone."""
-        return self.score in ("fisher", "gsnr")
 
     def replace(self, **overrides) -> AdaLoRAConfig:
         return dataclasses.replace(self, **overrides)

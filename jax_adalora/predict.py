@@ -24,7 +24,9 @@ ADAPTER_FILES = {"best": "best_adapters.safetensors", "final": "final_adapters.s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from jax_adalora.run_config import CommandLineParser
+
+    parser = CommandLineParser(
         prog="python -m jax_adalora.predict",
         description="Label a csv/tsv/json/jsonl/parquet file with a trained run's model and adapters.",
     )

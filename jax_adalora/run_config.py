@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import math
+import os
 import re
+import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-from jax_adalora.config import SCORES, SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
+from jax_adalora.config import SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
+from jax_adalora.scores import score_names
 from jax_adalora.tasks.text_dataset import TASK_TYPES, data_name
 
 DTYPES = ("float32", "bfloat16")
@@ -72,6 +76,9 @@ class TrainConfig:
       distributed: this process is one of several (hosts): join them with jax.distributed.initialize (the
         cluster, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, say who is who); process
         0 writes every file.
+      score_module: a Python module to import first (a dotted name on the path, or a ``.py`` file) that
+        registers scores of your own with ``jax_adalora.scores.register_score``, so that ``--score`` can
+        name them.
     """
 
     task: str = "movie-sentiment"
@@ -111,6 +118,7 @@ class TrainConfig:
     remat: bool = False
     compilation_cache_dir: str = ""
     distributed: bool = False
+    score_module: str = ""
 
     def __post_init__(self):
         for name in (
@@ -229,7 +237,6 @@ DEFAULT_RUN: dict[str, Any] = dict(
     delta_t=5,
 )
 _CHOICES = {
-    "score": SCORES,
     "statistics": STATISTICS,
     "smoothing": SMOOTHINGS,
     "dtype": DTYPES,
@@ -264,6 +271,55 @@ def build_run_config(overrides: dict[str, Any], *, source: str = "overrides") ->
     run = RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
     validate_optim(run.optim)
     return run
+
+
+def check_score(score: str, score_module: str = "") -> None:
+    """Imports ``score_module`` (which may register scores), then checks that ``score`` is registered.
+
+    Raises:
+      ValueError: naming ``TrainConfig.score_module`` when it cannot be imported (the module's own error in one
+        line), or ``AdaLoRAConfig.score`` and the registered names when the score is unknown.
+    """
+    if score_module:
+        import_score_module(score_module)
+    if score not in score_names():
+        where = f" (after importing TrainConfig.score_module={score_module!r})" if score_module else ""
+        raise ValueError(
+            f"AdaLoRAConfig.score={score!r}: expected one of {', '.join(score_names())}{where}; a score of your "
+            "own is registered with jax_adalora.scores.register_score in a module named by TrainConfig.score_module"
+        )
+
+
+def import_score_module(spec: str) -> None:
+    """Imports a module by dotted name, or a ``.py`` file by path (once per file); any error is one line."""
+    field = f"TrainConfig.score_module={spec!r}"
+    path = None
+    if spec.endswith(".py") or os.sep in spec:
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{field}: no such file")
+    try:
+        if path is None:
+            importlib.import_module(spec)
+        else:
+            _import_file(path)
+    except Exception as err:  # the user's module may raise anything; its message is what they need
+        message = " ".join(str(err).split()) or "(no message)"
+        raise ValueError(f"{field}: importing it failed: {type(err).__name__}: {message}") from None
+
+
+def _import_file(path: Path) -> None:
+    name = "jax_adalora_score_module_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 def _check_types(cls, values: dict[str, Any], source: str) -> None:
@@ -358,8 +414,16 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (the flag, the value, what was expected) and a pointer
+    to ``--help``, instead of the whole usage of every flag before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (all flags: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="python -m jax_adalora.train",
         description=(
             "Fine-tune an encoder with AdaLoRA and a chosen rank-importance score, then evaluate. "
@@ -421,7 +485,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         chosen["task"] = ""  # own data without a task name: the task is inferred from it
     overrides.update(chosen)
     try:
-        return build_run_config(overrides, source=args.config or "flags")
+        run = build_run_config(overrides, source=args.config or "flags")
+        check_score(run.adalora.score, run.train.score_module)
+        return run
     except (ValueError, TypeError) as err:
         parser.error(flag_names(str(err)))
     raise AssertionError("unreachable")

@@ -9,7 +9,13 @@ name                  s(w)                              reads
 ``movement``          ``-w · E[g]``                     batch gradient (Sanh et al., 2020)
 ``fisher``            ``E[g²]``                         second moment over examples
 ``gsnr``              ``E[g]² / (Var[g] + eps)``        mean and variance over examples
+``magnitude``         ``|w|``                           the weights only (the official code's "mag")
+``saliency``          ``½ · w² · E[g²]``                second moment (Optimal Brain Damage, Fisher)
 ====================  ================================  =========================================
+
+A score of your own, ``s(params, moments) -> element scores``, joins these by name with
+:func:`register_score`; ``AdaLoRAConfig(score=name)`` and the training command's ``--score name`` (with
+``--score-module`` naming the module that registers it) then select it.
 
 Smoothing turns raw element scores into the scores the allocator ranks, one state per run:
 
@@ -23,6 +29,7 @@ Triplet importance (AdaLoRA's eq.): ``S_i = s(λ_i) + mean_j s(P_{j,i}) + mean_j
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -64,21 +71,99 @@ def gsnr(params: PyTree, moments: Moments, eps: float = DEFAULT_GSNR_EPS) -> PyT
     return jax.tree.map(lambda m, v: (m * m) / (v + eps), moments.mean, moments.var)
 
 
-_SCORES: dict[str, ElementScore] = {
-    "sensitivity": sensitivity,
-    "movement": movement,
-    "fisher": fisher,
-    "gsnr": gsnr,
-}
+def magnitude(params: PyTree, moments: Moments) -> PyTree:
+    """``|w|``: importance without gradients, the ``"mag"`` option of the official AdaLoRA code (Zhang et al.,
+    2023), where it is ranked unsmoothed: pair it with ``smoothing="none"`` to reproduce that."""
+    del moments
+    return jax.tree.map(jnp.abs, params)
+
+
+def saliency(params: PyTree, moments: Moments) -> PyTree:
+    """``½ · w² · E[g²]``: the second-order saliency of Optimal Brain Damage (LeCun, Denker and Solla, 1990),
+    the loss increase from zeroing ``w`` at a minimum, with the Hessian's diagonal approximated by the
+    empirical Fisher ``E[g²]`` over examples, as in Fisher pruning (Theis et al., 2018). Where sensitivity
+    ``|w · E[g]|`` is the first-order estimate of that loss change, this is the second-order one, which does
+    not vanish when the batch's gradients cancel."""
+    return jax.tree.map(lambda w, g2: 0.5 * w * w * g2, params, moments.sq_mean)
+
+
+READS = ("gradient", "moments")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredScore:
+    """An element score and what it reads: ``"gradient"`` (the weights and the batch gradient
+    ``moments.mean``, which every statistics mode gives exactly) or ``"moments"`` (also ``E[g²]`` /
+    ``Var[g]``, from per-example gradients or running estimates: ``AdaLoRAConfig.statistics``)."""
+
+    function: ElementScore
+    reads: str
+
+
+_REGISTRY: dict[str, RegisteredScore] = {}
+
+
+def register_score(name: str, function: ElementScore, *, reads: str) -> None:
+    """Makes ``function`` an element score called ``name``, for ``AdaLoRAConfig(score=name)``.
+
+    ``function(params, moments)`` gets the adapter triplets (``{path: {"P", "lam", "Q"}}``) and their
+    :class:`jax_adalora.stats.Moments`, and returns a tree of the same shapes (higher = more important); it
+    runs inside the jitted step. ``reads`` is ``"gradient"`` when it uses only ``params`` and ``moments.mean``
+    (the training step then skips the per-example statistics) or ``"moments"`` when it uses ``sq_mean`` or
+    ``var`` too.
+
+    >>> register_score("abs_gradient", lambda params, moments: jax.tree.map(jnp.abs, moments.mean), reads="gradient")
+    >>> reads_moments("abs_gradient")
+    False
+
+    Raises:
+      ValueError: ``name`` is empty or already names another function, or ``reads`` is not one of
+        :data:`READS`.
+    """
+    if not (isinstance(name, str) and name.strip()) or not callable(function):
+        raise ValueError(f"register_score: expected a non-empty name and a callable, got {name!r}, {function!r}")
+    if reads not in READS:
+        raise ValueError(f"register_score({name!r}): reads={reads!r}, expected one of {READS}")
+    known = _REGISTRY.get(name)
+    if known is not None and (known.function is not function or known.reads != reads):
+        raise ValueError(f"register_score: the score {name!r} is already registered to another function")
+    _REGISTRY[name] = RegisteredScore(function, reads)
+
+
+for _name, _function, _reads in (
+    ("sensitivity", sensitivity, "gradient"),
+    ("movement", movement, "gradient"),
+    ("fisher", fisher, "moments"),
+    ("gsnr", gsnr, "moments"),
+    ("magnitude", magnitude, "gradient"),
+    ("saliency", saliency, "moments"),
+):
+    register_score(_name, _function, reads=_reads)
+
+
+def score_names() -> tuple[str, ...]:
+    """Every registered score: the built-in ones, then those added with :func:`register_score`."""
+    return tuple(_REGISTRY)
+
+
+def _registered(name: str) -> RegisteredScore:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown score {name!r}: expected one of {score_names()} or a name given to register_score"
+        ) from None
+
+
+def reads_moments(name: str) -> bool:
+    """Whether the score ``name`` reads ``E[g²]`` or ``Var[g]`` (so the step must compute them)."""
+    return _registered(name).reads == "moments"
 
 
 def get(name: str, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> ElementScore:
     """The element score function called ``name`` (``gsnr`` with the given ``eps``)."""
-    try:
-        score = _SCORES[name]
-    except KeyError:
-        raise ValueError(f"unknown score {name!r}: expected one of {tuple(_SCORES)}") from None
-    return functools.partial(gsnr, eps=gsnr_eps) if name == "gsnr" else score
+    score = _registered(name).function
+    return functools.partial(gsnr, eps=gsnr_eps) if score is gsnr else score
 
 
 # ---- smoothing -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.moments import RunningMoments, value_grad_and_moments
 from jax_adalora.regularization import orthogonal_regularization_of_model
 from jax_adalora.runtime import step_compiler_options
+from jax_adalora.scores import reads_moments
 
 PyTree = Any
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -110,8 +111,9 @@ def orthogonal_penalty(adalora: AdaLoRAConfig) -> Callable | None:
 
 
 def statistics_mode(adalora: AdaLoRAConfig) -> str:
-    """What the score reads: the batch gradient for sensitivity and movement, else ``adalora.statistics``."""
-    return adalora.statistics if adalora.needs_variance else "batch"
+    """What the score reads: ``adalora.statistics`` for a score of second moments (Fisher, GSNR, saliency), else
+    the batch gradient alone (sensitivity, movement, magnitude)."""
+    return adalora.statistics if reads_moments(adalora.score) else "batch"
 
 
 # ---- optimizer -----------------------------------------------------------------------------------

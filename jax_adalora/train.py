@@ -40,7 +40,7 @@ from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.checkpoint import Checkpointer, NonFiniteState
 from jax_adalora.inference import device_batch, predict_file, split_outputs
 from jax_adalora.report import atomic_write_json, save_rank_heatmap
-from jax_adalora.run_config import RunConfig, flag_names, parse_args
+from jax_adalora.run_config import RunConfig, check_score, flag_names, parse_args
 from jax_adalora.run_dir import (
     MANIFEST,
     check_free_space,
@@ -176,6 +176,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
             enable_compilation_cache(t.compilation_cache_dir)
         except ValueError as err:
             raise ValueError(f"--compilation-cache-dir: {err}") from None
+    check_score(run.adalora.score, t.score_module)  # imports the module that registers a score of the user's
     resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
     data, model, rank_spec = _load(run)
 

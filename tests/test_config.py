@@ -14,7 +14,7 @@ def test_defaults_are_valid():
     [
         ({"r_init": 4, "r_target": 8}, "r_target"),
         ({"r_init": 0}, "r_init"),
-        ({"score": "magnitude"}, "score"),
+        ({"score": " "}, "score"),
         ({"statistics": "exact"}, "statistics"),
         ({"smoothing": "adam"}, "smoothing"),
         ({"beta1": 1.0}, "beta1"),
@@ -63,3 +63,11 @@ def test_help_prints_every_field_even_with_a_percent_sign_in_its_text(capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "the first 10 % of the steps" in text and "--t-final" in text and "--microbatch-size" in text
+
+
+def test_an_unknown_score_name_fails_when_the_allocator_is_built():
+    """Scores can be registered after a config is made, so the name is checked where it is looked up."""
+    from jax_adalora.allocator import rank_allocator
+
+    with pytest.raises(ValueError, match="unknown score 'magnitudes': expected one of"):
+        rank_allocator(AdaLoRAConfig(score="magnitudes", t_init=1, t_final=1), total_steps=10)

@@ -76,7 +76,7 @@ def test_cli_reference_hook_fills_only_its_page():
             self.file = type("File", (), {"src_uri": src_uri})()
 
     filled = hook.on_page_markdown(f"# x\n{hook.PLACEHOLDER}\n", Page(hook.CLI_PAGE), None, None)
-    assert hook.PLACEHOLDER not in filled and "`--score {" in filled
+    assert hook.PLACEHOLDER not in filled and "`--score SCORE`" in filled and "`--stats {" in filled
     other = hook.on_page_markdown(f"# x\n{hook.PLACEHOLDER}\n", Page("index.md"), None, None)
     assert hook.PLACEHOLDER in other
 

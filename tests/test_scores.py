@@ -40,6 +40,8 @@ def inputs():
         ("movement", lambda w, m, s, v: -w * m),
         ("fisher", lambda w, m, s, v: s),
         ("gsnr", lambda w, m, s, v: m**2 / (v + scores.DEFAULT_GSNR_EPS)),
+        ("magnitude", lambda w, m, s, v: np.abs(w)),
+        ("saliency", lambda w, m, s, v: 0.5 * w**2 * s),
     ],
 )
 def test_element_scores_match_numpy_float64(inputs, name, reference):
@@ -61,8 +63,30 @@ def test_gsnr_is_finite_at_zero_variance():
 
 
 def test_unknown_score_is_rejected():
-    with pytest.raises(ValueError, match="unknown score 'magnitude'"):
-        scores.get("magnitude")
+    with pytest.raises(ValueError, match="unknown score 'no_such_score': expected one of .*'saliency'"):
+        scores.get("no_such_score")
+
+
+def test_what_each_score_reads_decides_the_statistics():
+    assert [n for n in scores.score_names() if scores.reads_moments(n)] == ["fisher", "gsnr", "saliency"]
+    assert {"sensitivity", "movement", "magnitude"} <= set(scores.score_names())
+
+
+def test_a_registered_score_is_found_by_name_and_a_name_is_not_taken_twice(inputs):
+    params, mean, _, _, moments = inputs
+
+    def abs_gradient(params, moments):
+        return jax.tree.map(jnp.abs, moments.mean)
+
+    scores.register_score("test_abs_gradient", abs_gradient, reads="gradient")
+    scores.register_score("test_abs_gradient", abs_gradient, reads="gradient")  # the same again: a no-op
+    got = scores.get("test_abs_gradient")(_as_jax(params), moments)
+    np.testing.assert_allclose(got["a"]["P"], np.abs(mean["a"]["P"]), rtol=1e-6)
+    assert not scores.reads_moments("test_abs_gradient")
+    with pytest.raises(ValueError, match="'test_abs_gradient' is already registered to another function"):
+        scores.register_score("test_abs_gradient", lambda p, m: p, reads="gradient")
+    with pytest.raises(ValueError, match="reads='everything', expected one of"):
+        scores.register_score("test_other", abs_gradient, reads="everything")
 
 
 def test_adalora_smoothing_matches_the_reference_loop():

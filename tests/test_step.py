@@ -105,9 +105,9 @@ def test_per_example_moments_read_the_task_loss_and_the_update_adds_the_regulari
     def task_mean(p):
         return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
 
-    task_value, task_grads = jax.value_and_grad(task_mean)(functional.params)
+    task_value, task_grads = jax.jit(jax.value_and_grad(task_mean))(functional.params)
     penalty = orthogonal_penalty(adalora)
-    reg_value, reg_grads = jax.value_and_grad(lambda p: penalty(functional.model(p)))(functional.params)
+    reg_value, reg_grads = jax.jit(jax.value_and_grad(lambda p: penalty(functional.model(p))))(functional.params)
     assert float(reg_value) > 0
     np.testing.assert_allclose(loss, task_value + reg_value, rtol=1e-5)
     chex.assert_trees_all_close(moments.mean, task_grads, rtol=1e-4, atol=1e-7)

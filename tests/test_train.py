@@ -189,3 +189,44 @@ def test_output_dir_with_a_run_needs_resume(assets, tmp_path):
     (out / "run_manifest.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--resume"):
         train_and_evaluate(parse_args(_flags(assets, out)))
+
+
+SCORE_MODULE = '''
+import jax
+import jax.numpy as jnp
+
+from jax_adalora.scores import register_score
+
+
+def gradient_squared_over_weight(params, moments):
+    """E[g²] / (|w| + 1): a score of a user's own, reading second moments."""
+    return jax.tree.map(lambda w, s: s / (jnp.abs(w) + 1.0), params, moments.sq_mean)
+
+
+register_score("test_user_score", gradient_squared_over_weight, reads="moments")
+'''
+
+
+def test_a_score_of_the_users_own_is_selected_by_name_and_trains(assets, tmp_path, capsys):
+    """``--score-module FILE --score NAME``: the module registers the score, the run scores with it (a score
+    of second moments, so with per-example statistics) and reaches the target budget; without the module the
+    name is one line naming --score."""
+    module = tmp_path / "my_scores.py"
+    module.write_text(SCORE_MODULE)
+    run = parse_args(_flags(assets, tmp_path / "run", "--score-module", str(module), "--score", "test_user_score",
+                            "--epochs", "1", "--no-export"))  # fmt: skip
+    from jax_adalora.step import statistics_mode
+
+    assert statistics_mode(run.adalora) == "per_example"
+    final = train_and_evaluate(run)
+    assert final["total_budget"] == final["target_budget"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["score_module"] == str(module)
+
+    code, err, _ = _main_in_process(_flags(assets, tmp_path / "bad", "--score", "no_such_score"), capsys)
+    assert code == 2 and "--score 'no_such_score': expected one of sensitivity, movement" in err
+    assert not (tmp_path / "bad").exists()
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('my module is broken')\n")
+    code, err, _ = _main_in_process(_flags(assets, tmp_path / "bad", "--score-module", str(broken)), capsys)
+    assert code == 2 and f"--score-module '{broken}': importing it failed: RuntimeError: my module is broken" in err
+    assert len(err.strip().splitlines()) == 1 and "--help" in err and not (tmp_path / "bad").exists()
