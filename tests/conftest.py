@@ -1,4 +1,5 @@
-"""Test session setup: CPU only, 8 virtual CPU devices so that sharding tests can run, and one compilation cache.
+"""Test session setup: CPU only, 8 virtual CPU devices so that sharding tests can run, XLA's optimisations mostly
+off, and one compilation cache.
 
 The flags must be set before JAX initialises its backends, hence here, at import time. The end-to-end tests train
 the same tiny model many times, in this process and in ``python -m jax_adalora.train`` subprocesses, and most of
@@ -15,6 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Most XLA optimisation passes off, here and in the training subprocesses: the tests compile thousands of small
+# programs, each run a few times, where those passes cost more compile time than they save (about a quarter of
+# the suite's CPU time). Every numeric check is against an independent reference with a float tolerance, which
+# holds either way. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the fully optimised programs (the GPU check does).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SESSION_COMPILATION_CACHE = None  # set where this process made the cache (pytest itself, not an xdist worker)
