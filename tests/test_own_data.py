@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_assets import NEGATIVE, POSITIVE, make_tiny_bert
+from tiny_assets import NEGATIVE, POSITIVE, make_tiny_bert, minilm_dir
 
 from jax_adalora.allocator import budget_schedule
 from jax_adalora.config import AdaLoRAConfig
@@ -159,6 +159,27 @@ def test_second_read_reuses_the_tokenisation_cache(topic_run, model_dir):
     assert sorted(glob.glob(str(cache / "**" / "*.arrow"), recursive=True)) == before  # nothing new written
     other = tokenised_rows(rows, tokenizer, find_columns(rows, "train.csv"), max_seq_length=16)
     assert other.cache_files[0]["filename"] not in before  # another length is another tokenisation
+
+
+def test_tokenise_with_a_real_tokenizer():
+    """The token ids every text task trains on, for single texts and truncated pairs (stored expectations)."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from jax_adalora.tasks.text_dataset import Columns, tokenise
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    rows = datasets.Dataset.from_dict({"text": ["a fine film", "dull"]})
+    single = tokenise(rows, tokenizer, Columns(("text",), "label"), max_seq_length=8, labels=np.array([1, 0], np.int32))
+    assert single.input_ids.tolist() == [[101, 1037, 2986, 2143, 102], [101, 10634, 102, 0, 0]]
+    assert single.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert single.lengths.tolist() == [5, 3] and single.labels.tolist() == [1, 0]
+    long = " ".join(["word"] * 50)
+    rows = datasets.Dataset.from_dict({"a": ["short one", long], "b": ["second text", long]})
+    pair = tokenise(rows, tokenizer, Columns(("a", "b"), "label"), max_seq_length=12, labels=None)
+    assert pair.width == 12 and pair.lengths.tolist() == [7, 12]
+    assert pair.token_type_ids[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert pair.input_ids.dtype == np.int32 and pair.labels is None
 
 
 def test_pair_tsv_binary_int_labels(model_dir, tmp_path):

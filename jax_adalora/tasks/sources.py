@@ -163,18 +163,6 @@ def _read_parquet(path: Path) -> list[Record]:
     return [(f"{path}, row {index}", row) for index, row in enumerate(table.to_pylist())]
 
 
-def read_glue_tsv(path: Path, *, header: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    """Lines of a GLUE TSV as ``(line_number, fields)``; GLUE's TSVs are unquoted, so split on tabs only."""
-    path = require_file(path)
-    lines = read_text(path).splitlines()
-    rows = [(number, line.split("\t")) for number, line in enumerate(lines, start=1) if line.strip()]
-    if not rows or (header and len(rows) == 1):
-        raise TaskDataError(f"{path}: no examples in the file")
-    if header:
-        return rows[0][1], rows[1:]
-    return None, rows
-
-
 # ---- the Hugging Face hub ------------------------------------------------------------------------
 
 
