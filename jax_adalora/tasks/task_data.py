@@ -217,7 +217,7 @@ def load_task(
     spec = get_task_spec(name)
     sources = dict(data_dir=data_dir, train_file=train_file, validation_file=validation_file)
     if spec.kind == "qa":
-        train_examples, eval_examples = load_squad_splits(spec, **sources)
+        train_examples, eval_examples = load_squad_splits(spec, **sources, datasets_cache=datasets_cache_dir)
         train_examples = [train_examples[i] for i in _train_rows(len(train_examples), max_train_examples, seed)]
         eval_examples = {k: [v[i] for i in eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
 
