@@ -56,7 +56,7 @@ def local_files_hint(spec: TaskSpec) -> str:
     )
 
 
-def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, title="") -> QAExample:
+def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, title="", *, labelled=True):
     for name, value in (("id", qid), ("question", question), ("context", context)):
         if not isinstance(value, str):
             raise TaskDataError(f"{where}: {name} must be text, got {value!r:.80}")
@@ -71,7 +71,7 @@ def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, 
                 f"{where}, question {qid}: answer text {text!r} does not match the context at answer_start "
                 f"{start}: context[{start}:{start + len(text)}] = {found!r}"
             )
-    if not texts and not spec.with_negative:
+    if not texts and not spec.with_negative and labelled:
         raise TaskDataError(
             f"{where}, question {qid}: no answer; SQuAD v1.1 ({spec.name}) needs one (use squad_v2 for "
             "unanswerable questions)"
@@ -87,7 +87,7 @@ def _field(record: dict, key: str):
     return value
 
 
-def _official(spec: TaskSpec, path: Path, articles: Iterable[dict]) -> list[QAExample]:
+def _official(spec: TaskSpec, path: Path, articles: Iterable[dict], *, labelled: bool = True) -> list[QAExample]:
     examples = []
     near = "the first article"
     try:
@@ -102,15 +102,18 @@ def _official(spec: TaskSpec, path: Path, articles: Iterable[dict]) -> list[QAEx
                     texts = [_field(a, "text") for a in answers]
                     starts = [_field(a, "answer_start") for a in answers]
                     qid, question = _field(qa, "id"), _field(qa, "question")
-                    examples.append(_example(spec, str(path), qid, question, context, texts, starts, title))
+                    where = str(path)
+                    example = _example(spec, where, qid, question, context, texts, starts, title, labelled=labelled)
+                    examples.append(example)
     except (KeyError, TypeError, AttributeError) as err:
         raise TaskDataError(f"{path}: malformed SQuAD JSON at {near}: missing or wrong field ({err})") from None
     return examples
 
 
-def _flat(spec: TaskSpec, path: Path, rows) -> list[QAExample]:
+def _flat(spec: TaskSpec, path: Path, rows, *, labelled: bool = True) -> list[QAExample]:
     locate = row_locator(path)
-    missing = [c for c in FLAT_COLUMNS if c not in rows.column_names]
+    required = FLAT_COLUMNS if labelled else tuple(c for c in FLAT_COLUMNS if c != "answers")
+    missing = [c for c in required if c not in rows.column_names]
     if missing:
         raise TaskDataError(
             f"{locate(0)}: missing column(s) {', '.join(missing)} (present: {', '.join(rows.column_names)})"
@@ -118,24 +121,50 @@ def _flat(spec: TaskSpec, path: Path, rows) -> list[QAExample]:
     examples = []
     for index, row in enumerate(rows):
         where = locate(index)
-        absent = [c for c in FLAT_COLUMNS if row[c] is None]
+        absent = [c for c in required if row[c] is None]
         if absent:
             raise TaskDataError(f"{where}: missing column(s) {', '.join(absent)}")
-        answers = row["answers"]
+        answers = row.get("answers") or {"text": [], "answer_start": []}
         if not isinstance(answers, dict) or not {"text", "answer_start"} <= answers.keys():
             raise TaskDataError(f"{where}: 'answers' must be {{'text': [...], 'answer_start': [...]}}")
         texts, starts = list(answers["text"] or []), list(answers["answer_start"] or [])
         title = row.get("title") or ""
-        examples.append(_example(spec, where, row["id"], row["question"], row["context"], texts, starts, title))
+        question, context = row["question"], row["context"]
+        examples.append(_example(spec, where, row["id"], question, context, texts, starts, title, labelled=labelled))
     return examples
 
 
 def read_squad_file(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None) -> list[QAExample]:
     """Questions of one file: the official JSON or flat records (JSON lines, parquet, list of records), read
     through ``datasets`` (``cache_dir``: its cache, None for its default)."""
+    return _read(spec, path, cache_dir, labelled=True)[1]
+
+
+def read_questions(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None):
+    """Questions to answer (``predict``, ``--test-file``), gold answers optional.
+
+    Returns:
+      ``(rows, examples, labelled)``: the rows to write the answers beside (a flat file's own rows; for the
+      official JSON one row per question: ``id``, ``title``, ``question``, ``context``), the questions in the
+      same order, and whether the file holds gold answers to score against.
+    """
+    import datasets
+
+    rows, examples = _read(spec, path, cache_dir, labelled=False)
+    if "paragraphs" in rows.column_names:
+        fields = ("id", "title", "question", "context")
+        flat = datasets.Dataset.from_list([{f: getattr(e, f) for f in fields} for e in examples])
+        return flat, examples, any(e.answers for e in examples)
+    return rows, examples, "answers" in rows.column_names
+
+
+def _read(spec: TaskSpec, path, cache_dir, *, labelled: bool):
     rows = read_file(path, cache_dir=cache_dir)
     path = Path(path)
-    examples = _official(spec, path, rows) if "paragraphs" in rows.column_names else _flat(spec, path, rows)
+    if "paragraphs" in rows.column_names:
+        examples = _official(spec, path, rows, labelled=labelled)
+    else:
+        examples = _flat(spec, path, rows, labelled=labelled)
     if not examples:
         raise TaskDataError(f"{path}: no questions in the file")
     seen = set()
@@ -143,7 +172,7 @@ def read_squad_file(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None) 
         if example.id in seen:
             raise TaskDataError(f"{path}: question id {example.id} appears more than once")
         seen.add(example.id)
-    return examples
+    return rows, examples
 
 
 def load_squad_splits(
