@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 from jax_adalora.tasks.labelled_texts import (
     LABEL_COLUMN,
+    NAMED_CSV_OPTIONS,
     LabelledRows,
     concatenate,
     labelled_rows,
@@ -43,8 +43,6 @@ GLUE_TSV_LAYOUTS: dict[str, tuple[tuple, object]] = {
     "rte": (("sentence1", "sentence2"), "label"),
 }
 COLA_FIELDS = ("source", "label", "original label", "sentence")
-# GLUE's TSVs are unquoted (a quote is text), and an empty field is an empty text, not a missing value.
-GLUE_TSV_OPTIONS = {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}
 # Eval split -> GLUE's file name for it.
 GLUE_DEV_FILES = {
     "validation": "dev.tsv",
@@ -65,7 +63,7 @@ def read_glue_tsv_split(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=No
     """One split from a TSV in GLUE's own layout for ``spec``, its columns renamed to the hub's."""
     text_columns, label_column = GLUE_TSV_LAYOUTS[spec.name]
     has_header = spec.name != "cola"
-    options = dict(GLUE_TSV_OPTIONS)
+    options = dict(NAMED_CSV_OPTIONS[".tsv"])  # tab-separated, unquoted, an empty field an empty text
     if not has_header:
         options |= {"header": None, "names": list(COLA_FIELDS)}
         text_columns, label_column = tuple(COLA_FIELDS[i] for i in text_columns), COLA_FIELDS[label_column]

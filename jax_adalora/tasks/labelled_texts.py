@@ -22,9 +22,10 @@ from jax_adalora.tasks.sources import TaskDataError
 from jax_adalora.tasks.text_dataset import read_file
 
 LABEL_COLUMN = "label"
-# Named tasks' csv and tsv files as they were written: an empty cell is an empty text, tsv cells are unquoted.
-NAMED_CSV_OPTIONS = {".csv": {"keep_default_na": False}, ".tsv": {"sep": "\t", "quoting": csv.QUOTE_NONE}}
-NAMED_CSV_OPTIONS[".tsv"] |= NAMED_CSV_OPTIONS[".csv"]
+# Named tasks' csv and tsv files as they were written: an empty cell is an empty text (not a missing value), and
+# tsv cells are unquoted (a quote is text), as in GLUE's own TSVs.
+_EMPTY_IS_TEXT = {"keep_default_na": False}
+NAMED_CSV_OPTIONS = {".csv": _EMPTY_IS_TEXT, ".tsv": {"sep": "\t", "quoting": csv.QUOTE_NONE, **_EMPTY_IS_TEXT}}
 _CHUNK = 8192
 
 
