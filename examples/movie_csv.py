@@ -37,7 +37,8 @@ def main(argv=None) -> int:
         with open(targets[split], "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["text", "label"])
-            writer.writerows(zip(texts.first, (spec.label_names[i] for i in texts.labels), strict=True))
+            labels = (spec.label_names[i] for i in texts.labels)
+            writer.writerows(zip(texts.rows["sentence"], labels, strict=True))
         print(f"{targets[split]}: {len(texts):,} rows")
     return 0
 

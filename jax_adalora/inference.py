@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 
 from jax_adalora.tasks import BatchIterator, EncodedSplit, TaskSpec, compute_metrics
 from jax_adalora.tasks.prediction_files import write_predictions
+from jax_adalora.tasks.squad import read_questions
+from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
 from jax_adalora.tasks.task_data import predictions_from_outputs
 from jax_adalora.tasks.text_dataset import read_unlabelled, tokenise
 
@@ -80,38 +83,46 @@ def predict_file(
     cache_dir: str | os.PathLike | None = None,
     write: bool = True,
     text_columns: tuple[str, ...] = (),
+    doc_stride: int = 128,
 ) -> dict:
-    """Labels the rows of ``input_file`` (the task's text columns or ``text_columns``; labels are optional).
+    """Labels the rows of ``input_file``: texts (the task's text columns or ``text_columns``) or, for a QA task,
+    questions (SQuAD's official JSON or flat ``id``, ``question``, ``context`` records); labels or gold answers
+    are optional.
 
-    Writes ``output_file`` (the input's columns plus ``prediction`` and, for classification,
-    ``probability_<label>``) on the writing process when ``write``. Returns ``{"rows": N, "output_file":
-    path}`` plus the task's metrics when the file has labels.
+    Writes ``output_file`` (the input's columns plus ``prediction``: a label name, a number, or an answer text,
+    empty for no answer; for classification also ``probability_<label>``) on the writing process when
+    ``write``; the official JSON's questions are written one per row. Returns ``{"rows": N, "output_file":
+    path}`` plus the task's metrics when the file has labels or answers.
     """
-    if spec.kind not in ("classification", "regression"):
-        raise ValueError(
-            f"predictions from files are for classification and regression tasks; {spec.name} is {spec.kind}"
-        )
-    rows, columns, labels = read_unlabelled(input_file, spec, cache_dir=cache_dir, text_columns=text_columns)
-    split = tokenise(rows, tokenizer, columns, max_seq_length=max_seq_length, labels=None)
-    outputs = split_outputs(
+    outputs_of = functools.partial(
+        split_outputs,
         eval_step,
         params,
         frozen,
-        split,
         batch_size=batch_size,
         pad_to_multiple_of=pad_to_multiple_of,
         sharding=sharding,
     )
-    result: dict = {"rows": len(rows)}
-    predictions = predictions_from_outputs(spec.kind, outputs)
-    if spec.kind == "regression":
-        predicted, probabilities = [float(v) for v in predictions], None
+    probabilities = None
+    if spec.kind == "qa":
+        rows, examples, labelled = read_questions(spec, input_file, cache_dir=cache_dir)
+        split = encode_squad(tokenizer, examples, max_seq_length=max_seq_length, doc_stride=doc_stride)
+        start, end = outputs_of(split)
+        answers, null_odds = postprocess_qa(examples, split, start, end, with_negative=spec.with_negative)
+        predicted = [answers[e.id] for e in examples]
+        metrics = squad_metrics(examples, answers, null_odds, with_negative=spec.with_negative) if labelled else {}
     else:
-        from scipy.special import softmax
+        rows, columns, labels = read_unlabelled(input_file, spec, cache_dir=cache_dir, text_columns=text_columns)
+        outputs = outputs_of(tokenise(rows, tokenizer, columns, max_seq_length=max_seq_length, labels=None))
+        predictions = predictions_from_outputs(spec.kind, outputs)
+        if spec.kind == "regression":
+            predicted = [float(v) for v in predictions]
+        else:
+            from scipy.special import softmax
 
-        predicted, probabilities = [spec.label_names[i] for i in predictions], softmax(outputs, axis=-1)
-    if labels is not None:
-        result.update(compute_metrics(spec.metrics, predictions, labels))
+            predicted, probabilities = [spec.label_names[i] for i in predictions], softmax(outputs, axis=-1)
+        metrics = {} if labels is None else compute_metrics(spec.metrics, predictions, labels)
+    result: dict = {"rows": len(rows), **metrics}
     if write and output_file is not None:
         path = write_predictions(
             rows, output_file, predictions=predicted, probabilities=probabilities, label_names=spec.label_names

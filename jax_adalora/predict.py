@@ -4,10 +4,11 @@
 
 reads the run's ``config.json`` (model, task, label names, sequence length), rebuilds the model with the
 run's best adapters (``--adapters final`` for the last ones) and their rank pattern, and writes the input
-rows with a ``prediction`` column (label names, or numbers for regression) and, for classification,
-``probability_<label>`` columns, in the input's format (csv, tsv, json, jsonl or parquet). The output goes
-to ``--output-file`` or ``RUN/<input stem>.predictions.<suffix>``; an existing file is never replaced.
-When the input has the task's label column, the task's metrics on it are printed too. Errors are one line
+rows with a ``prediction`` column (label names, numbers for regression, or answer texts for SQuAD, empty for
+no answer) and, for classification, ``probability_<label>`` columns, in the input's format (csv, tsv, json,
+jsonl or parquet; SQuAD's official JSON comes back one question per row). The output goes to
+``--output-file`` or ``RUN/<input stem>.predictions.<suffix>``; an existing file is never replaced. When the
+input has the task's label column (SQuAD: answers), the task's metrics on it are printed too. Errors are one line
 naming the flag or file, exit status 2 (1 for a failure at run time).
 """
 
@@ -31,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label a csv/tsv/json/jsonl/parquet file with a trained run's model and adapters.",
     )
     parser.add_argument("--run-dir", required=True, help="the training run's --output-dir")
-    parser.add_argument("--input-file", required=True, help="rows to label: the task's text column(s); labels optional")
+    parser.add_argument(
+        "--input-file",
+        required=True,
+        help="rows to label: the task's text column(s), or SQuAD questions (id, question, context); labels optional",
+    )
     parser.add_argument(
         "--output-file", default=None, help="where to write (default: RUN/<input stem>.predictions.<suffix>)"
     )
@@ -121,6 +126,7 @@ def predict(
         sharding=NamedSharding(mesh, PartitionSpec("data")),
         cache_dir=t.datasets_cache_dir or None,
         text_columns=text_columns,
+        doc_stride=t.doc_stride,
     )
     return {"task": spec.name, "adapters": str(adapter_file), **summary}
 

@@ -83,6 +83,7 @@ def _load(run: RunConfig):
     from jax_adalora.models import from_pretrained, load_tokenizer
     from jax_adalora.models.pretrained import load_config, max_sequence_length, resolve_model_dir
     from jax_adalora.tasks import load_task
+    from jax_adalora.tasks.squad import read_questions
     from jax_adalora.tasks.text_dataset import read_unlabelled
 
     t = run.train
@@ -113,7 +114,10 @@ def _load(run: RunConfig):
     )
     spec = data.spec
     if t.test_file:  # checked now, labelled after training
-        read_unlabelled(t.test_file, spec, cache_dir=t.datasets_cache_dir or None)
+        if spec.kind == "qa":
+            read_questions(spec, t.test_file, cache_dir=t.datasets_cache_dir or None)
+        else:
+            read_unlabelled(t.test_file, spec, cache_dir=t.datasets_cache_dir or None)
     head = "qa" if spec.kind == "qa" else "classification"
     num_labels = 1 if spec.kind == "regression" else max(spec.num_labels, 1)
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
@@ -396,6 +400,7 @@ def _label_test_file(run: RunConfig, spec, functional, state, eval_step, shardin
         sharding=sharding,
         cache_dir=t.datasets_cache_dir or None,
         write=_is_writer(),
+        doc_stride=t.doc_stride,
     )
 
 

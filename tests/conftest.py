@@ -5,7 +5,8 @@ The flags must be set before JAX initialises its backends, hence here, at import
 the same tiny model many times, in this process and in ``python -m jax_adalora.train`` subprocesses, and most of
 each run is XLA compiling the same programs: JAX's persistent compilation cache, in a temporary directory shared
 through the environment by the session and its subprocesses, compiles each program once. Cached programs are
-XLA's own output for the same program and options, so results do not change.
+XLA's own output for the same program and options, so results do not change. ``datasets``' cache lives in the
+same temporary directory.
 """
 
 import os
@@ -31,6 +32,9 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     # Subprocesses cache every program, not only those over JAX's 1 s default: loading the model compiles hundreds
     # of small ones, the same in every subprocess.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # The data layer's Arrow files and tokenised features (datasets' cache) stay in the session's folder too, so that
+    # tests that read files without --datasets-cache-dir leave nothing in the user's ~/.cache/huggingface.
+    os.environ["HF_DATASETS_CACHE"] = os.path.join(SESSION_COMPILATION_CACHE, "datasets")
 
 
 def pytest_configure(config):

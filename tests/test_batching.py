@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from tiny_assets import minilm_dir
 
-from jax_adalora.tasks.batching import BatchIterator, EncodedSplit, encode_texts
+from jax_adalora.tasks.batching import BatchIterator, EncodedSplit
 
 LENGTHS = [5, 40, 70, 10, 33, 3, 130, 20, 64, 65]
 
@@ -142,18 +141,3 @@ def test_select_and_bad_arguments():
     assert len(split) == 2 and split.labels.tolist() == [3, 1] and split.lengths.tolist() == [10, 40]
     with pytest.raises(ValueError, match="batch_size"):
         BatchIterator(split, 0, shuffle=False, seed=0)
-
-
-def test_encode_texts_with_a_real_tokenizer():
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    single = encode_texts(tokenizer, ["a fine film", "dull"], max_seq_length=8, labels=np.array([1, 0], np.int32))
-    assert single.input_ids.tolist() == [[101, 1037, 2986, 2143, 102], [101, 10634, 102, 0, 0]]
-    assert single.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    assert single.lengths.tolist() == [5, 3] and single.labels.tolist() == [1, 0]
-    long = " ".join(["word"] * 50)
-    pair = encode_texts(tokenizer, ["short one", long], ["second text", long], max_seq_length=12)
-    assert pair.width == 12 and pair.lengths.tolist() == [7, 12]
-    assert pair.token_type_ids[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
-    assert pair.input_ids.dtype == np.int32 and pair.labels is None

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_assets import NEGATIVE, POSITIVE, make_tiny_bert
+from tiny_assets import NEGATIVE, POSITIVE, make_tiny_bert, minilm_dir
 
 from jax_adalora.allocator import budget_schedule
 from jax_adalora.config import AdaLoRAConfig
@@ -144,6 +144,50 @@ def test_predict_errors_name_the_file(topic_run, tmp_path, capsys):
         assert len(err) == 1 and expected in err[0], err
 
 
+def squad_rows(n: int, seed: int) -> list[dict]:
+    """Flat SQuAD records: a context of three topic sentences, a question, its answer word and offset."""
+    rng = np.random.default_rng(seed)
+    sentences = [t for ts in TOPICS.values() for t in ts]
+    rows = []
+    for i in range(n):
+        context = " . ".join(sentences[int(k)] for k in rng.choice(len(sentences), 3, replace=False))
+        word = str(rng.choice(context.split()))
+        start = context.index(word)
+        rows.append({"id": f"q{seed}-{i}", "question": f"where is {word}?", "context": context,
+                     "answers": {"text": [word], "answer_start": [start]}})  # fmt: skip
+    return rows
+
+
+def test_predict_answers_squad_questions(model_dir, tmp_path, capsys):
+    """SQuAD questions get answer texts: the official JSON without answers as a run's --test-file (one row per
+    question, no scores), a flat dev file through predict (the run's dev scores)."""
+    for name, n, seed in (("train", 24, 0), ("dev", 6, 1)):
+        pd.DataFrame(squad_rows(n, seed)).to_json(tmp_path / f"{name}.jsonl", orient="records", lines=True)
+    questions = [{"id": r["id"], "question": r["question"]} for r in squad_rows(6, 1)]
+    paragraphs = [{"context": r["context"], "qas": [q]} for r, q in zip(squad_rows(6, 1), questions, strict=True)]
+    official = tmp_path / "questions.json"
+    official.write_text(json.dumps({"version": "1.1", "data": [{"title": "topics", "paragraphs": paragraphs}]}))
+    out = tmp_path / "run"
+    args = flags(model_dir, out, "--task", "squad", "--max-seq-length", "48", "--doc-stride", "16")
+    args += ["--train-file", str(tmp_path / "train.jsonl"), "--validation-file", str(tmp_path / "dev.jsonl")]
+    final = train_and_evaluate(parse_args([*args, "--test-file", str(official)]))
+    capsys.readouterr()  # the run's progress lines
+    assert final["test_predictions"]["rows"] == 6 and "f1" not in final["test_predictions"]
+    answered = pd.read_json(out / "questions.predictions.json")
+    assert list(answered["id"]) == [q["id"] for q in questions]
+    target = tmp_path / "dev.predictions.jsonl"
+    argv = ["--run-dir", str(out), "--input-file", str(tmp_path / "dev.jsonl"), "--output-file", str(target)]
+    assert predict_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    best = [h for h in _history(out) if h["step"] == final["best_step"]][0]
+    assert summary["rows"] == 6 and summary["f1"] == pytest.approx(best["f1"], abs=1e-9)
+    assert summary["exact_match"] == pytest.approx(best["exact_match"], abs=1e-9)
+    labelled = pd.read_json(target, lines=True)
+    assert list(labelled["id"]) == list(answered["id"])
+    assert all(isinstance(p, str) and p in c for p, c in zip(labelled["prediction"], labelled["context"], strict=True))
+    assert list(labelled["prediction"]) == list(answered["prediction"])  # the best adapters, both ways
+
+
 def test_second_read_reuses_the_tokenisation_cache(topic_run, model_dir):
     from jax_adalora.models import load_tokenizer
     from jax_adalora.tasks.text_dataset import find_columns, read_file, tokenised_rows
@@ -159,6 +203,27 @@ def test_second_read_reuses_the_tokenisation_cache(topic_run, model_dir):
     assert sorted(glob.glob(str(cache / "**" / "*.arrow"), recursive=True)) == before  # nothing new written
     other = tokenised_rows(rows, tokenizer, find_columns(rows, "train.csv"), max_seq_length=16)
     assert other.cache_files[0]["filename"] not in before  # another length is another tokenisation
+
+
+def test_tokenise_with_a_real_tokenizer():
+    """The token ids every text task trains on, for single texts and truncated pairs (stored expectations)."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from jax_adalora.tasks.text_dataset import Columns, tokenise
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    rows = datasets.Dataset.from_dict({"text": ["a fine film", "dull"]})
+    single = tokenise(rows, tokenizer, Columns(("text",), "label"), max_seq_length=8, labels=np.array([1, 0], np.int32))
+    assert single.input_ids.tolist() == [[101, 1037, 2986, 2143, 102], [101, 10634, 102, 0, 0]]
+    assert single.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert single.lengths.tolist() == [5, 3] and single.labels.tolist() == [1, 0]
+    long = " ".join(["word"] * 50)
+    rows = datasets.Dataset.from_dict({"a": ["short one", long], "b": ["second text", long]})
+    pair = tokenise(rows, tokenizer, Columns(("a", "b"), "label"), max_seq_length=12, labels=None)
+    assert pair.width == 12 and pair.lengths.tolist() == [7, 12]
+    assert pair.token_type_ids[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert pair.input_ids.dtype == np.int32 and pair.labels is None
 
 
 def test_pair_tsv_binary_int_labels(model_dir, tmp_path):

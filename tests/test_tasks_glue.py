@@ -108,11 +108,7 @@ def expected(task):
 def check_split(split, task):
     texts, labels = expected(task)
     spec = get_task_spec(task)
-    assert split.first == [t[0] for t in texts]
-    if spec.is_pair:
-        assert split.second == [t[1] for t in texts]
-    else:
-        assert split.second is None
+    assert [list(split.rows[key]) for key in spec.text_keys] == [list(column) for column in zip(*texts, strict=True)]
     if spec.kind == "regression":
         assert split.labels.dtype == np.float32
         np.testing.assert_allclose(split.labels, labels)
@@ -301,4 +297,4 @@ def test_json_variants(tmp_path):
     lines.write_text(lines.read_text()[1:-1])  # a single JSON object: one line of JSON lines
     train, evals = load_glue_splits(spec, train_file=wrapped, validation_file=str(lines))
     check_split(train, "sst2")
-    assert evals["validation"].first == [GLUE_ROWS["sst2"][1][0][1][0]]
+    assert list(evals["validation"].rows["sentence"]) == [GLUE_ROWS["sst2"][1][0][1][0]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import subprocess
 
@@ -59,10 +60,10 @@ def test_split_is_fixed_and_shared_by_both_tasks(cache):
     dev = movie.dev_ids(ids)
     assert hashlib.sha256(",".join(map(str, dev)).encode()).hexdigest() == DEV_IDS_SHA256
     np.testing.assert_array_equal(dev, movie.dev_ids(ids[::-1].copy()))  # independent of file order
-    _, sentiment = movie.movie_splits(get_task_spec("movie-sentiment"), data, "cache")
-    _, rating = movie.movie_splits(get_task_spec("movie-rating"), data, "cache")
+    sentiment = movie.movie_splits(get_task_spec("movie-sentiment"), data, "cache")["validation"]["sentence"]
+    rating = movie.movie_splits(get_task_spec("movie-rating"), data, "cache")["validation"]["sentence"]
     by_text = dict(zip(texts, ratings, strict=True))
-    assert set(sentiment["validation"].first) == {t for t in rating["validation"].first if by_text[t] != 0}
+    assert set(sentiment) == {t for t in rating if by_text[t] != 0}
     assert texts[0].startswith("The Rock is destined to be the 21st Century's new ''Conan''")
 
 
@@ -84,13 +85,61 @@ def test_parsing_and_labels_on_a_small_file():
     data = b"3\t-0.5\tbad film\r\n1\t2.25\tgreat film\r\n2\t0.0\tfilm\r\n"
     ids, ratings, texts = movie.parse_snippets(data, "mini")
     assert ids.tolist() == [3, 1, 2] and ratings.tolist() == [-0.5, 2.25, 0.0] and texts[1] == "great film"
-    train, evals = movie.movie_splits(get_task_spec("movie-sentiment"), data, "mini")
-    assert train.first == ["great film", "bad film"] and train.labels.tolist() == [1, 0]  # by id; zero dropped
-    assert len(evals["validation"]) == 0  # 3 // 10 dev ids
-    train, _ = movie.movie_splits(get_task_spec("movie-rating"), data, "mini")
-    assert train.labels.dtype == np.float32 and train.labels.tolist() == [2.25, 0.0, -0.5]
+    splits = movie.movie_splits(get_task_spec("movie-sentiment"), data, "mini")
+    train = splits["train"]
+    assert train["sentence"] == ["great film", "bad film"] and train["label"].tolist() == [1, 0]  # by id; 0 dropped
+    assert len(splits["validation"]["sentence"]) == 0  # 3 // 10 dev ids
+    train = movie.movie_splits(get_task_spec("movie-rating"), data, "mini")["train"]
+    assert train["label"].dtype == np.float32 and train["label"].tolist() == [2.25, 0.0, -0.5]
     with pytest.raises(TaskDataError, match="mini, line 2: expected id, rating, sentence"):
         movie.parse_snippets(b"1\t2\tok\r\n2\tnot-a-number\tx\r\n", "mini")
+
+
+WORDS = ["a", "fine", "dull", "film", "plot", "cast", "tedious", "witty", "and", "the", "moving", "mess"]
+
+
+def mini_snippets(n: int = 40) -> bytes:
+    """``n`` lines in the ground-truth layout (CRLF, id, rating, sentence), ids shuffled, some ratings 0."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in rng.permutation(n) + 1:
+        words = " ".join(WORDS[int(k)] for k in rng.integers(len(WORDS), size=int(rng.integers(2, 30))))
+        lines.append(f"{i}\t{float(rng.choice([-2.5, -0.3, 0.0, 0.4, 3.1]))}\t{words} .\r\n")
+    return "".join(lines).encode()
+
+
+def old_encoding(tokenizer, texts, max_seq_length):
+    """How the named tasks were tokenised before they moved to ``datasets``: one call, padded to the longest."""
+    ids = tokenizer(texts, truncation=True, max_length=max_seq_length, return_token_type_ids=True)["input_ids"]
+    width = max(len(r) for r in ids)
+    return np.array([r + [tokenizer.pad_token_id] * (width - len(r)) for r in ids], np.int32)
+
+
+def test_tokens_match_the_old_encoding_and_a_second_load_reads_the_cache(tmp_path, monkeypatch, tokenizer):
+    source = tmp_path / movie.FILE_NAME
+    source.write_bytes(mini_snippets())
+    monkeypatch.setattr(movie, "snippets_file", lambda cache: source)  # stands in for the verified real file
+    options = dict(tokenizer=tokenizer, max_seq_length=16, cache_dir=tmp_path, datasets_cache_dir=tmp_path / "ds")
+    data = load_task("movie-sentiment", **options)
+    splits = movie.movie_splits(get_task_spec("movie-sentiment"), mini_snippets(), "mini")
+    for split, expected in ((data.train, splits["train"]), (data.evals["validation"], splits["validation"])):
+        np.testing.assert_array_equal(split.input_ids, old_encoding(tokenizer, expected["sentence"], 16))
+        np.testing.assert_array_equal(split.attention_mask, split.input_ids != tokenizer.pad_token_id)
+        np.testing.assert_array_equal(split.token_type_ids, np.zeros_like(split.input_ids))
+        np.testing.assert_array_equal(split.labels, expected["label"])
+        assert split.labels.dtype == np.int32
+    assert (len(data.train), len(data.evals["validation"])) == (34, 3)  # 4 dev ids, a rating of 0 dropped
+    assert sorted(p.name for p in (tmp_path / "movie" / "movie-sentiment-v1").iterdir()) == [
+        "train.parquet",
+        "validation.parquet",
+    ]
+    written = sorted(glob.glob(str(tmp_path / "ds" / "**" / "*.arrow"), recursive=True))
+    assert sum("cache-" in p for p in written) == 2  # the two splits' tokenised features
+    from transformers import AutoTokenizer
+
+    again = load_task("movie-sentiment", **(options | {"tokenizer": AutoTokenizer.from_pretrained(minilm_dir())}))
+    assert sorted(glob.glob(str(tmp_path / "ds" / "**" / "*.arrow"), recursive=True)) == written  # read back
+    np.testing.assert_array_equal(again.train.input_ids, data.train.input_ids)
 
 
 def test_local_data_dir_is_verified(tmp_path):

@@ -41,9 +41,11 @@ def test_real_task_counts_and_balanced_labels(splits):
     dev = evals["validation"]
     assert (len(train), len(dev)) == (9_202, 874)
     assert np.bincount(train.labels).tolist() == [4_601, 4_601] and np.bincount(dev.labels).tolist() == [437, 437]
-    assert train.labels.dtype == np.int32 and train.second is None
-    assert all(len(t.split()) >= subjectivity.MIN_WORDS for t in train.first + dev.first)
-    assert not set(train.first) & set(dev.first)
+    assert train.labels.dtype == np.int32 and train.rows.column_names == ["sentence", "label"]
+    assert all(
+        len(t.split()) >= subjectivity.MIN_WORDS for t in list(train.rows["sentence"]) + list(dev.rows["sentence"])
+    )
+    assert not set(list(train.rows["sentence"])) & set(list(dev.rows["sentence"]))
     assert SPEC.label_names == ("objective", "subjective") and SPEC.main_metric == "accuracy"
 
 
@@ -58,10 +60,11 @@ def test_real_split_keeps_each_movie_on_one_side_and_is_fixed(cache, splits):
     assert subjectivity.dev_movies(movies[::-1]) == dev  # independent of file order
     movie_of = dict(zip(texts, movies, strict=True))
     train, evals = splits
-    assert {movie_of[t] for t in train.first}.isdisjoint({movie_of[t] for t in evals["validation"].first})
-    assert {movie_of[t] for t in evals["validation"].first} <= dev
-    again, again_evals = subjectivity.subjectivity_splits(data, "cache")
-    assert again.first == train.first and again_evals["validation"].first == evals["validation"].first
+    dev_texts = list(evals["validation"].rows["sentence"])
+    assert {movie_of[t] for t in train.rows["sentence"]}.isdisjoint({movie_of[t] for t in dev_texts})
+    assert {movie_of[t] for t in dev_texts} <= dev
+    again = subjectivity.subjectivity_splits(data, "cache")
+    assert again["train"]["sentence"] == list(train.rows["sentence"]) and again["validation"]["sentence"] == dev_texts
 
 
 @pytest.mark.slow
@@ -131,17 +134,17 @@ def test_split_by_movie_is_balanced_and_fixed():
     rows = [f'plot,"{LONG} plot{m}a. {LONG} plot{m}b.",m{m},True' for m in range(20)]
     rows += [f"fresh,{LONG} review{m}{k},m{m},True" for m in range(20) for k in range(3)]
     data = _csv(*rows)
-    train, evals = subjectivity.subjectivity_splits(data, "mini")
-    dev = evals["validation"]
+    splits = subjectivity.subjectivity_splits(data, "mini")
+    train, dev = splits["train"], splits["validation"]
     texts, _, movies = subjectivity.labelled_sentences(subjectivity.parse_corpus(data, "mini"))
     movie_of = dict(zip(texts, movies, strict=True))
     dev_movies = subjectivity.dev_movies(movies)
     assert len(dev_movies) == 2  # 20 // 10
-    assert np.bincount(train.labels).tolist() == [36, 36] and np.bincount(dev.labels).tolist() == [4, 4]
-    assert {movie_of[t] for t in dev.first} == dev_movies
-    assert {movie_of[t] for t in train.first} == {f"m{m}" for m in range(20)} - dev_movies
-    again, again_evals = subjectivity.subjectivity_splits(data, "mini")
-    assert again.first == train.first and again_evals["validation"].first == dev.first
+    assert np.bincount(train["label"]).tolist() == [36, 36] and np.bincount(dev["label"]).tolist() == [4, 4]
+    assert {movie_of[t] for t in dev["sentence"]} == dev_movies
+    assert {movie_of[t] for t in train["sentence"]} == {f"m{m}" for m in range(20)} - dev_movies
+    again = subjectivity.subjectivity_splits(data, "mini")
+    assert again["train"]["sentence"] == train["sentence"] and again["validation"]["sentence"] == dev["sentence"]
 
 
 def test_bad_rows_name_the_file_and_line():

@@ -4,7 +4,7 @@
 ``evaluate``); ``BatchIterator`` cuts a split into fixed-size, length-bucketed, resumable batches.
 """
 
-from jax_adalora.tasks.batching import DEFAULT_BUCKETS, BatchIterator, EncodedSplit, encode_texts
+from jax_adalora.tasks.batching import DEFAULT_BUCKETS, BatchIterator, EncodedSplit
 from jax_adalora.tasks.metrics import (
     compute_metrics,
     glue_average,
@@ -32,7 +32,6 @@ __all__ = [
     "TaskSpec",
     "compute_metrics",
     "encode_squad",
-    "encode_texts",
     "get_task_spec",
     "glue_average",
     "glue_table_row",

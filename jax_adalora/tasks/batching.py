@@ -25,7 +25,6 @@ DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
 DEFAULT_PAD_MULTIPLE = 8
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _ROW_FIELDS = ("labels", "start_positions", "end_positions")  # per-row targets that travel with a batch
-_ENCODE_CHUNK = 8192
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,32 +81,6 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_value: int = 0, width: int | Non
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
-
-
-def encode_texts(
-    tokenizer,
-    texts: Sequence[str],
-    pair_texts: Sequence[str] | None = None,
-    *,
-    max_seq_length: int,
-    labels: np.ndarray | None = None,
-) -> EncodedSplit:
-    """Tokenises single sentences or sentence pairs (truncating the longest first) into an ``EncodedSplit``."""
-    ids, types = [], []
-    for start in range(0, len(texts), _ENCODE_CHUNK):
-        stop = start + _ENCODE_CHUNK
-        enc = tokenizer(
-            list(texts[start:stop]),
-            None if pair_texts is None else list(pair_texts[start:stop]),
-            truncation=True,
-            max_length=max_seq_length,
-            padding=False,
-            return_token_type_ids=True,
-            return_attention_mask=False,
-        )
-        ids.extend(enc["input_ids"])
-        types.extend(enc.get("token_type_ids") or [[0] * len(r) for r in enc["input_ids"]])
-    return from_token_lists(tokenizer, ids, types, labels=labels)
 
 
 def from_token_lists(tokenizer, ids, types, **fields) -> EncodedSplit:

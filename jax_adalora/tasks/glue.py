@@ -18,12 +18,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from jax_adalora.tasks import labelled_texts
-from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
+from jax_adalora.tasks.labelled_texts import (
+    LABEL_COLUMN,
+    NAMED_CSV_OPTIONS,
+    LabelledRows,
+    concatenate,
+    labelled_rows,
+    read_named_split,
+    row_locator,
+)
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files, read_glue_tsv
+from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files
+from jax_adalora.tasks.text_dataset import read_file
 
 # Task -> (text columns, label column) by header name; CoLA's files have no header: by position.
 GLUE_TSV_LAYOUTS: dict[str, tuple[tuple, object]] = {
@@ -36,6 +42,7 @@ GLUE_TSV_LAYOUTS: dict[str, tuple[tuple, object]] = {
     "qnli": (("question", "sentence"), "label"),
     "rte": (("sentence1", "sentence2"), "label"),
 }
+COLA_FIELDS = ("source", "label", "original label", "sentence")
 # Eval split -> GLUE's file name for it.
 GLUE_DEV_FILES = {
     "validation": "dev.tsv",
@@ -52,32 +59,24 @@ def local_files_hint(spec: TaskSpec) -> str:
     )
 
 
-def read_glue_tsv_split(spec: TaskSpec, path: str | os.PathLike) -> LabelledTexts:
-    """One split from a TSV in GLUE's own layout for ``spec``."""
+def read_glue_tsv_split(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None) -> LabelledRows:
+    """One split from a TSV in GLUE's own layout for ``spec``, its columns renamed to the hub's."""
     text_columns, label_column = GLUE_TSV_LAYOUTS[spec.name]
     has_header = spec.name != "cola"
-    header, lines = read_glue_tsv(Path(path), header=has_header)
-    if has_header:
-        missing = [c for c in (*text_columns, label_column) if c not in header]
-        if missing:
-            raise TaskDataError(
-                f"{path}, line 1: missing column(s) {', '.join(missing)} in the header for GLUE {spec.glue_dir} "
-                f"(header: {header})"
-            )
-        text_index = [header.index(c) for c in text_columns]
-        label_index = header.index(label_column)
-        width = len(header)
-    else:
-        text_index, label_index = list(text_columns), label_column
-        width = 4
-    rows = []
-    for number, fields in lines:
-        where = f"{path}, line {number}"
-        if len(fields) != width:
-            expected = f"the header's {width}" if has_header else f"{width} (source, label, original label, sentence)"
-            raise TaskDataError(f"{where}: {len(fields)} tab-separated fields, expected {expected}")
-        rows.append((where, [fields[i] for i in text_index], fields[label_index]))
-    return labelled_texts.build(spec, rows, str(path))
+    options = dict(NAMED_CSV_OPTIONS[".tsv"])  # tab-separated, unquoted, an empty field an empty text
+    if not has_header:
+        options |= {"header": None, "names": list(COLA_FIELDS)}
+        text_columns, label_column = tuple(COLA_FIELDS[i] for i in text_columns), COLA_FIELDS[label_column]
+    rows = read_file(path, cache_dir=cache_dir, options=options, as_text=True)
+    missing = [c for c in (*text_columns, label_column) if c not in rows.column_names]
+    if missing:
+        raise TaskDataError(
+            f"{path}, line 1: missing column(s) {', '.join(missing)} in the header for GLUE {spec.glue_dir} "
+            f"(header: {rows.column_names})"
+        )
+    names = dict(zip((*text_columns, label_column), (*spec.text_keys, LABEL_COLUMN), strict=True))
+    rows = rows.select_columns(list(names)).rename_columns({k: v for k, v in names.items() if k != v})
+    return labelled_rows(spec, rows, str(path), row_locator(path, header=has_header))
 
 
 def task_folder(spec: TaskSpec, data_dir: str | os.PathLike) -> Path:
@@ -113,33 +112,24 @@ def load_glue_splits(
     data_dir: str | os.PathLike | None = None,
     train_file: str | os.PathLike | None = None,
     validation_file: str | None = None,
-) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
-    """The train split and the eval splits (by name) of a GLUE task, from the first source given."""
+    datasets_cache: str | os.PathLike | None = None,
+) -> tuple[LabelledRows, dict[str, LabelledRows]]:
+    """The train split and the eval splits (by name) of a GLUE task, from the first source given;
+    ``datasets_cache`` is ``datasets``' cache (None: its default)."""
     if train_file or validation_file:
         if not (train_file and validation_file):
             raise TaskDataError("--train-file and --validation-file go together: pass both")
-        train = read_named_split(spec, train_file)
-        return train, {name: read_named_split(spec, p) for name, p in validation_paths(spec, validation_file).items()}
-    if data_dir:
+        paths = {"train": train_file, **validation_paths(spec, validation_file)}
+        splits = {name: read_named_split(spec, p, cache_dir=datasets_cache) for name, p in paths.items()}
+    elif data_dir:
         folder = task_folder(spec, data_dir)
-        train = read_glue_tsv_split(spec, folder / "train.tsv")
-        return train, {name: read_glue_tsv_split(spec, folder / GLUE_DEV_FILES[name]) for name in spec.eval_splits}
-    hint = local_files_hint(spec)
-    splits = {}
-    for name in ("train", *spec.eval_splits):
-        parts = [read_named_split(spec, p) for p in hub_parquet_files(spec.hub_id, spec.hub_config, name, hint=hint)]
-        splits[name] = _concatenate(parts)
+        paths = {"train": folder / "train.tsv", **{name: folder / GLUE_DEV_FILES[name] for name in spec.eval_splits}}
+        splits = {name: read_glue_tsv_split(spec, p, cache_dir=datasets_cache) for name, p in paths.items()}
+    else:
+        hint = local_files_hint(spec)
+        splits = {}
+        for name in ("train", *spec.eval_splits):
+            files = hub_parquet_files(spec.hub_id, spec.hub_config, name, hint=hint)
+            splits[name] = concatenate([read_named_split(spec, p, cache_dir=datasets_cache) for p in files])
     train = splits.pop("train")
     return train, splits
-
-
-def _concatenate(parts: list[LabelledTexts]) -> LabelledTexts:
-    if len(parts) == 1:
-        return parts[0]
-    second = None if parts[0].second is None else [t for p in parts for t in p.second]
-    return LabelledTexts(
-        [t for p in parts for t in p.first],
-        second,
-        np.concatenate([p.labels for p in parts]),
-        ", ".join(p.origin for p in parts),
-    )

@@ -16,11 +16,14 @@ First use runs ``python -m pip download --no-deps --no-binary :all: vadersentime
 checks the archive's and the file's sha256, and writes the file atomically to
 ``$JAX_ADALORA_CACHE/movie/`` (default ``~/.cache/jax_adalora``); later runs read the cache and check
 its sha256 again (a corrupt copy is fetched anew). Without PyPI, put the file (or the sdist) in a
-folder and pass it as ``data_dir``.
+folder and pass it as ``data_dir``. Each task's train and dev splits are written once beside it
+(``movie/<task>-v1/train.parquet``, ``validation.parquet``) and read through ``datasets``, which caches
+their tokenisation.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -29,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
-from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, sha256
+from jax_adalora.tasks.labelled_texts import LabelledRows, read_train_and_validation
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, cached_split_files, sha256
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError, decode_text
 
@@ -43,6 +46,7 @@ FILE_MEMBER = f"hutto_ICWSM_2014/{FILE_NAME}"
 FILE_SHA256 = "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350"
 NUM_SENTENCES = 10_605
 SPLIT_SALT = "jax-adalora-movie"
+SPLIT_VERSION = "v1"  # in the cached split files' folder: a new split rule needs a new version
 
 
 def extract_snippets(sdist: bytes, origin: str) -> bytes:
@@ -117,7 +121,9 @@ def dev_ids(ids: np.ndarray) -> np.ndarray:
     return np.sort(ids[order[: len(ids) // 10]])
 
 
-def movie_splits(spec: TaskSpec, data: bytes, origin: str) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
+def movie_splits(spec: TaskSpec, data: bytes, origin: str) -> dict[str, dict]:
+    """``{"train": columns, "validation": columns}`` of a movie task from the ground-truth file's bytes;
+    columns are ``{"sentence": [texts], "label": (N,) int32 or float32}``, rows in id order."""
     ids, ratings, texts = parse_snippets(data, origin)
     in_dev = np.isin(ids, dev_ids(ids))
     keep = ratings != 0 if spec.kind == "classification" else np.ones(len(ids), bool)
@@ -126,11 +132,11 @@ def movie_splits(spec: TaskSpec, data: bytes, origin: str) -> tuple[LabelledText
     else:
         labels = ratings.astype(np.float32)
 
-    def part(mask: np.ndarray, name: str) -> LabelledTexts:
+    def part(mask: np.ndarray) -> dict:
         rows = np.flatnonzero(mask)[np.argsort(ids[mask], kind="stable")]
-        return LabelledTexts([texts[i] for i in rows], None, labels[rows], f"{origin} ({name})")
+        return {"sentence": [texts[i] for i in rows], "label": labels[rows]}
 
-    return part(keep & ~in_dev, "train"), {"validation": part(keep & in_dev, "dev")}
+    return {"train": part(keep & ~in_dev), "validation": part(keep & in_dev)}
 
 
 def load_movie_splits(
@@ -140,13 +146,24 @@ def load_movie_splits(
     train_file: str | os.PathLike | None = None,
     validation_file: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
-) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
-    """Train and ``{"validation": dev}`` of a movie task from named files, ``data_dir``, or the cache/PyPI."""
-    if train_file or validation_file:
-        if not (train_file and validation_file):
-            raise TaskDataError("--train-file and --validation-file go together: pass both")
-        return read_named_split(spec, train_file), {"validation": read_named_split(spec, validation_file)}
-    if data_dir:
-        return movie_splits(spec, _local_snippets(data_dir), str(Path(data_dir) / FILE_NAME))
-    path = snippets_file(cache)
-    return movie_splits(spec, path.read_bytes(), str(path))
+    datasets_cache: str | os.PathLike | None = None,
+) -> tuple[LabelledRows, dict[str, LabelledRows]]:
+    """Train and ``{"validation": dev}`` of a movie task from named files, ``data_dir``, or the cache/PyPI.
+
+    ``cache`` holds the ground-truth file and the task's split files; ``datasets_cache`` is ``datasets``' own.
+    """
+
+    def source() -> tuple[bytes, str]:
+        if data_dir:
+            return _local_snippets(data_dir), str(Path(data_dir) / FILE_NAME)
+        path = snippets_file(cache)
+        return path.read_bytes(), str(path)
+
+    task_files = functools.partial(
+        cached_split_files,
+        f"movie/{spec.name}-{SPLIT_VERSION}",
+        source,
+        functools.partial(movie_splits, spec),
+        cache=cache,
+    )
+    return read_train_and_validation(spec, train_file, validation_file, task_files, cache_dir=datasets_cache)

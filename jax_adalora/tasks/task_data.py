@@ -10,22 +10,23 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from jax_adalora.tasks.batching import EncodedSplit, encode_texts
+from jax_adalora.tasks.batching import EncodedSplit
 from jax_adalora.tasks.glue import load_glue_splits
-from jax_adalora.tasks.labelled_texts import LabelledTexts
+from jax_adalora.tasks.labelled_texts import LabelledRows
 from jax_adalora.tasks.metrics import compute_metrics
 from jax_adalora.tasks.movie import load_movie_splits
 from jax_adalora.tasks.registry import TaskSpec, get_task_spec
 from jax_adalora.tasks.squad import QAExample, load_squad_splits
 from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
 from jax_adalora.tasks.subjectivity import load_subjectivity_splits
-from jax_adalora.tasks.text_dataset import label_ids, read_text_splits, tokenise
+from jax_adalora.tasks.text_dataset import Columns, label_ids, read_text_splits, tokenise
 
 log = logging.getLogger("jax_adalora.tasks")
 
@@ -148,8 +149,11 @@ def eval_rows(n: int, limit: int | None, labels: np.ndarray | None = None) -> np
     return np.sort(np.concatenate(rows))
 
 
-def _encode_texts(tokenizer, texts: LabelledTexts, max_seq_length: int) -> EncodedSplit:
-    return encode_texts(tokenizer, texts.first, texts.second, max_seq_length=max_seq_length, labels=texts.labels)
+def _tokenised(split: LabelledRows, keep: np.ndarray, *, spec: TaskSpec, tokenizer, max_seq_length) -> EncodedSplit:
+    """The rows ``keep`` of a checked split, tokenised through ``datasets`` (cached; all rows share one cache)."""
+    split = split.select(keep)
+    columns = Columns(tuple(spec.text_keys), "label")
+    return tokenise(split.rows, tokenizer, columns, max_seq_length=max_seq_length, labels=split.labels)
 
 
 def load_task(
@@ -213,7 +217,7 @@ def load_task(
     spec = get_task_spec(name)
     sources = dict(data_dir=data_dir, train_file=train_file, validation_file=validation_file)
     if spec.kind == "qa":
-        train_examples, eval_examples = load_squad_splits(spec, **sources)
+        train_examples, eval_examples = load_squad_splits(spec, **sources, datasets_cache=datasets_cache_dir)
         train_examples = [train_examples[i] for i in _train_rows(len(train_examples), max_train_examples, seed)]
         eval_examples = {k: [v[i] for i in eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
 
@@ -230,18 +234,15 @@ def load_task(
             null_score_diff_threshold=null_score_diff_threshold,
         )
     else:
+        sources["datasets_cache"] = datasets_cache_dir
         if spec.source == "movie":
             train, evals = load_movie_splits(spec, **sources, cache=cache_dir)
         elif spec.source == "subjectivity":
             train, evals = load_subjectivity_splits(spec, **sources, cache=cache_dir)
         else:
             train, evals = load_glue_splits(spec, **sources)
-        train = train.take(_train_rows(len(train), max_train_examples, seed))
-        evals = {k: v.take(eval_rows(len(v), max_eval_examples, v.labels)) for k, v in evals.items()}
-        data = TaskData(
-            spec,
-            _encode_texts(tokenizer, train, max_seq_length),
-            {k: _encode_texts(tokenizer, v, max_seq_length) for k, v in evals.items()},
+        data = _text_task_data(
+            spec, train, evals, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed
         )
     log.info(
         "task %s: %d train rows, eval %s",
@@ -255,21 +256,24 @@ def load_task(
 def _load_text_task(*, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed, **source) -> TaskData:
     """A task inferred from labelled text data, read and tokenised through ``datasets`` (cached)."""
     splits = read_text_splits(**source)
-    spec, columns = splits.spec, splits.columns
-
-    def encode(rows, split_name: str, keep_rows) -> EncodedSplit:
-        """Labels checked on the whole split (so that errors name the file's rows), then the kept rows tokenised."""
-        labels = label_ids(rows, columns.label, splits.origins[split_name], spec)
-        keep = keep_rows(labels)
-        subset = rows if len(keep) == len(rows) else rows.select(keep)  # all rows: the cache stays shared
-        return tokenise(subset, tokenizer, columns, max_seq_length=max_seq_length, labels=labels[keep])
-
-    train = encode(splits.train, "train", lambda labels: _train_rows(len(labels), max_train_examples, seed))
+    spec, origins = splits.spec, splits.origins
+    label = splits.columns.label
+    train = LabelledRows(splits.train, label_ids(splits.train, label, origins["train"], spec), origins["train"])
     evals = {
-        name: encode(rows, name, lambda labels: eval_rows(len(labels), max_eval_examples, labels))
+        name: LabelledRows(rows, label_ids(rows, label, origins[name], spec), origins[name])
         for name, rows in splits.evals.items()
     }
-    data = TaskData(spec, train, evals)
+    data = _text_task_data(spec, train, evals, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed)
     log.info("task %s (%s, from the data): %d train rows, eval %s", spec.name, spec.kind, len(data.train),
              {k: len(v) for k, v in data.evals.items()})  # fmt: skip
     return data
+
+
+def _text_task_data(spec, train, evals, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed):
+    """A text task's ``TaskData`` from its checked splits: the training subset and the eval samples tokenised."""
+    encode = functools.partial(_tokenised, spec=spec, tokenizer=tokenizer, max_seq_length=max_seq_length)
+    return TaskData(
+        spec,
+        encode(train, _train_rows(len(train), max_train_examples, seed)),
+        {k: encode(v, eval_rows(len(v), max_eval_examples, v.labels)) for k, v in evals.items()},
+    )

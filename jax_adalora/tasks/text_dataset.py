@@ -23,9 +23,11 @@ name the file and the row (rows count from 1, the header not included).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from jax_adalora.tasks.batching import EncodedSplit, pad_rows
 from jax_adalora.tasks.registry import TaskSpec
-from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError, endpoint_reachable, require_file
+from jax_adalora.tasks.sources import DataUnavailableError, TaskDataError, endpoint_reachable, read_text, require_file
 
 log = logging.getLogger("jax_adalora.tasks")
 
@@ -84,35 +86,121 @@ def local_files_hint() -> str:
 # ---- reading ---------------------------------------------------------------------------------------
 
 
-def read_file(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None):
+def read_file(
+    path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    options: dict | None = None,
+    as_text: bool = False,
+):
     """One file as a ``datasets.Dataset`` (Arrow, memory-mapped from the cache).
+
+    Args:
+      path: a ``.csv``, ``.tsv``, ``.json``, ``.jsonl`` or ``.parquet`` file. A ``.json`` file holds a list of
+        records, JSON lines, or an object with one list of records (``{"version": .., "data": [..]}``).
+      cache_dir: the ``datasets`` cache (None: its default).
+      options: the csv builder's options instead of the suffix's own (``FILE_TYPES``), e.g. GLUE's unquoted TSVs.
+      as_text: csv/tsv only: every column read as text, not typed by pandas (``'7.5'`` stays as written).
 
     Raises:
       FileNotFoundError: no such file.
-      TaskDataError: an unsupported suffix, a file that cannot be parsed (naming the file and, where the
-        parser says, the line), or no rows.
+      TaskDataError: an unsupported suffix, a file that cannot be parsed (naming the file and the line: bytes
+        that are not UTF-8, a line with too many fields, malformed JSON), or no rows.
     """
-    import datasets
-
     path = require_file(path)
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
-    builder, options = FILE_TYPES[suffix]
+    builder, defaults = FILE_TYPES[suffix]
+    options = dict(defaults if options is None else options)
     _quiet_datasets()
     try:
-        loaded = datasets.load_dataset(
-            builder, data_files={"rows": str(path)}, cache_dir=_cache(cache_dir), split="rows", **options
-        )
+        if as_text and builder == "csv":
+            options["features"] = _text_features(path, options)
+        loaded = _load_file(builder, path, cache_dir, options)
+        if suffix == ".json":
+            loaded = _unwrapped(loaded, path, cache_dir)
     except Exception as err:  # the parsers behind datasets (pandas, pyarrow) raise many types
-        if "corresponds to no data" in str(err):
-            raise TaskDataError(f"{path}: no examples in the file") from None
-        cause = err.__cause__ or err
-        text = " ".join(str(cause).split()) or type(cause).__name__
-        raise TaskDataError(f"{path}: cannot be read as {suffix[1:]}: {text}") from None
+        raise _read_error(err, path, options) from None
     if len(loaded) == 0:
         raise TaskDataError(f"{path}: no examples in the file")
     return loaded
+
+
+def _load_file(builder: str, path: Path, cache_dir, options: dict):
+    import datasets
+
+    return datasets.load_dataset(
+        builder, data_files={"rows": str(path)}, cache_dir=_cache(cache_dir), split="rows", **options
+    )
+
+
+def _text_features(path: Path, options: dict):
+    """Every column of a csv as text, the columns named by its header (or by ``options["names"]``)."""
+    import datasets
+    import pandas
+
+    pandas_options = {k: v for k, v in options.items() if k != "features"}
+    names = pandas.read_csv(path, nrows=0, encoding="utf-8", **pandas_options).columns
+    return datasets.Features({str(name): datasets.Value("string") for name in names})
+
+
+def _unwrapped(loaded, path: Path, cache_dir):
+    """The records of a ``.json`` file that is one object holding one list of records (SQuAD's ``data``)."""
+    import datasets
+
+    lists = [k for k, v in loaded.features.items() if isinstance(v, datasets.List | datasets.Sequence)]
+    if len(loaded) != 1 or len(lists) != 1 or not isinstance(loaded.features[lists[0]].feature, dict):
+        return loaded
+    return _load_file("json", path, cache_dir, {"field": lists[0]})
+
+
+_FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _read_error(err: Exception, path: Path, options: dict) -> TaskDataError:
+    """One line naming the file and, where it can be found, the line of a parse failure."""
+    if "corresponds to no data" in str(err):
+        return TaskDataError(f"{path}: no examples in the file")
+    cause = err.__cause__ or err
+    if isinstance(cause, UnicodeDecodeError):
+        try:
+            read_text(path)  # raises with the line and column of the first byte that is not UTF-8
+        except TaskDataError as located:
+            return located
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    fields = _FIELD_COUNT.search(text)
+    if fields:
+        expected, line, seen = fields.groups()
+        kind = "tab-separated" if options.get("sep") == "\t" else "comma-separated"
+        return TaskDataError(f"{path}, line {line}: {seen} {kind} fields, expected {expected}")
+    if path.suffix.lower() in (".json", ".jsonl"):
+        located = json_problem(path)
+        if located:
+            return TaskDataError(located)
+    return TaskDataError(f"{path}: cannot be read as {path.suffix[1:].lower()}: {text}")
+
+
+def json_problem(path: Path) -> str | None:
+    """What is wrong with a JSON or JSON lines file: no content, or where it is malformed (``path, line 2,
+    column 19: malformed JSON: ..``), found by parsing it again with Python's decoder, which reports lines and
+    columns; None when that parses it."""
+    text = read_text(path)
+    if not text.strip():
+        return f"{path}: no examples in the file"
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as err:
+        if err.msg != "Extra data":
+            return f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+    for number, line in enumerate(text.splitlines(), start=1):  # several values: JSON lines
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"{path}, line {number}, column {err.colno}: malformed JSON: {err.msg}"
+    return None
 
 
 def read_hub_dataset(name: str, config: str | None, *, cache_dir: str | os.PathLike | None = None) -> dict:
