@@ -69,6 +69,13 @@ class TrainingDiverged(RuntimeError):
 # between host and device (a hidden synchronisation) in the step loop fails them.
 STEP_TRANSFER_GUARD = "allow"
 
+# Whether the host dispatches the next step before reading the one it has just dispatched (None: off on the CPU
+# backend, on elsewhere). On a GPU or TPU this hides the host's work (batch, logging) behind the device's. On CPU
+# the device is the host's own cores, so it gains no time, and it keeps a second step's buffers alive: the
+# default run's shape at 50 steps, peak RSS 2.52 GB running ahead against 1.73 GB in lockstep, same wall time
+# within the machine's drift. The tests set True to check the run-ahead path on CPU.
+RUN_AHEAD: bool | None = None
+
 # Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
@@ -271,6 +278,7 @@ def _train_loop(
     step = start_step
     loss_window: list[float] = list(progress.get("loss_window", []))
     pending: list[tuple[int, dict]] = []  # a step whose loss and gradient norm are still on the device
+    lockstep = not (jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD)
 
     def settle() -> float:
         """Reads the pending step's loss and gradient norm (one transfer), checks them, returns the norm."""
@@ -290,14 +298,15 @@ def _train_loop(
             step_key = jax.random.fold_in(base_key, jax.device_put(np.uint32(step), replicated))
             state, step_metrics = train_step(state, frozen, device_batch(batch, batch_sharding), step_key)
         step += 1
-        # The host never waits for the step it has just dispatched: it reads the step before (finished by
-        # now) while this one runs, and this one's numbers only at a step that logs, evaluates or saves.
+        # Running ahead, the host does not wait for the step it has just dispatched: it reads the step before
+        # (finished by now) while this one runs, and this one's numbers only at a step that logs, evaluates or
+        # saves. In lockstep (CPU) it reads every step as soon as it is done.
         if pending:
             settle()
         pending.append((step, step_metrics))
         stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
         logs = step % t.log_every == 0 or step == total_steps
-        if logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
+        if lockstep or logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
             grad_norm = settle()
         if logs:
             alloc = find_allocator_state(state.opt_state)

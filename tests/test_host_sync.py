@@ -25,6 +25,7 @@ def test_training_makes_no_implicit_transfer(assets, tmp_path, monkeypatch):
     """No implicit device-to-host copy anywhere in a run (steps, logging, evaluation, checkpoints, outputs),
     and none in either direction while a step is dispatched (batch, key and step all placed explicitly)."""
     monkeypatch.setattr("jax_adalora.train.STEP_TRANSFER_GUARD", "disallow")
+    monkeypatch.setattr("jax_adalora.train.RUN_AHEAD", True)  # the accelerators' path, on CPU
     run = parse_args(_flags(assets, tmp_path / "run", "--epochs", "1", "--log-every", "1", "--no-export"))
     with jax.transfer_guard_device_to_host("disallow"):
         final = train_and_evaluate(run)
@@ -33,16 +34,23 @@ def test_training_makes_no_implicit_transfer(assets, tmp_path, monkeypatch):
     assert [line["step"] for line in losses if "loss" in line] == list(range(1, 9))  # every step's loss, read once
 
 
-def test_a_diverged_step_is_reported_by_its_own_number(assets, tmp_path, capsys):
-    """Read one step late (no logging at every step), a NaN is reported for the step that produced it: the
-    same step as when every step is read at once (logged and checkpointed)."""
+def test_a_diverged_step_is_reported_by_its_own_number(assets, tmp_path, capsys, monkeypatch):
+    """Read one step late (running ahead, no logging at every step), a NaN is reported for the step that
+    produced it: the same step as when every step is read at once (logged and checkpointed), and as in
+    lockstep, CPU's default."""
     from jax_adalora.train import main
 
+    assert jax.default_backend() == "cpu"
     steps = []
-    for name, extra in (("every", ("--log-every", "1", "--checkpoint-every", "1")), ("late", ("--log-every", "4"))):
+    for name, run_ahead, extra in (
+        ("every", True, ("--log-every", "1", "--checkpoint-every", "1")),
+        ("late", True, ("--log-every", "4")),
+        ("lockstep", None, ("--log-every", "4")),
+    ):
+        monkeypatch.setattr("jax_adalora.train.RUN_AHEAD", run_ahead)
         flags = _flags(assets, tmp_path / name, "--epochs", "1", "--learning-rate", "1e38", "--max-grad-norm", "1e38")
         assert main([*flags, *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "became NaN or infinite at step" in err[0], err
         steps.append(int(err[0].split("at step ")[1].split(";")[0]))
-    assert steps[0] == steps[1] and 1 <= steps[0] <= 8
+    assert steps[0] == steps[1] == steps[2] and 1 <= steps[0] <= 8
