@@ -165,3 +165,15 @@ def test_scale_title_names_the_reduced_scale_or_the_whole_split():
 
     assert helpers.scale_title(Namespace(max_train_examples=1024)) == "reduced scale — read this first"
     assert helpers.scale_title(Namespace(max_train_examples=0)) == "the built-in run's scale"
+
+
+def test_score_study_variants_set_score_statistics_and_smoothing(tmp_path):
+    from scripts.studies import score_study
+
+    args = score_study.parse_args(["--scores", "gsnr-running", "magnitude", "fixed", "--tasks", "subjectivity"])
+    fields = {v: score_study.run_overrides("subjectivity", v, 0, 100, args, tmp_path / v) for v in args.scores}
+    assert (fields["gsnr-running"]["score"], fields["gsnr-running"]["statistics"]) == ("gsnr", "running")
+    assert (fields["magnitude"]["score"], fields["magnitude"]["smoothing"]) == ("magnitude", "none")
+    assert fields["fixed"]["r_init"] == fields["fixed"]["r_target"] == 8 and fields["fixed"]["score"] == "sensitivity"
+    assert set(score_study.VARIANTS) <= set(score_study.ROW_NAMES)
+    assert score_study.parse_args([]).scores == [*score_study.ADALORA_SCORES, score_study.BASELINE]

@@ -1,8 +1,10 @@
-"""Score study: the four importance scores and a fixed-rank baseline, over seeds, on the movie tasks.
+"""Score study: importance-score variants and a fixed-rank baseline, over seeds, on the offline text tasks.
 
-For every task × score × seed, one ordinary run of ``jax_adalora.train.train_and_evaluate`` (pretrained
-MiniLM-L6, r 16 → 8 on the six matrices of each layer; Fisher and GSNR with exact per-example
-statistics). The baseline ``fixed`` is the same SVD adapter with ``r_init = r_target = 8``, so the
+For every task × variant × seed, one ordinary run of ``jax_adalora.train.train_and_evaluate`` (pretrained
+MiniLM-L6, r 16 → 8 on the six matrices of each layer). A variant (``VARIANTS``) is a score with its statistics
+and smoothing: by default the score-function study's four (Fisher and GSNR with exact per-example
+statistics); also Fisher and GSNR with running statistics, magnitude (unsmoothed, as the official code's
+"mag") and saliency. The baseline ``fixed`` is the same SVD adapter with ``r_init = r_target = 8``, so the
 budget never shrinks and nothing is ever masked (its score is irrelevant; sensitivity is computed and
 ignored). Runs write into ``--scratch``; only summaries go to ``--out``: ``results.json``, ``REPORT.md``
 and one rank heatmap per task (mean kept rank over seeds, per score).
@@ -33,26 +35,52 @@ from pathlib import Path
 from jax_adalora.report import machine_summary
 from scripts.studies import study_helpers as helpers
 
-ADALORA_SCORES = ("sensitivity", "movement", "fisher", "gsnr")
+ADALORA_SCORES = ("sensitivity", "movement", "fisher", "gsnr")  # the four of the score-function study: the default
 BASELINE = "fixed"
+# Every variant the study can run: the training command's fields it sets (the rest is the scaled built-in run).
+VARIANTS = {
+    "sensitivity": {"score": "sensitivity"},
+    "movement": {"score": "movement"},
+    "fisher": {"score": "fisher", "statistics": "per_example"},
+    "gsnr": {"score": "gsnr", "statistics": "per_example"},
+    "fisher-running": {"score": "fisher", "statistics": "running"},
+    "gsnr-running": {"score": "gsnr", "statistics": "running"},
+    "magnitude": {"score": "magnitude", "smoothing": "none"},  # as the official code's "mag": unsmoothed |w|
+    "saliency": {"score": "saliency", "statistics": "per_example"},
+}
 TASK_COLUMNS = {  # task -> the metrics reported (the first is the task's main metric)
     "movie-sentiment": ("accuracy",),
     "movie-rating": ("pearson", "spearman"),
+    "subjectivity": ("accuracy",),
 }
-TASK_DESCRIPTIONS = {"movie-sentiment": "binary, dev accuracy", "movie-rating": "regression, dev Pearson / Spearman"}
+TASK_DESCRIPTIONS = {
+    "movie-sentiment": "binary, dev accuracy",
+    "movie-rating": "regression, dev Pearson / Spearman",
+    "subjectivity": "binary, dev accuracy",
+}
 ROW_NAMES = {
     "sensitivity": "sensitivity (AdaLoRA orig.)",
     "movement": "movement",
     "fisher": "Fisher (per-example)",
     "gsnr": "GSNR (per-example)",
+    "fisher-running": "Fisher (running)",
+    "gsnr-running": "GSNR (running)",
+    "magnitude": "magnitude (unsmoothed)",
+    "saliency": "saliency ½w²E[g²] (per-example)",
     BASELINE: "fixed rank 8 (no masking)",
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASK_COLUMNS), choices=list(TASK_COLUMNS))
-    parser.add_argument("--scores", nargs="+", default=[*ADALORA_SCORES, BASELINE], choices=[*ADALORA_SCORES, BASELINE])
+    parser.add_argument("--tasks", nargs="+", default=["movie-sentiment", "movie-rating"], choices=list(TASK_COLUMNS))
+    parser.add_argument(
+        "--scores",
+        nargs="+",
+        default=[*ADALORA_SCORES, BASELINE],
+        choices=[*VARIANTS, BASELINE],
+        help="variants: a score, a score with running statistics (-running), or the fixed-rank baseline",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--r-init", type=int, default=16)
     parser.add_argument("--r-target", type=int, default=8)
@@ -62,16 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_overrides(task: str, score: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
-    fixed = score == BASELINE
+def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
+    """The training command's fields for one run of ``variant`` (a key of :data:`VARIANTS`, or the baseline)."""
+    fixed = variant == BASELINE
+    fields = {"statistics": "per_example", **VARIANTS["sensitivity" if fixed else variant]}
     return helpers.scaled_run_overrides(
         task,
         seed,
         total_steps,
         args,
         output_dir,
-        score="sensitivity" if fixed else score,
-        statistics="per_example",
+        **fields,
         r_init=args.r_target if fixed else args.r_init,
         r_target=args.r_target,
     )
