@@ -278,7 +278,7 @@ def _train_loop(
     step = start_step
     loss_window: list[float] = list(progress.get("loss_window", []))
     pending: list[tuple[int, dict]] = []  # a step whose loss and gradient norm are still on the device
-    lockstep = not (jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD)
+    run_ahead = jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD
 
     def settle() -> float:
         """Reads the pending step's loss and gradient norm (one transfer), checks them, returns the norm."""
@@ -306,7 +306,7 @@ def _train_loop(
         pending.append((step, step_metrics))
         stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
         logs = step % t.log_every == 0 or step == total_steps
-        if lockstep or logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
+        if not run_ahead or logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
             grad_norm = settle()
         if logs:
             alloc = find_allocator_state(state.opt_state)
