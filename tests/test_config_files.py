@@ -26,3 +26,11 @@ def test_accelerator_profiles_default_to_bfloat16_and_a_flag_restores_float32(pr
 def test_the_cpu_profiles_and_the_built_in_default_stay_float32(profile):
     assert parse_args(["--config", f"{CONFIGS / profile}"]).train.dtype == "float32"
     assert parse_args([]).train.dtype == "float32"
+
+
+def test_official_glue_profiles_take_the_official_scripts_alpha_and_length():
+    # NLU/scripts/run_debertav3_<task>.sh of the official AdaLoRA code: --lora_alpha, --max_seq_length, --lora_r
+    expected = {"mnli": (16.0, 256, 3), "cola": (32.0, 64, 3), "qnli": (32.0, 512, 2), "mrpc": (32.0, 320, 2)}
+    for task, (alpha, length, r_init) in expected.items():
+        run = parse_args(["--config", f"{CONFIGS / 'glue.py'}:official-{task}"])
+        assert (run.adalora.alpha, run.train.max_seq_length, run.adalora.r_init) == (alpha, length, r_init)

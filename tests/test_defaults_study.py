@@ -65,6 +65,21 @@ def test_plan_finishes_one_task_and_seed_across_the_grid_first():
     assert {seed for seed, _, _ in runs[:32]} == {0}
 
 
+def test_settings_flag_runs_a_named_part_of_the_grid_in_grid_order(tmp_path):
+    chain = ["a32-g0-c-sensitivity", "a16-g0.1-pc-sensitivity"]  # given out of grid order
+    argv = ["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "s"), "--tasks", "movie-rating"]
+    args = study.parse_args([*argv, "--seeds", "1", "2", "--settings", *chain])
+    training = FakeTraining()
+    assert study.run_study(args, SCHEDULES, "cmd", train_run=training, log=print) == 4
+    ran = [(o["seed"], o["alpha"], o["head_pattern"] == study.HEAD_PATTERNS["classifier"]) for o in training.calls]
+    assert ran == [(1, 16.0, False), (1, 32.0, True), (2, 16.0, False), (2, 32.0, True)]
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "4 of 16" in report  # the whole grid stays the plan the report counts against
+    part = json.loads((tmp_path / "out" / "results.json").read_text())["summary"]["movie-rating"]
+    assert part["main_effects"]["alpha"]["n"] == 0  # no seed has the whole grid: no main effect
+    assert part["path"][-1]["n"] == 0 and part["path"][0]["n"] == 0  # nor both ends of a step
+
+
 def test_study_resumes_from_result_files_and_reports_paired_effects(tmp_path):
     argv = ["--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "scratch"), "--seeds", "0", "1", "2"]
     argv += ["--scores", "sensitivity", "gsnr"]
@@ -92,6 +107,11 @@ def test_study_resumes_from_result_files_and_reports_paired_effects(tmp_path):
         measured = summary["main_effects"][factor]
         assert measured["n"] == 3 and measured["mean"] == pytest.approx(effect, abs=1e-9)
         assert measured["se"] == pytest.approx(0.0, abs=1e-9)  # the seed offsets cancel in the pairs
+    path = summary["path"]
+    assert [step["choice"] for step in path] == ["gamma", "alpha", "head"]
+    assert path[0]["from"] == study.CURRENT.name and path[-1]["to"] == study.PEFT_COMMON.name
+    for step in path:
+        assert step["n"] == 3 and step["mean"] == pytest.approx(EFFECTS[step["choice"]], abs=1e-9)
     peft = summary["settings"][study.PEFT_COMMON.name]["minus_current"]
     assert peft["mean"] == pytest.approx(EFFECTS["alpha"] + EFFECTS["gamma"] + EFFECTS["head"], abs=1e-9)
     report = (tmp_path / "out" / "REPORT.md").read_text()
@@ -118,3 +138,8 @@ def test_bad_flags_name_the_flag(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["--seeds", "0", "0"])
     assert "--seeds [0, 0]: a seed is given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.parse_args(["--settings", "a32-g0-pc-gsnr"])  # gsnr settings exist only with --scores ... gsnr
+    assert (
+        "--settings a32-g0-pc-gsnr: not in the grid; expected one of a16-g0-c-sensitivity," in capsys.readouterr().err
+    )

@@ -1,5 +1,6 @@
 """The helpers of scripts/studies/compare_stats.py and scripts/studies/score_study.py (no training, no timing)."""
 
+import json
 import math
 
 import numpy as np
@@ -177,3 +178,18 @@ def test_score_study_variants_set_score_statistics_and_smoothing(tmp_path):
     assert fields["fixed"]["r_init"] == fields["fixed"]["r_target"] == 8 and fields["fixed"]["score"] == "sensitivity"
     assert set(score_study.VARIANTS) <= set(score_study.ROW_NAMES)
     assert score_study.parse_args([]).scores == [*score_study.ADALORA_SCORES, score_study.BASELINE]
+
+
+def test_score_study_refuses_to_reuse_a_run_made_at_other_settings(tmp_path):
+    from jax_adalora.run_config import build_run_config
+    from scripts.studies import score_study
+
+    args = score_study.parse_args(["--tasks", "subjectivity", "--scores", "gsnr"])
+    run_dir = tmp_path / "subjectivity-gsnr-s0"
+    overrides = score_study.run_overrides("subjectivity", "gsnr", 0, 100, args, run_dir)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(build_run_config(overrides).to_dict()))
+    score_study.check_same_run(run_dir, build_run_config(overrides).to_dict())  # the same settings: reused
+    older = build_run_config({**overrides, "alpha": 8.0}).to_dict()
+    with pytest.raises(ValueError, match=r"subjectivity-gsnr-s0: made with alpha=.*, this study asks alpha=8.0"):
+        score_study.check_same_run(run_dir, older)

@@ -100,6 +100,14 @@ class Setting:
 
 CURRENT = Setting(alpha=16.0, gamma=0.1, head="pooler+classifier", score="sensitivity")  # the defaults today
 PEFT_COMMON = Setting(alpha=32.0, gamma=0.0, head="classifier", score="sensitivity")  # PEFT as commonly run
+# From the current defaults to PEFT's common settings, one choice at a time: the settings the seeds after the
+# first are run on (``--settings``), so that each choice is measured paired by seed on every seed.
+PATH = (
+    CURRENT,
+    CURRENT.replace(gamma=0.0),
+    CURRENT.replace(gamma=0.0, alpha=32.0),
+    PEFT_COMMON,
+)
 
 
 def changes(a: Setting, b: Setting) -> int:
@@ -119,6 +127,17 @@ def settings_grid(scores: Sequence[str] = SCORES) -> list[Setting]:
         for head in HEAD_PATTERNS
     ]
     return sorted(grid, key=lambda s: (min(changes(s, CURRENT), changes(s, PEFT_COMMON)), s != CURRENT))
+
+
+def select_settings(grid: Sequence[Setting], names: Sequence[str]) -> list[Setting]:
+    """The settings of ``grid`` named in ``names`` (all of it when ``names`` is empty), in grid order.
+
+    Raises ``ValueError`` naming an unknown setting and the known ones."""
+    known = {setting.name for setting in grid}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"--settings {unknown[0]}: not in the grid; expected one of {', '.join(sorted(known))}")
+    return [setting for setting in grid if not names or setting.name in names]
 
 
 def plan(tasks: Sequence[str], seeds: Sequence[int], settings: Sequence[Setting]) -> list[tuple[int, str, Setting]]:
@@ -174,7 +193,7 @@ def run_study(
     """
     out, scratch = Path(args.out), Path(args.scratch)
     revision = helpers.recorded_revision(out)
-    runs = plan(args.tasks, args.seeds, settings_grid(args.scores))
+    runs = plan(args.tasks, args.seeds, select_settings(settings_grid(args.scores), args.settings))
     started, trained = time.time(), 0
     for number, (seed, task, setting) in enumerate(runs, start=1):
         path = result_path(out, task, setting, seed)
@@ -237,16 +256,31 @@ def difference_summary(by_seed: dict[int, float]) -> dict:
 
 
 def main_effect(values: dict[str, dict[int, float]], factor: str, first, second) -> dict:
-    """Per seed, the mean over the other factors' cells of (``second`` − ``first`` level of ``factor``),
-    over the cells where both are done; then mean and standard error over seeds."""
-    per_seed: dict[int, list[float]] = {}
+    """Per seed, the mean over the other factors' cells of (``second`` − ``first`` level of ``factor``); then
+    mean and standard error over seeds. Only seeds that have every pair some seed has count, so that each
+    seed's value averages the same cells (a seed run on part of the grid is left out here; the path table
+    uses it)."""
+    pairs = []
     for setting in settings_grid():
-        if getattr(setting, factor) != first:
-            continue
-        low, high = values.get(setting.name, {}), values.get(setting.replace(**{factor: second}).name, {})
-        for seed in set(low) & set(high):
-            per_seed.setdefault(seed, []).append(high[seed] - low[seed])
-    return difference_summary({seed: sum(d) / len(d) for seed, d in sorted(per_seed.items())})
+        if getattr(setting, factor) == first:
+            low, high = values.get(setting.name, {}), values.get(setting.replace(**{factor: second}).name, {})
+            if set(low) & set(high):
+                pairs.append((low, high))
+    seeds = set.intersection(*(set(low) & set(high) for low, high in pairs)) if pairs else set()
+    return difference_summary(
+        {seed: sum(high[seed] - low[seed] for low, high in pairs) / len(pairs) for seed in sorted(seeds)}
+    )
+
+
+def path_steps(values: dict[str, dict[int, float]]) -> list[dict]:
+    """Each step of :data:`PATH`, one choice at a time: the choice, the two settings, and the paired
+    difference (``paired``) over the seeds both have."""
+    steps = []
+    for before, after in zip(PATH, PATH[1:], strict=False):
+        (factor,) = [f for f, _, _ in FACTORS if getattr(before, f) != getattr(after, f)]
+        difference = paired(values.get(before.name, {}), values.get(after.name, {}))
+        steps.append({"choice": factor, "from": before.name, "to": after.name, **difference})
+    return steps
 
 
 def summarize(results: dict) -> dict:
@@ -267,7 +301,12 @@ def summarize(results: dict) -> dict:
                 "minus_current": paired(values.get(CURRENT.name, {}), by_seed),
             }
         effects = {factor: main_effect(values, factor, a, b) for factor, a, b in FACTORS}
-        summary[task] = {"metric": MAIN_METRICS[task], "settings": rows, "main_effects": effects}
+        summary[task] = {
+            "metric": MAIN_METRICS[task],
+            "settings": rows,
+            "main_effects": effects,
+            "path": path_steps(values),
+        }
     return summary
 
 
@@ -323,10 +362,26 @@ def report_markdown(args, command: str, schedules: dict, summary: dict, n_done: 
                 for factor, _, _ in FACTORS
             ],
         )
+        path = helpers.markdown_table(
+            ["choice", "from", "to", "Δ ×100 (mean ± SE over seeds)", "per seed"],
+            [
+                [
+                    FACTOR_LABELS[step["choice"]],
+                    step["from"],
+                    step["to"],
+                    _mean_se(step),
+                    " / ".join(f"s{seed} {100 * v:+.2f}" for seed, v in step["by_seed"].items()),
+                ]
+                for step in part["path"]
+            ],
+        )
         s = schedules[task]
         scale = f"{s['train_examples']} train examples, {s['total_steps']} steps, dev {s['dev_examples']}"
         sections.append(
-            f"## {task} ({scale})\n\n{table}\nMain effects (each averaged over the other choices' cells):\n\n{effects}"
+            f"## {task} ({scale})\n\n{table}\n"
+            "From the current defaults to PEFT's common settings, one choice at a time (paired by seed):\n\n"
+            f"{path}\nMain effects (each averaged over the other choices' cells; seeds run on the whole grid):"
+            f"\n\n{effects}"
         )
     body = "\n".join(sections) or "(no finished runs yet)\n"
     return f"""# Defaults study (issue 22)
@@ -352,8 +407,9 @@ def write_outputs(args, schedules: dict, command: str) -> None:
     out = Path(args.out)
     results = load_results(out)
     summary = summarize(results)
-    n_planned = len(plan(args.tasks, args.seeds, settings_grid(args.scores)))
-    n_done = sum(len(runs) for per_setting in results.values() for runs in per_setting.values())
+    planned = plan(args.tasks, args.seeds, settings_grid(args.scores))
+    n_planned = len(planned)
+    n_done = sum(result_path(out, task, setting, seed).exists() for seed, task, setting in planned)
     payload = {
         "command": command,
         "scale": {
@@ -384,6 +440,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     helpers.add_scale_arguments(parser)
     parser.set_defaults(max_train_examples=DEFAULT_MAX_TRAIN_EXAMPLES)
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="run only these settings of the grid, by name (e.g. a32-g0-pc-sensitivity; default: all of them)",
+    )
     parser.add_argument("--max-runs", type=int, default=0, help="train at most this many new runs (0: all)")
     parser.add_argument("--list", action="store_true", help="print the plan and what is done; train nothing")
     parser.add_argument("--report-only", action="store_true", help="rewrite the table from the result files")
@@ -394,6 +457,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--max-runs {args.max_runs}: expected >= 0")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {args.seeds}: a seed is given twice")
+    try:
+        select_settings(settings_grid(args.scores), args.settings)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -401,7 +468,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     if args.list:
-        runs = plan(args.tasks, args.seeds, settings_grid(args.scores))
+        runs = plan(args.tasks, args.seeds, select_settings(settings_grid(args.scores), args.settings))
         for number, (seed, task, setting) in enumerate(runs, start=1):
             done = "done" if result_path(out, task, setting, seed).exists() else "to do"
             print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {done}")

@@ -115,7 +115,9 @@ def one_run(overrides: dict, fallback_revision: str) -> dict:
     from jax_adalora.train import train_and_evaluate
 
     out = Path(overrides["output_dir"])
-    if not (out / "final_metrics.json").exists():
+    if (out / "final_metrics.json").exists():
+        check_same_run(out, build_run_config(overrides).to_dict())
+    else:
         shutil.rmtree(out, ignore_errors=True)  # a crashed, partial run: start it again
         started = time.time()
         train_and_evaluate(build_run_config(overrides))
@@ -136,6 +138,20 @@ def one_run(overrides: dict, fallback_revision: str) -> dict:
         "train_seconds": final["train_seconds_this_process"],
         "wall_seconds": float(wall_file.read_text()) if wall_file.exists() else None,
     }
+
+
+def check_same_run(run_dir: Path, wanted: dict) -> None:
+    """Raises ``ValueError`` naming the run folder and the first differing field when the finished run there
+    was made with other settings than ``wanted`` (a ``RunConfig.to_dict()``), e.g. before a default changed."""
+    made = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(wanted))  # as the run wrote it: tuples as lists
+    for section, fields in wanted.items():
+        for name, value in fields.items():
+            if name != "output_dir" and made.get(section, {}).get(name) != value:
+                raise ValueError(
+                    f"{run_dir}: made with {name}={made.get(section, {}).get(name)!r}, this study asks "
+                    f"{name}={value!r}; pass another --scratch (or remove the folder to run it again)"
+                )
 
 
 def summarize(results: dict, tasks, scores, seeds) -> dict:
@@ -213,7 +229,11 @@ def main(argv=None) -> int:
                 print(f"[{time.time() - started:7.0f} s] run {done}/{n_runs}: {task} {score} seed {seed}", flush=True)
                 output_dir = scratch / f"{task}-{score}-s{seed}"
                 overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
-                summary = one_run(overrides, revision)
+                try:
+                    summary = one_run(overrides, revision)
+                except ValueError as err:
+                    print(f"score_study: {err}", file=sys.stderr)
+                    return 2
                 results[task][score][str(seed)] = summary
                 shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
                 print(f"    -> {shown}; budget {summary['total_budget']}; wall {summary['wall_seconds']} s", flush=True)
