@@ -87,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one shadow + normal runs per seed")
     helpers.add_scale_arguments(parser)
+    helpers.add_adapter_arguments(parser)
     parser.add_argument("--timing-repeats", type=int, default=6, help="timed steps per mode (0: skip part 3)")
     parser.add_argument("--scratch", default="/tmp/compare_stats", help="run directories (outside the repo)")
     parser.add_argument(
@@ -670,9 +671,9 @@ Command (from the repository root):
     {helpers.command_line("compare_stats", argv)}
 
 * Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`) with a fresh task head; AdaLoRA r 16 → 8 on the six
-  matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), α = 16, γ = 0.1, β1 = β2 = 0.85, AdaLoRA
-  smoothing; AdamW lr {lr:g}{lr_note}, 6 % warm-up and linear decay, dropout on; batch {args.batch_size}, max length
-  {args.max_seq_length}.
+  matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), {helpers.adapter_scale_text(args)},
+  β1 = β2 = 0.85, AdaLoRA smoothing; AdamW lr {lr:g}{lr_note}, 6 % warm-up and linear decay, dropout on;
+  batch {args.batch_size}, max length {args.max_seq_length}.
 * Data: tasks {", ".join(args.tasks)} with {training_data}, {args.epochs} epoch(s) = {first["total_steps"]} steps;
   the full dev split for the final metric.
 * Schedule scaled to the run: t_init = {sched["t_init"]}, t_final = {sched["t_final"]}, ΔT = {sched["delta_t"]};

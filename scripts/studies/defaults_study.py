@@ -21,18 +21,25 @@ default: how much the score matters is the score study's question (``score_study
 doubles the cost.
 
 Budget: "about 4 CPU-hours". Shorter runs do not measure what matters: at 48 steps the classifier-only runs
-had not started to learn (subjectivity, seed 0, dev accuracy: current defaults 83.3, α 32 γ 0 classifier only
+had not started to learn (subjectivity, seed 0, dev accuracy: former defaults 83.3, α 32 γ 0 classifier only
 53.2, α 16 γ 0.1 classifier only 50.8, where chance is 50), while at 64 steps α 32 γ 0 classifier only reached
-84.8 (current defaults 84.3); a study in that regime would measure how fast a cold classifier starts, not which
-settings win. So the default is 96 steps, and the 72 runs (8 settings × 3 tasks × 3 seeds) take about
-72 × 200 s on the 2 free cores, a little over the budget; every result file records its wall and training
-seconds, so the estimate can be checked as the study goes.
+84.8 (former defaults 84.3); a study in that regime would measure how fast a cold classifier starts, not which
+settings win. So the default is 96 steps, and the 72 runs (8 settings × 3 tasks × 3 seeds) would take about
+72 × 200 s on the 2 free cores, a little over the budget. The committed study ran the whole grid on seed 0 and,
+on seeds 1 and 2, the four settings of ``PATH`` (the former defaults, then γ 0, then α 32, then classifier only:
+PEFT's common settings), so that every choice between the two ends is measured paired on three seeds; 48 runs:
+
+    python -m scripts.studies.defaults_study --seeds 0
+    python -m scripts.studies.defaults_study --seeds 1 2 --settings a16-g0.1-pc-sensitivity \
+        a16-g0-pc-sensitivity a32-g0-pc-sensitivity a32-g0-c-sensitivity
+
+Every result file records its wall and training seconds.
 
 Resumable: each finished run leaves ``<out>/runs/<task>/<setting>-s<seed>.json`` (metrics, kept ranks,
 times, commit, the run's settings); a later invocation reuses it instead of training again (and refuses
 one made at other settings). After every run ``results.json`` and ``REPORT.md`` are rewritten from all
 result files there, so an interrupted study always has its table. Runs go seed-major, then task, then
-setting (the current defaults, PEFT's common settings, then the settings one choice away from either), so
+setting (the former defaults, PEFT's common settings, then the settings one choice away from either), so
 the whole grid on one task and seed is finished before the next one starts.
 
     python -m scripts.studies.defaults_study                                  # the study, into docs/studies/defaults
@@ -98,14 +105,15 @@ class Setting:
         return dataclasses.replace(self, **changes)
 
 
-CURRENT = Setting(alpha=16.0, gamma=0.1, head="pooler+classifier", score="sensitivity")  # the defaults today
+FORMER = Setting(alpha=16.0, gamma=0.1, head="pooler+classifier", score="sensitivity")  # before this study
+CHOSEN = Setting(alpha=32.0, gamma=0.0, head="pooler+classifier", score="sensitivity")  # the defaults it chose
 PEFT_COMMON = Setting(alpha=32.0, gamma=0.0, head="classifier", score="sensitivity")  # PEFT as commonly run
-# From the current defaults to PEFT's common settings, one choice at a time: the settings the seeds after the
+# From the former defaults to PEFT's common settings, one choice at a time: the settings the seeds after the
 # first are run on (``--settings``), so that each choice is measured paired by seed on every seed.
 PATH = (
-    CURRENT,
-    CURRENT.replace(gamma=0.0),
-    CURRENT.replace(gamma=0.0, alpha=32.0),
+    FORMER,
+    FORMER.replace(gamma=0.0),
+    FORMER.replace(gamma=0.0, alpha=32.0),
     PEFT_COMMON,
 )
 
@@ -126,7 +134,7 @@ def settings_grid(scores: Sequence[str] = SCORES) -> list[Setting]:
         for gamma in (0.1, 0.0)
         for head in HEAD_PATTERNS
     ]
-    return sorted(grid, key=lambda s: (min(changes(s, CURRENT), changes(s, PEFT_COMMON)), s != CURRENT))
+    return sorted(grid, key=lambda s: (min(changes(s, FORMER), changes(s, PEFT_COMMON)), s != FORMER))
 
 
 def select_settings(grid: Sequence[Setting], names: Sequence[str]) -> list[Setting]:
@@ -284,7 +292,7 @@ def path_steps(values: dict[str, dict[int, float]]) -> list[dict]:
 
 
 def summarize(results: dict) -> dict:
-    """Per task: per setting mean ± std and the paired difference to the current defaults; the main effects."""
+    """Per task: per setting mean ± std and the paired difference to the former defaults; the main effects."""
     summary = {}
     for task, per_setting in results.items():
         values = {name: {s: main_metric(task, r) for s, r in runs.items()} for name, runs in per_setting.items()}
@@ -298,7 +306,7 @@ def summarize(results: dict) -> dict:
                 "values": by_seed,
                 "mean": mean,
                 "std": std,
-                "minus_current": paired(values.get(CURRENT.name, {}), by_seed),
+                "minus_former": paired(values.get(FORMER.name, {}), by_seed),
             }
         effects = {factor: main_effect(values, factor, a, b) for factor, a, b in FACTORS}
         summary[task] = {
@@ -328,7 +336,7 @@ def _mean_se(d: dict) -> str:
 
 
 def report_markdown(args, command: str, schedules: dict, summary: dict, n_done: int, n_planned: int) -> str:
-    """The study's table: per task, every setting (mean ± std, paired Δ to the current defaults) and the
+    """The study's table: per task, every setting (mean ± std, paired Δ to the former defaults) and the
     main effect of each choice (paired by seed, mean ± standard error)."""
     from jax_adalora.run_config import DEFAULT_RUN
 
@@ -343,13 +351,14 @@ def report_markdown(args, command: str, schedules: dict, summary: dict, n_done: 
             row = part["settings"].get(setting.name)
             if row is None:
                 continue
-            label = setting.name + (" (current defaults)" if setting == CURRENT else "")
+            label = setting.name + (" (former defaults)" if setting == FORMER else "")
+            label += " (the defaults now)" if setting == CHOSEN else ""
             label += " (PEFT as commonly run)" if setting == PEFT_COMMON else ""
             values = list(row["values"].values())
             cell = helpers.format_mean_std(values, scale=100)
-            rows.append([label, len(values), cell, _mean_se(row["minus_current"])])
+            rows.append([label, len(values), cell, _mean_se(row["minus_former"])])
         table = helpers.markdown_table(
-            ["setting", "seeds", f"dev {part['metric']} ×100 (mean ± std)", "Δ to current defaults (± SE)"], rows
+            ["setting", "seeds", f"dev {part['metric']} ×100 (mean ± std)", "Δ to former defaults (± SE)"], rows
         )
         effects = helpers.markdown_table(
             ["choice", "Δ ×100 (mean ± SE over seeds)", "per seed"],
@@ -379,7 +388,7 @@ def report_markdown(args, command: str, schedules: dict, summary: dict, n_done: 
         scale = f"{s['train_examples']} train examples, {s['total_steps']} steps, dev {s['dev_examples']}"
         sections.append(
             f"## {task} ({scale})\n\n{table}\n"
-            "From the current defaults to PEFT's common settings, one choice at a time (paired by seed):\n\n"
+            "From the former defaults to PEFT's common settings, one choice at a time (paired by seed):\n\n"
             f"{path}\nMain effects (each averaged over the other choices' cells; seeds run on the whole grid):"
             f"\n\n{effects}"
         )
@@ -392,8 +401,9 @@ planned runs are done. Command:
     {command}
 
 Settings are named `a<α>-g<γ>-<head>-<score>`: head `pc` = pooler + classifier (the training command's default
-`--head-pattern`), `c` = classifier only. The current defaults are `{CURRENT.name}`; PEFT as commonly run
-(lora_alpha 32, no task type so no regulariser, classifier only) corresponds to `{PEFT_COMMON.name}`.
+`--head-pattern`), `c` = classifier only. The former defaults are `{FORMER.name}`, the defaults now (chosen
+from this study) `{CHOSEN.name}`; PEFT as commonly run (lora_alpha 32, no task type so no regulariser, classifier
+only) corresponds to `{PEFT_COMMON.name}`.
 Everything else is the built-in run at a reduced scale: a seeded subset of {args.max_train_examples or "all"}
 training examples, {args.epochs} epoch, {args.max_seq_length} tokens, learning rate {lr:g}, schedule t_init
 {args.init_fraction:.0%} / t_final {args.final_fraction:.0%} of the steps, ΔT {args.delta_t}. Δ are paired by seed

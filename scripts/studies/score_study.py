@@ -85,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--r-init", type=int, default=16)
     parser.add_argument("--r-target", type=int, default=8)
     helpers.add_scale_arguments(parser)
+    helpers.add_adapter_arguments(parser)
     parser.add_argument("--scratch", default="/tmp/score_study", help="run directories (outside the repo)")
     parser.add_argument("--out", default="docs/score_study", help="where the summaries go")
     return parser.parse_args(argv)
@@ -310,6 +311,7 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
     from jax_adalora.run_config import DEFAULT_RUN
 
     lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
+    alpha, _ = helpers.adapter_values(args)
     lr_note = (
         f" (the built-in run uses {DEFAULT_RUN['learning_rate']:g}; see Reading)"
         if lr != DEFAULT_RUN["learning_rate"]
@@ -400,17 +402,18 @@ Command (from the repository root):
   below) and always evaluated in full. Training uses {training_data}, {args.epochs} epoch(s), batch
   {args.batch_size}, max sequence length {args.max_seq_length}.
 * AdaLoRA: adapters on the six matrices of each layer (36 matrices), r_init = {args.r_init} → r_target =
-  {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets), α = 16, γ = 0.1,
-  β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr {lr:g}{lr_note} with 6 % warm-up and linear decay,
-  weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR use exact per-example statistics.
+  {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets),
+  {helpers.adapter_scale_text(args)}, β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr
+  {lr:g}{lr_note} with 6 % warm-up and linear decay, weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR
+  use exact per-example statistics unless the variant says running.
 * Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the steps):
 
 {schedule_table}
-* Baseline **fixed rank 8**: the same SVD-form adapter (`P diag(λ) Q`, λ starting at 0, orthogonal
-  regularisation on) with r_init = r_target = {args.r_target}: the budget starts at its target, so no triplet is
-  ever masked. It has the same final number of triplets as the AdaLoRA runs and is, up to the SVD
-  parameterisation and the orthogonal regulariser, LoRA at rank {args.r_target} on the same 36 matrices. Its
-  adapter scale is α / r_init = 16 / {args.r_target} (the AdaLoRA runs use 16 / {args.r_init}).
+* Baseline **fixed rank 8**: the same SVD-form adapter (`P diag(λ) Q`, λ starting at 0, the same γ) with
+  r_init = r_target = {args.r_target}: the budget starts at its target, so no triplet is ever masked. It has the
+  same final number of triplets as the AdaLoRA runs and is, up to the SVD parameterisation (and the orthogonal
+  regulariser when γ > 0), LoRA at rank {args.r_target} on the same 36 matrices. Its
+  adapter scale is α / r_init = {alpha:g} / {args.r_target} (the AdaLoRA runs use {alpha:g} / {args.r_init}).
 * Seeds {args.seeds}: the seed sets {seed_sets}.
   Each run evaluates once, at the end; the number reported is that final dev metric (no checkpoint selection).
 * Machine: {machine["cpu_count"]} CPU cores shared with other jobs ({machine["platform"]}, JAX {machine["jax"]},

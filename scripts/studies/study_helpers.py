@@ -119,6 +119,15 @@ def add_scale_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="/tmp/jax_cache", help="JAX persistent compilation cache")
 
 
+def add_adapter_arguments(parser) -> None:
+    """``--alpha`` and ``--orth-reg-weight`` for the score and statistics studies (default: the built-in run's),
+    so that a study made at other values (e.g. before the defaults changed) can be reproduced."""
+    parser.add_argument("--alpha", type=float, default=None, help="adapter scale numerator (default: built-in run's)")
+    parser.add_argument(
+        "--orth-reg-weight", type=float, default=None, help="orthogonal regulariser γ (default: the built-in run's)"
+    )
+
+
 def scale_title(args) -> str:
     """The reports' setup heading for the scale ``add_scale_arguments`` parsed: reduced, or the whole split."""
     return "reduced scale — read this first" if args.max_train_examples else "the built-in run's scale"
@@ -151,8 +160,11 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
     schedule = scaled_schedule(
         total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
     )
+    alpha, gamma = adapter_values(args)
     return dict(
         DEFAULT_RUN,
+        alpha=alpha,
+        orth_reg_weight=gamma,
         task=task,
         seed=seed,
         epochs=args.epochs,
@@ -168,6 +180,23 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
         **schedule,
         **fields,
     )
+
+
+def adapter_values(args) -> tuple[float, float]:
+    """``(α, γ)`` of a study's runs: its ``--alpha`` / ``--orth-reg-weight``, else the built-in run's."""
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    alpha, gamma = getattr(args, "alpha", None), getattr(args, "orth_reg_weight", None)
+    return (
+        DEFAULT_RUN["alpha"] if alpha is None else alpha,
+        DEFAULT_RUN["orth_reg_weight"] if gamma is None else gamma,
+    )
+
+
+def adapter_scale_text(args) -> str:
+    """The runs' adapter scale and regulariser weight, as the reports state them: ``α = 32, γ = 0``."""
+    alpha, gamma = adapter_values(args)
+    return f"α = {alpha:g}, γ = {gamma:g}"
 
 
 def command_line(study: str, argv) -> str:
