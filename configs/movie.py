@@ -26,6 +26,9 @@ PROFILES = {
     "subjectivity": dict(DEFAULT_RUN, task="subjectivity"),
     # The seed paper's length (3 epochs = 891 steps), schedule scaled to it.
     "paper": dict(DEFAULT_RUN, epochs=3, max_seq_length=64, t_init=90, t_final=180, delta_t=10),
+    # The built-in run before the defaults study (docs/DEFAULTS_STUDY.md): α 16, γ 0.1; reproduces the figures
+    # measured with it (docs/results.md).
+    "former": dict(DEFAULT_RUN, alpha=16.0, orth_reg_weight=0.1),
 }
 
 

@@ -34,3 +34,10 @@ def test_official_glue_profiles_take_the_official_scripts_alpha_and_length():
     for task, (alpha, length, r_init) in expected.items():
         run = parse_args(["--config", f"{CONFIGS / 'glue.py'}:official-{task}"])
         assert (run.adalora.alpha, run.train.max_seq_length, run.adalora.r_init) == (alpha, length, r_init)
+
+
+def test_the_former_profile_reproduces_the_built_in_run_before_the_defaults_study():
+    former, now = parse_args(["--config", f"{CONFIGS / 'movie.py'}:former"]), parse_args([])
+    assert (former.adalora.alpha, former.adalora.orth_reg_weight) == (16.0, 0.1)
+    assert (now.adalora.alpha, now.adalora.orth_reg_weight) == (32.0, 0.0)
+    assert dict(former.to_dict()["train"], output_dir="") == dict(now.to_dict()["train"], output_dir="")

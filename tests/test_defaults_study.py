@@ -1,6 +1,7 @@
 """scripts/studies/defaults_study.py: the grid, the run order, resumption and the table (no training)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -34,26 +35,34 @@ class FakeTraining:
 def test_grid_holds_every_combination_once_defaults_first():
     grid = study.settings_grid()
     assert len(grid) == len(set(grid)) == 16 and len({s.name for s in grid}) == 16
-    assert grid[:2] == [study.CURRENT, study.PEFT_COMMON]
-    assert all(min(study.changes(s, study.CURRENT), study.changes(s, study.PEFT_COMMON)) == 1 for s in grid[2:10])
-    assert study.CURRENT.overrides() == {
+    assert grid[:2] == [study.FORMER, study.PEFT_COMMON]
+    assert all(min(study.changes(s, study.FORMER), study.changes(s, study.PEFT_COMMON)) == 1 for s in grid[2:10])
+    assert study.FORMER.overrides() == {
         "alpha": 16.0,
         "orth_reg_weight": 0.1,
         "head_pattern": r"(classifier|pooler|qa_outputs)\..*",
         "score": "sensitivity",
     }
-    from jax_adalora.run_config import DEFAULT_RUN, TrainConfig
 
-    assert study.CURRENT.head == "pooler+classifier"
-    assert study.HEAD_PATTERNS[study.CURRENT.head] == TrainConfig.head_pattern  # today's defaults, as the docs say
-    assert (DEFAULT_RUN["alpha"], DEFAULT_RUN["orth_reg_weight"]) == (study.CURRENT.alpha, study.CURRENT.gamma)
+
+def test_the_training_commands_defaults_are_the_chosen_setting_as_the_docs_say():
+    from jax_adalora.run_config import DEFAULT_RUN, TrainConfig, parse_args
+
+    run = parse_args([])  # the built-in run
+    assert (run.adalora.alpha, run.adalora.orth_reg_weight) == (study.CHOSEN.alpha, study.CHOSEN.gamma) == (32.0, 0.0)
+    assert run.train.head_pattern == TrainConfig.head_pattern == study.HEAD_PATTERNS[study.CHOSEN.head]
+    assert (DEFAULT_RUN["alpha"], DEFAULT_RUN["orth_reg_weight"]) == (32.0, 0.0)
+    page = (Path(__file__).resolve().parent.parent / "docs" / "DEFAULTS_STUDY.md").read_text()
+    assert "| adapter scale α (`--alpha`) | 16 | **32** |" in page
+    assert "| orthogonal regularisation γ (`--orth-reg-weight`) | 0.1 | **0** |" in page
+    assert "| trained head (`--head-pattern`) | pooler + classifier | **pooler + classifier** |" in page
 
 
 def test_default_grid_crosses_the_choices_with_the_default_score_only():
     args = study.parse_args([])
     grid = study.settings_grid(args.scores)
     assert len(grid) == 8 and {s.score for s in grid} == {"sensitivity"}
-    assert grid[:2] == [study.CURRENT, study.PEFT_COMMON]
+    assert grid[:2] == [study.FORMER, study.PEFT_COMMON]
     assert len(study.plan(args.tasks, args.seeds, grid)) == 72
 
 
@@ -109,10 +118,10 @@ def test_study_resumes_from_result_files_and_reports_paired_effects(tmp_path):
         assert measured["se"] == pytest.approx(0.0, abs=1e-9)  # the seed offsets cancel in the pairs
     path = summary["path"]
     assert [step["choice"] for step in path] == ["gamma", "alpha", "head"]
-    assert path[0]["from"] == study.CURRENT.name and path[-1]["to"] == study.PEFT_COMMON.name
+    assert path[0]["from"] == study.FORMER.name and path[-1]["to"] == study.PEFT_COMMON.name
     for step in path:
         assert step["n"] == 3 and step["mean"] == pytest.approx(EFFECTS[step["choice"]], abs=1e-9)
-    peft = summary["settings"][study.PEFT_COMMON.name]["minus_current"]
+    peft = summary["settings"][study.PEFT_COMMON.name]["minus_former"]
     assert peft["mean"] == pytest.approx(EFFECTS["alpha"] + EFFECTS["gamma"] + EFFECTS["head"], abs=1e-9)
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "48 of 48" in report and "a32-g0-c-sensitivity (PEFT as commonly run) | 3 |" in report

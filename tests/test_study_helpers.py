@@ -161,6 +161,22 @@ def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path
     assert helpers.scaled_run_overrides("movie-sentiment", 0, 40, args, tmp_path)["learning_rate"] == 0.01
 
 
+def test_adapter_flags_default_to_the_built_in_run_and_reproduce_other_values(tmp_path):
+    import argparse
+
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    parser = argparse.ArgumentParser()
+    helpers.add_scale_arguments(parser)
+    helpers.add_adapter_arguments(parser)
+    built_in = helpers.scaled_run_overrides("movie-rating", 0, 40, parser.parse_args([]), tmp_path)
+    assert (built_in["alpha"], built_in["orth_reg_weight"]) == (DEFAULT_RUN["alpha"], DEFAULT_RUN["orth_reg_weight"])
+    args = parser.parse_args(["--alpha", "16", "--orth-reg-weight", "0.1"])  # the former defaults
+    former = helpers.scaled_run_overrides("movie-rating", 0, 40, args, tmp_path)
+    assert (former["alpha"], former["orth_reg_weight"]) == (16.0, 0.1)
+    assert helpers.adapter_scale_text(args) == "α = 16, γ = 0.1"
+
+
 def test_scale_title_names_the_reduced_scale_or_the_whole_split():
     from argparse import Namespace
 

@@ -29,12 +29,15 @@ def assets(tmp_path_factory):
 
 
 def _flags(assets, out_dir, *extra):
+    """A tiny run of the command. α and γ are pinned to AdaLoRAConfig's values (the built-in run's are 32 and 0)
+    so that these runs keep exercising the orthogonal regulariser: resume, microbatching, devices, processes."""
     model_dir, data_dir = assets
     return [
         "--task", "sst2", "--model", str(model_dir), "--data-dir", str(data_dir),
         "--output-dir", str(out_dir), "--epochs", "2", "--batch-size", "8", "--eval-batch-size", "8",
         "--r-init", "4", "--r-target", "2", "--t-init", "2", "--t-final", "4", "--delta-t", "1",
-        "--learning-rate", "5e-3", "--log-every", "2", "--seed", "3", *extra,
+        "--learning-rate", "5e-3", "--log-every", "2", "--seed", "3", "--alpha", "16", "--orth-reg-weight", "0.1",
+        *extra,
     ]  # fmt: skip
 
 
