@@ -161,7 +161,7 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
         total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
     )
     alpha, gamma = adapter_values(args)
-    return dict(
+    run = dict(
         DEFAULT_RUN,
         alpha=alpha,
         orth_reg_weight=gamma,
@@ -178,8 +178,8 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
         export=False,
         keep_checkpoints=1,
         **schedule,
-        **fields,
     )
+    return {**run, **fields}
 
 
 def adapter_values(args) -> tuple[float, float]:
