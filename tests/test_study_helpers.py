@@ -209,3 +209,18 @@ def test_score_study_refuses_to_reuse_a_run_made_at_other_settings(tmp_path):
     older = build_run_config({**overrides, "alpha": 8.0}).to_dict()
     with pytest.raises(ValueError, match=r"subjectivity-gsnr-s0: made with alpha=.*, this study asks alpha=8.0"):
         score_study.check_same_run(run_dir, older)
+
+
+def test_compare_stats_reuses_a_finished_run_of_the_same_settings_whatever_else_its_config_holds(tmp_path):
+    from jax_adalora.run_config import build_run_config
+    from scripts.studies import compare_stats
+
+    run = build_run_config({"task": "movie-rating", "alpha": 32.0, "output_dir": str(tmp_path / "ours")})
+    made = dict(run.to_dict(), task={"label_names": None}, schedule={"t_init": 3})  # what a run adds to its config
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.json").write_text(json.dumps(made))
+    assert not compare_stats.reusable_run(run, tmp_path / "theirs")  # not finished
+    (tmp_path / "theirs" / "final_metrics.json").write_text("{}")
+    assert compare_stats.reusable_run(run, tmp_path / "theirs")
+    other = build_run_config({"task": "movie-rating", "alpha": 16.0, "output_dir": str(tmp_path / "ours")})
+    assert not compare_stats.reusable_run(other, tmp_path / "theirs")

@@ -24,7 +24,7 @@ Jaccard over steps) and ``rank_patterns_<task>.png`` (final rank patterns side b
 
     # the committed results (docs/compare_stats_full), after the score study's runs in /tmp/score_study_full:
     python -m scripts.studies.compare_stats --max-train-examples 0 --epochs 1 --max-seq-length 48 --delta-t 5 \
-        --final-fraction 0.202 --timing-repeats 5 --reuse-runs /tmp/score_study_full \
+        --final-fraction 0.202 --timing-repeats 5 --alpha 16 --orth-reg-weight 0.1 --reuse-runs /tmp/score_study_full \
         --scratch /tmp/compare_stats_full --out docs/compare_stats_full
     # a smoke test:
     python -m scripts.studies.compare_stats --max-train-examples 64 --epochs 1 --timing-repeats 1 \
@@ -296,9 +296,7 @@ def reusable_run(run: RunConfig, candidate: Path) -> bool:
     """Whether ``candidate`` holds a finished run of exactly ``run`` (all fields but the output folder)."""
     if not (candidate / "final_metrics.json").exists() or not (candidate / "config.json").exists():
         return False
-    theirs, ours = json.loads((candidate / "config.json").read_text()), run.to_dict()
-    theirs["train"].pop("output_dir"), ours["train"].pop("output_dir")
-    return theirs == ours
+    return helpers.config_difference(candidate, run.to_dict()) is None
 
 
 def normal_run(task: str, score: str, mode: str, seed: int, args, total_steps: int) -> dict:

@@ -13,9 +13,9 @@ The schedule scales with the run: ``t_init`` and ``t_final`` are fractions of th
 A finished run (``final_metrics.json`` present) is reused, so an interrupted study can be restarted and the
 report rewritten in seconds. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
-    # the committed results (docs/score_study_full), the built-in run's scale, about 20 runs of 4-8 minutes:
+    # the committed results (docs/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1):
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
-        --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 \
+        --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 --alpha 16 --orth-reg-weight 0.1 \
         --scratch /tmp/score_study_full --out docs/score_study_full
     # a smoke test:
     python -m scripts.studies.score_study --max-train-examples 64 --epochs 1 --seeds 0 --scratch /tmp/ss_smoke \
@@ -144,15 +144,9 @@ def one_run(overrides: dict, fallback_revision: str) -> dict:
 def check_same_run(run_dir: Path, wanted: dict) -> None:
     """Raises ``ValueError`` naming the run folder and the first differing field when the finished run there
     was made with other settings than ``wanted`` (a ``RunConfig.to_dict()``), e.g. before a default changed."""
-    made = json.loads((run_dir / "config.json").read_text())
-    wanted = json.loads(json.dumps(wanted))  # as the run wrote it: tuples as lists
-    for section, fields in wanted.items():
-        for name, value in fields.items():
-            if name != "output_dir" and made.get(section, {}).get(name) != value:
-                raise ValueError(
-                    f"{run_dir}: made with {name}={made.get(section, {}).get(name)!r}, this study asks "
-                    f"{name}={value!r}; pass another --scratch (or remove the folder to run it again)"
-                )
+    difference = helpers.config_difference(run_dir, wanted)
+    if difference:
+        raise ValueError(f"{run_dir}: {difference}; pass another --scratch (or remove the folder to run it again)")
 
 
 def summarize(results: dict, tasks, scores, seeds) -> dict:

@@ -182,6 +182,20 @@ def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_di
     return {**run, **fields}
 
 
+def config_difference(run_dir: Path, wanted: dict) -> str | None:
+    """How the finished run in ``run_dir`` differs from ``wanted`` (a ``RunConfig.to_dict()``): the first field,
+    output folder aside, whose value in the run's ``config.json`` is not the one asked for, as
+    ``made with NAME=..., this study asks NAME=...``; ``None`` when every field matches. Sections the run wrote
+    beyond ``wanted`` (the resolved task and schedule) are not settings and are not compared."""
+    made = json.loads((Path(run_dir) / "config.json").read_text())
+    wanted = json.loads(json.dumps(wanted))  # as the run wrote it: tuples as lists
+    for section, fields in wanted.items():
+        for name, value in fields.items():
+            if name != "output_dir" and made.get(section, {}).get(name) != value:
+                return f"made with {name}={made.get(section, {}).get(name)!r}, this study asks {name}={value!r}"
+    return None
+
+
 def adapter_values(args) -> tuple[float, float]:
     """``(α, γ)`` of a study's runs: its ``--alpha`` / ``--orth-reg-weight``, else the built-in run's."""
     from jax_adalora.run_config import DEFAULT_RUN
