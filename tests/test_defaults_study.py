@@ -138,7 +138,7 @@ def test_a_result_made_at_other_settings_is_refused(tmp_path):
         log=print,
     )
     args = study.parse_args([*argv, "--seeds", "0", "--max-train-examples", "512"])
-    made = f"a16-g0.1-pc-sensitivity-s0.json: made with max_train_examples={study.DEFAULT_MAX_TRAIN_EXAMPLES}"
+    made = f"movie-rating/a16-g0.1-pc-sensitivity-s0: made with max_train_examples={study.DEFAULT_MAX_TRAIN_EXAMPLES}"
     with pytest.raises(ValueError, match=made):
         study.run_study(args, SCHEDULES, "cmd", train_run=FakeTraining(), log=print)
 
