@@ -224,3 +224,39 @@ def test_compare_stats_reuses_a_finished_run_of_the_same_settings_whatever_else_
     assert compare_stats.reusable_run(run, tmp_path / "theirs")
     other = build_run_config({"task": "movie-rating", "alpha": 16.0, "output_dir": str(tmp_path / "ours")})
     assert not compare_stats.reusable_run(other, tmp_path / "theirs")
+
+
+def test_run_records_from_several_processes_are_all_kept(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(helpers.save_run_record, [(tmp_path, f"task/run-s{i}", {"seed": i}) for i in range(16)])
+    records = helpers.load_run_records(tmp_path)
+    assert records == {f"task/run-s{i}": {"seed": i} for i in range(16)}
+    helpers.save_run_record(tmp_path, "task/run-s3", {"seed": 33})  # a record is replaced, the others kept
+    assert (
+        helpers.load_run_records(tmp_path)["task/run-s3"] == {"seed": 33}
+        and len(helpers.load_run_records(tmp_path)) == 16
+    )
+
+
+def test_score_study_records_each_run_and_reuses_the_record_only_at_the_same_settings(tmp_path, monkeypatch):
+    from scripts.studies import score_study
+
+    trained = []
+
+    def fake_run(overrides, revision):
+        trained.append(overrides["seed"])
+        return {"git_revision": revision, "metrics": {"accuracy": 0.5 + overrides["seed"] / 10}, "ranks": {}}
+
+    monkeypatch.setattr(score_study, "one_run", fake_run)
+    args = score_study.parse_args(["--tasks", "subjectivity", "--scores", "gsnr"])
+    overrides = score_study.run_overrides("subjectivity", "gsnr", 1, 96, args, tmp_path / "scratch" / "run")
+    key = score_study.run_key("subjectivity", "gsnr", 1)
+    first = score_study.recorded_or_new_run(tmp_path, key, overrides, "abc")
+    assert trained == [1] and first["metrics"] == {"accuracy": 0.6}
+    assert helpers.load_run_records(tmp_path)[key]["overrides"] == overrides
+    elsewhere = dict(overrides, output_dir=str(tmp_path / "other-scratch"))  # the folder is not a setting
+    assert score_study.recorded_or_new_run(tmp_path, key, elsewhere, "abc") == first and trained == [1]
+    with pytest.raises(ValueError, match=r"runs.json: subjectivity/gsnr-s1: made with alpha=.*asks alpha=8.0"):
+        score_study.recorded_or_new_run(tmp_path, key, dict(overrides, alpha=8.0), "abc")

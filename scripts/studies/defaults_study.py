@@ -158,26 +158,10 @@ def run_key(task: str, setting: Setting, seed: int) -> str:
     return f"{task}/{setting.name}-s{seed}"
 
 
-def load_runs(out: Path) -> dict[str, dict]:
-    """Every finished run's record, by :func:`run_key`, from ``<out>/runs.json`` (empty before the first)."""
-    path = Path(out) / "runs.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _digest(overrides: dict) -> str:
     """A short hash of a run's settings (output folder excluded): names its scratch folder."""
     settings = {k: v for k, v in overrides.items() if k != "output_dir"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def check_reusable(path: Path, recorded: dict, overrides: dict) -> None:
-    """Raises ``ValueError`` naming the file and the first differing field when a result was made otherwise."""
-    for key in sorted(set(recorded) | set(overrides)):
-        if key != "output_dir" and recorded.get(key) != overrides.get(key):
-            raise ValueError(
-                f"{path}: made with {key}={recorded.get(key)!r}, this study asks {key}={overrides.get(key)!r}; "
-                "pass another --out (or remove the file to run it again)"
-            )
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -209,7 +193,7 @@ def run_study(
     out, scratch = Path(args.out), Path(args.scratch)
     revision = helpers.recorded_revision(out)
     runs = plan(args.tasks, args.seeds, select_settings(settings_grid(args.scores), args.settings))
-    done = load_runs(out)
+    done = helpers.load_run_records(out)
     started, trained = time.time(), 0
     for number, (seed, task, setting) in enumerate(runs, start=1):
         key = run_key(task, setting, seed)
@@ -219,7 +203,7 @@ def run_study(
         overrides["output_dir"] = str(scratch / f"{task}-{setting.name}-s{seed}-{_digest(overrides)}")
         head = f"[{time.time() - started:7.0f} s] run {number}/{len(runs)}: {task} {setting.name} seed {seed}"
         if key in done:
-            check_reusable(f"{out / 'runs.json'}: {key}", done[key]["overrides"], overrides)
+            helpers.check_reusable(f"{out / helpers.RUN_RECORDS}: {key}", done[key]["overrides"], overrides)
             log(f"{head}: done before, reused")
             continue
         if args.max_runs and trained >= args.max_runs:
@@ -229,7 +213,7 @@ def run_study(
         summary = train_run(overrides, revision)
         record = {"task": task, "seed": seed, "setting": dataclasses.asdict(setting), "overrides": overrides}
         done[key] = {**record, **summary}
-        helpers.write_json(out / "runs.json", done)
+        helpers.save_run_record(out, key, done[key])
         trained += 1
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
         log(f"    -> {metrics}; wall {summary['wall_seconds']} s")
@@ -244,7 +228,7 @@ def run_study(
 def load_results(out: Path) -> dict[str, dict[str, dict[int, dict]]]:
     """``{task: {setting name: {seed: record}}}`` of every finished run in ``out/runs.json``."""
     results: dict = {}
-    for _, record in sorted(load_runs(out).items()):
+    for _, record in sorted(helpers.load_run_records(out).items()):
         setting = Setting(**record["setting"])
         results.setdefault(record["task"], {}).setdefault(setting.name, {})[int(record["seed"])] = record
     return results
@@ -427,7 +411,7 @@ def write_outputs(args, schedules: dict, command: str) -> None:
     summary = summarize(results)
     planned = plan(args.tasks, args.seeds, settings_grid(args.scores))
     n_planned = len(planned)
-    done = load_runs(out)
+    done = helpers.load_run_records(out)
     n_done = sum(run_key(task, setting, seed) in done for seed, task, setting in planned)
     payload = {
         "command": command,
@@ -488,7 +472,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.list:
         runs = plan(args.tasks, args.seeds, select_settings(settings_grid(args.scores), args.settings))
-        done = load_runs(out)
+        done = helpers.load_run_records(out)
         for number, (seed, task, setting) in enumerate(runs, start=1):
             state = "done" if run_key(task, setting, seed) in done else "to do"
             print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {state}")

@@ -10,8 +10,12 @@ ignored). Runs write into ``--scratch``; only summaries go to ``--out``: ``resul
 and one rank heatmap per task (mean kept rank over seeds, per score).
 
 The schedule scales with the run: ``t_init`` and ``t_final`` are fractions of the total steps.
-A finished run (``final_metrics.json`` present) is reused, so an interrupted study can be restarted and the
-report rewritten in seconds. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
+Resumable: each finished run's summary (metrics, kept ranks, times, commit) and settings go to
+``<out>/runs.json`` under ``<task>/<variant>-s<seed>`` as soon as it ends, and a later invocation reuses that
+record (refusing one made at other settings), so the records can be committed while a long study is under way
+and the report rewritten in seconds. A finished run folder in ``--scratch`` is reused too. Several processes may
+share one ``--out`` (e.g. one per seed, each pinned to a core with ``taskset``); the last invocation over all
+seeds writes the report. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
     # the committed results (docs/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1):
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
@@ -105,6 +109,24 @@ def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, ou
         r_init=args.r_target if fixed else args.r_init,
         r_target=args.r_target,
     )
+
+
+def run_key(task: str, variant: str, seed: int) -> str:
+    """A run's key in ``<out>/runs.json``: ``<task>/<variant>-s<seed>``."""
+    return f"{task}/{variant}-s{seed}"
+
+
+def recorded_or_new_run(out: Path, key: str, overrides: dict, fallback_revision: str) -> dict:
+    """The summary of run ``key``: from its record in ``<out>/runs.json`` when one was made with ``overrides``
+    (``ValueError`` when made otherwise), else from :func:`one_run`, whose summary is then recorded there."""
+    records = helpers.load_run_records(out)
+    if key in records:
+        record = records[key]
+        helpers.check_reusable(f"{Path(out) / helpers.RUN_RECORDS}: {key}", record["overrides"], overrides)
+        return {name: value for name, value in record.items() if name != "overrides"}
+    summary = one_run(overrides, fallback_revision)
+    helpers.save_run_record(out, key, {**summary, "overrides": overrides})
+    return summary
 
 
 def one_run(overrides: dict, fallback_revision: str) -> dict:
@@ -225,7 +247,7 @@ def main(argv=None) -> int:
                 output_dir = scratch / f"{task}-{score}-s{seed}"
                 overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
                 try:
-                    summary = one_run(overrides, revision)
+                    summary = recorded_or_new_run(out, run_key(task, score, seed), overrides, revision)
                 except ValueError as err:
                     print(f"score_study: {err}", file=sys.stderr)
                     return 2

@@ -320,6 +320,44 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+# ---- run records: a study's finished runs, kept in the repository --------------------------------
+
+RUN_RECORDS = "runs.json"
+
+
+def load_run_records(out: str | Path) -> dict[str, dict]:
+    """Every finished run's record in ``<out>/runs.json``, by key (empty before the first)."""
+    path = Path(out) / RUN_RECORDS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_run_record(out: str | Path, key: str, record: dict) -> None:
+    """Adds (or replaces) ``record`` under ``key`` in ``<out>/runs.json``.
+
+    Several processes may add records to one folder (a study split over seeds, one process per core): the
+    file is read, updated and atomically replaced under an exclusive lock, so no record is lost."""
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / (RUN_RECORDS + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = load_run_records(out)
+        records[key] = record
+        write_json(out / RUN_RECORDS, dict(sorted(records.items())))
+
+
+def check_reusable(where: str, recorded: dict, overrides: dict) -> None:
+    """Raises ``ValueError`` naming ``where`` and the first differing field when a recorded run's settings
+    (its training-command overrides) are not ``overrides``; the output folder is not a setting."""
+    for key in sorted(set(recorded) | set(overrides)):
+        if key != "output_dir" and recorded.get(key) != overrides.get(key):
+            raise ValueError(
+                f"{where}: made with {key}={recorded.get(key)!r}, this study asks {key}={overrides.get(key)!r}; "
+                "pass another --out (or remove the record to run it again)"
+            )
+
+
 def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "") -> None:
     """Rank heatmaps side by side (rows: layers, columns: matrix types), one panel per ``{title: ranks}``.
 
