@@ -260,3 +260,21 @@ def test_score_study_records_each_run_and_reuses_the_record_only_at_the_same_set
     assert score_study.recorded_or_new_run(tmp_path, key, elsewhere, "abc") == first and trained == [1]
     with pytest.raises(ValueError, match=r"runs.json: subjectivity/gsnr-s1: made with alpha=.*asks alpha=8.0"):
         score_study.recorded_or_new_run(tmp_path, key, dict(overrides, alpha=8.0), "abc")
+
+
+def test_compare_stats_finds_the_score_study_run_of_each_statistics_mode(tmp_path):
+    from jax_adalora.run_config import build_run_config
+    from scripts.studies import compare_stats, score_study
+
+    args = score_study.parse_args(["--tasks", "subjectivity"])
+    compare_args = compare_stats.parse_args(["--tasks", "subjectivity"])
+    for variant, (score, mode) in {"gsnr": ("gsnr", "per_example"), "gsnr-running": ("gsnr", "running")}.items():
+        folder = compare_stats.score_study_folder(tmp_path, "subjectivity", score, mode, 2)
+        assert folder == tmp_path / f"subjectivity-{variant}-s2"
+        study_run = score_study.run_overrides("subjectivity", variant, 2, 96, args, folder)
+        assert (study_run["score"], study_run["statistics"]) == (score, mode)
+        folder.mkdir()  # the study's finished run, as it writes it: compare_stats' own run of that mode reuses it
+        (folder / "config.json").write_text(json.dumps(build_run_config(study_run).to_dict()))
+        (folder / "final_metrics.json").write_text("{}")
+        own = compare_stats.make_run("subjectivity", score, mode, 2, compare_args, 96, tmp_path / "own")
+        assert compare_stats.reusable_run(own, folder)

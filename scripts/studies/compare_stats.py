@@ -73,12 +73,14 @@ from jax_adalora.step import (
     orthogonal_penalty,
     task_losses_fn,
 )
+from scripts.studies import score_study
 from scripts.studies import study_helpers as helpers
 
 PyTree = Any
 SCORES = ("fisher", "gsnr")
 MODES = ("per_example", "running")
-MAIN_METRIC = {"movie-sentiment": "accuracy", "movie-rating": "pearson"}
+# the score study's tasks, each with its main metric (the first it reports)
+MAIN_METRIC = {task: columns[0] for task, columns in score_study.TASK_COLUMNS.items()}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -299,12 +301,19 @@ def reusable_run(run: RunConfig, candidate: Path) -> bool:
     return helpers.config_difference(candidate, run.to_dict()) is None
 
 
+def score_study_folder(scratch: Path, task: str, score: str, mode: str, seed: int) -> Path:
+    """Where ``score_study.py`` with ``--scratch scratch`` puts the run of ``score`` with ``mode`` statistics:
+    its variant is the score's name for per-example statistics and ``<score>-running`` for running ones."""
+    variant = score if mode == "per_example" else f"{score}-{mode}"
+    return scratch / f"{task}-{variant}-s{seed}"
+
+
 def normal_run(task: str, score: str, mode: str, seed: int, args, total_steps: int) -> dict:
     from jax_adalora.train import train_and_evaluate
 
     out = Path(args.scratch) / f"{task}-{score}-{mode}-s{seed}"
     run = make_run(task, score, mode, seed, args, total_steps, out)
-    elsewhere = Path(args.reuse_runs) / f"{task}-{score}-s{seed}" if args.reuse_runs else None
+    elsewhere = score_study_folder(Path(args.reuse_runs), task, score, mode, seed) if args.reuse_runs else None
     reused = False
     if elsewhere is not None and reusable_run(run, elsewhere):
         out, reused = elsewhere, True  # the score study already made this very run
