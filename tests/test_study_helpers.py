@@ -233,6 +233,7 @@ def test_run_records_from_several_processes_are_all_kept(tmp_path):
         pool.starmap(helpers.save_run_record, [(tmp_path, f"task/run-s{i}", {"seed": i}) for i in range(16)])
     records = helpers.load_run_records(tmp_path)
     assert records == {f"task/run-s{i}": {"seed": i} for i in range(16)}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.json"]  # no lock file left beside it
     helpers.save_run_record(tmp_path, "task/run-s3", {"seed": 33})  # a record is replaced, the others kept
     assert (
         helpers.load_run_records(tmp_path)["task/run-s3"] == {"seed": 33}

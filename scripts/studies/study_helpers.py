@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -335,16 +336,20 @@ def save_run_record(out: str | Path, key: str, record: dict) -> None:
     """Adds (or replaces) ``record`` under ``key`` in ``<out>/runs.json``.
 
     Several processes may add records to one folder (a study split over seeds, one process per core): the
-    file is read, updated and atomically replaced under an exclusive lock, so no record is lost."""
+    file is read, updated and atomically replaced under an exclusive lock on the folder itself (no lock file
+    is left beside the records), so no record is lost."""
     import fcntl
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / (RUN_RECORDS + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         records = load_run_records(out)
         records[key] = record
         write_json(out / RUN_RECORDS, dict(sorted(records.items())))
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def check_reusable(where: str, recorded: dict, overrides: dict) -> None:
