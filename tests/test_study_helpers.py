@@ -279,3 +279,15 @@ def test_compare_stats_finds_the_score_study_run_of_each_statistics_mode(tmp_pat
         (folder / "final_metrics.json").write_text("{}")
         own = compare_stats.make_run("subjectivity", score, mode, 2, compare_args, 96, tmp_path / "own")
         assert compare_stats.reusable_run(own, folder)
+
+
+def test_score_study_lists_its_plan_with_the_recorded_runs(tmp_path, capsys):
+    from scripts.studies import score_study
+
+    helpers.save_run_record(tmp_path, score_study.run_key("subjectivity", "fixed", 1), {"metrics": {}})
+    argv = ["--out", str(tmp_path), "--tasks", "subjectivity", "--scores", "gsnr", "fixed", "--seeds", "0", "1"]
+    assert score_study.main([*argv, "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[-1].strip() for line in lines[:4]] == ["to do", "to do", "to do", "recorded"]
+    assert "subjectivity     fixed           seed 1" in lines[3]
+    assert lines[4] == f"1 of 4 runs recorded in {tmp_path / 'runs.json'}"

@@ -21,6 +21,8 @@ seeds writes the report. The "Reading" of the report is ``reading.md`` in ``--ou
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
         --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 --alpha 16 --orth-reg-weight 0.1 \
         --scratch /tmp/score_study_full --out docs/score_study_full
+    # which runs of a study are recorded so far (its flags plus --list):
+    python -m scripts.studies.score_study --tasks movie-sentiment --seeds 0 1 --out docs/score_study_full --list
     # a smoke test:
     python -m scripts.studies.score_study --max-train-examples 64 --epochs 1 --seeds 0 --scratch /tmp/ss_smoke \
         --out /tmp/ss_smoke/out
@@ -92,7 +94,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     helpers.add_adapter_arguments(parser)
     parser.add_argument("--scratch", default="/tmp/score_study", help="run directories (outside the repo)")
     parser.add_argument("--out", default="docs/score_study", help="where the summaries go")
+    parser.add_argument("--list", action="store_true", help="print the plan and which runs are recorded; train nothing")
     return parser.parse_args(argv)
+
+
+def list_plan(args) -> None:
+    """Prints every planned run, in the order the study makes them, as recorded in ``<out>/runs.json`` or to do."""
+    records = helpers.load_run_records(args.out)
+    plan = [(seed, task, score) for seed in args.seeds for task in args.tasks for score in args.scores]
+    for number, (seed, task, score) in enumerate(plan, start=1):
+        state = "recorded" if run_key(task, score, seed) in records else "to do"
+        print(f"{number:4d} {task:16s} {score:15s} seed {seed}: {state}")
+    recorded = sum(run_key(task, score, seed) in records for seed, task, score in plan)
+    print(f"{recorded} of {len(plan)} runs recorded in {Path(args.out) / helpers.RUN_RECORDS}")
 
 
 def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
@@ -219,6 +233,9 @@ def average_main_metric(results, tasks, score, seed) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list:
+        list_plan(args)
+        return 0
     helpers.enable_compilation_cache(args.cache_dir)
     scratch, out = Path(args.scratch), Path(args.out)
     revision = helpers.recorded_revision(scratch)
