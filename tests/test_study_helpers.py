@@ -253,7 +253,7 @@ def test_score_study_records_each_run_and_reuses_the_record_only_at_the_same_set
     monkeypatch.setattr(score_study, "one_run", fake_run)
     args = score_study.parse_args(["--tasks", "subjectivity", "--scores", "gsnr"])
     overrides = score_study.run_overrides("subjectivity", "gsnr", 1, 96, args, tmp_path / "scratch" / "run")
-    key = score_study.run_key("subjectivity", "gsnr", 1)
+    key = helpers.run_key("subjectivity", "gsnr", 1)
     first = score_study.recorded_or_new_run(tmp_path, key, overrides, "abc")
     assert trained == [1] and first["metrics"] == {"accuracy": 0.6}
     assert helpers.load_run_records(tmp_path)[key]["overrides"] == overrides
@@ -270,7 +270,8 @@ def test_compare_stats_finds_the_score_study_run_of_each_statistics_mode(tmp_pat
     args = score_study.parse_args(["--tasks", "subjectivity"])
     compare_args = compare_stats.parse_args(["--tasks", "subjectivity"])
     for variant, (score, mode) in {"gsnr": ("gsnr", "per_example"), "gsnr-running": ("gsnr", "running")}.items():
-        folder = compare_stats.score_study_folder(tmp_path, "subjectivity", score, mode, 2)
+        assert score_study.variant_of(score, mode) == variant
+        folder = score_study.run_folder(tmp_path, "subjectivity", variant, 2)
         assert folder == tmp_path / f"subjectivity-{variant}-s2"
         study_run = score_study.run_overrides("subjectivity", variant, 2, 96, args, folder)
         assert (study_run["score"], study_run["statistics"]) == (score, mode)
@@ -284,7 +285,7 @@ def test_compare_stats_finds_the_score_study_run_of_each_statistics_mode(tmp_pat
 def test_score_study_lists_its_plan_with_the_recorded_runs(tmp_path, capsys):
     from scripts.studies import score_study
 
-    helpers.save_run_record(tmp_path, score_study.run_key("subjectivity", "fixed", 1), {"metrics": {}})
+    helpers.save_run_record(tmp_path, helpers.run_key("subjectivity", "fixed", 1), {"metrics": {}})
     argv = ["--out", str(tmp_path), "--tasks", "subjectivity", "--scores", "gsnr", "fixed", "--seeds", "0", "1"]
     assert score_study.main([*argv, "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()

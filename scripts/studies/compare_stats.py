@@ -301,19 +301,14 @@ def reusable_run(run: RunConfig, candidate: Path) -> bool:
     return helpers.config_difference(candidate, run.to_dict()) is None
 
 
-def score_study_folder(scratch: Path, task: str, score: str, mode: str, seed: int) -> Path:
-    """Where ``score_study.py`` with ``--scratch scratch`` puts the run of ``score`` with ``mode`` statistics:
-    its variant is the score's name for per-example statistics and ``<score>-running`` for running ones."""
-    variant = score if mode == "per_example" else f"{score}-{mode}"
-    return scratch / f"{task}-{variant}-s{seed}"
-
-
 def normal_run(task: str, score: str, mode: str, seed: int, args, total_steps: int) -> dict:
     from jax_adalora.train import train_and_evaluate
 
     out = Path(args.scratch) / f"{task}-{score}-{mode}-s{seed}"
     run = make_run(task, score, mode, seed, args, total_steps, out)
-    elsewhere = score_study_folder(Path(args.reuse_runs), task, score, mode, seed) if args.reuse_runs else None
+    elsewhere = None
+    if args.reuse_runs:  # where the score study with --scratch REUSE_RUNS put its run of this score and mode
+        elsewhere = score_study.run_folder(args.reuse_runs, task, score_study.variant_of(score, mode), seed)
     reused = False
     if elsewhere is not None and reusable_run(run, elsewhere):
         out, reused = elsewhere, True  # the score study already made this very run

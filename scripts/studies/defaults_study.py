@@ -153,11 +153,6 @@ def plan(tasks: Sequence[str], seeds: Sequence[int], settings: Sequence[Setting]
     return [(seed, task, setting) for seed in seeds for task in tasks for setting in settings]
 
 
-def run_key(task: str, setting: Setting, seed: int) -> str:
-    """A run's key in ``<out>/runs.json``: ``<task>/<setting>-s<seed>``."""
-    return f"{task}/{setting.name}-s{seed}"
-
-
 def _digest(overrides: dict) -> str:
     """A short hash of a run's settings (output folder excluded): names its scratch folder."""
     settings = {k: v for k, v in overrides.items() if k != "output_dir"}
@@ -196,7 +191,7 @@ def run_study(
     done = helpers.load_run_records(out)
     started, trained = time.time(), 0
     for number, (seed, task, setting) in enumerate(runs, start=1):
-        key = run_key(task, setting, seed)
+        key = helpers.run_key(task, setting.name, seed)
         overrides = helpers.scaled_run_overrides(
             task, seed, schedules[task]["total_steps"], args, Path("."), **setting.overrides()
         )
@@ -412,7 +407,7 @@ def write_outputs(args, schedules: dict, command: str) -> None:
     planned = plan(args.tasks, args.seeds, settings_grid(args.scores))
     n_planned = len(planned)
     done = helpers.load_run_records(out)
-    n_done = sum(run_key(task, setting, seed) in done for seed, task, setting in planned)
+    n_done = sum(helpers.run_key(task, setting.name, seed) in done for seed, task, setting in planned)
     payload = {
         "command": command,
         "scale": {
@@ -474,7 +469,7 @@ def main(argv=None) -> int:
         runs = plan(args.tasks, args.seeds, select_settings(settings_grid(args.scores), args.settings))
         done = helpers.load_run_records(out)
         for number, (seed, task, setting) in enumerate(runs, start=1):
-            state = "done" if run_key(task, setting, seed) in done else "to do"
+            state = "done" if helpers.run_key(task, setting.name, seed) in done else "to do"
             print(f"{number:4d} {task:16s} {setting.name:28s} seed {seed}: {state}")
         return 0
     command = helpers.command_line("defaults_study", argv)

@@ -98,15 +98,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def plan(args) -> list[tuple[int, str, str]]:
+    """Every run of the study as ``(seed, task, variant)``, in the order it makes them: seed-major, so an
+    interrupted study still has whole seeds."""
+    return [(seed, task, variant) for seed in args.seeds for task in args.tasks for variant in args.scores]
+
+
 def list_plan(args) -> None:
     """Prints every planned run, in the order the study makes them, as recorded in ``<out>/runs.json`` or to do."""
     records = helpers.load_run_records(args.out)
-    plan = [(seed, task, score) for seed in args.seeds for task in args.tasks for score in args.scores]
-    for number, (seed, task, score) in enumerate(plan, start=1):
-        state = "recorded" if run_key(task, score, seed) in records else "to do"
-        print(f"{number:4d} {task:16s} {score:15s} seed {seed}: {state}")
-    recorded = sum(run_key(task, score, seed) in records for seed, task, score in plan)
-    print(f"{recorded} of {len(plan)} runs recorded in {Path(args.out) / helpers.RUN_RECORDS}")
+    recorded = 0
+    runs = plan(args)
+    for number, (seed, task, variant) in enumerate(runs, start=1):
+        is_recorded = helpers.run_key(task, variant, seed) in records
+        recorded += is_recorded
+        print(f"{number:4d} {task:16s} {variant:15s} seed {seed}: {'recorded' if is_recorded else 'to do'}")
+    print(f"{recorded} of {len(runs)} runs recorded in {Path(args.out) / helpers.RUN_RECORDS}")
+
+
+def run_folder(scratch: Path, task: str, variant: str, seed: int) -> Path:
+    """The folder of one run of the study in ``--scratch``."""
+    return Path(scratch) / f"{task}-{variant}-s{seed}"
+
+
+def variant_of(score: str, statistics: str) -> str:
+    """The variant (a key of :data:`VARIANTS`) that runs ``score`` with ``statistics`` and nothing else."""
+    wanted = {"score": score, "statistics": statistics}
+    matches = [name for name, fields in VARIANTS.items() if fields == wanted]
+    if not matches:
+        raise ValueError(f"no score-study variant runs {score} with {statistics} statistics alone")
+    return matches[0]
 
 
 def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
@@ -123,11 +144,6 @@ def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, ou
         r_init=args.r_target if fixed else args.r_init,
         r_target=args.r_target,
     )
-
-
-def run_key(task: str, variant: str, seed: int) -> str:
-    """A run's key in ``<out>/runs.json``: ``<task>/<variant>-s<seed>``."""
-    return f"{task}/{variant}-s{seed}"
 
 
 def recorded_or_new_run(out: Path, key: str, overrides: dict, fallback_revision: str) -> dict:
@@ -242,8 +258,6 @@ def main(argv=None) -> int:
     started = time.time()
     results: dict = {}
     schedules: dict = {}
-    n_runs = len(args.tasks) * len(args.scores) * len(args.seeds)
-    done = 0
     for task in args.tasks:
         n_train, n_dev = helpers.split_sizes(task, args)
         total_steps = args.epochs * (n_train // args.batch_size)
@@ -256,21 +270,19 @@ def main(argv=None) -> int:
             ),
         }
         results[task] = {score: {} for score in args.scores}
-    for seed in args.seeds:  # seed-major: an interrupted study still has whole seeds
-        for task in args.tasks:
-            for score in args.scores:
-                done += 1
-                print(f"[{time.time() - started:7.0f} s] run {done}/{n_runs}: {task} {score} seed {seed}", flush=True)
-                output_dir = scratch / f"{task}-{score}-s{seed}"
-                overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
-                try:
-                    summary = recorded_or_new_run(out, run_key(task, score, seed), overrides, revision)
-                except ValueError as err:
-                    print(f"score_study: {err}", file=sys.stderr)
-                    return 2
-                results[task][score][str(seed)] = summary
-                shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
-                print(f"    -> {shown}; budget {summary['total_budget']}; wall {summary['wall_seconds']} s", flush=True)
+    runs = plan(args)
+    for number, (seed, task, score) in enumerate(runs, start=1):
+        print(f"[{time.time() - started:7.0f} s] run {number}/{len(runs)}: {task} {score} seed {seed}", flush=True)
+        output_dir = run_folder(scratch, task, score, seed)
+        overrides = run_overrides(task, score, seed, schedules[task]["total_steps"], args, output_dir)
+        try:
+            summary = recorded_or_new_run(out, helpers.run_key(task, score, seed), overrides, revision)
+        except ValueError as err:
+            print(f"score_study: {err}", file=sys.stderr)
+            return 2
+        results[task][score][str(seed)] = summary
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+        print(f"    -> {shown}; budget {summary['total_budget']}; wall {summary['wall_seconds']} s", flush=True)
     summary = summarize(results, args.tasks, args.scores, args.seeds)
     elapsed = time.time() - started
     write_outputs(out, args, argv, results, summary, schedules, elapsed, revision)

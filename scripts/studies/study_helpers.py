@@ -326,6 +326,11 @@ def write_json(path: str | Path, obj) -> None:
 RUN_RECORDS = "runs.json"
 
 
+def run_key(task: str, name: str, seed: int) -> str:
+    """A run's key in ``<out>/runs.json``: ``<task>/<name>-s<seed>`` (``name``: the study's setting or variant)."""
+    return f"{task}/{name}-s{seed}"
+
+
 def load_run_records(out: str | Path) -> dict[str, dict]:
     """Every finished run's record in ``<out>/runs.json``, by key (empty before the first)."""
     path = Path(out) / RUN_RECORDS
