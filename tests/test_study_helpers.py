@@ -81,6 +81,21 @@ def test_format_mean_std_scales_then_rounds():
     assert helpers.format_mean_std([1.0], digits=1) == "1.0 ± 0.0"
 
 
+def test_mean_se_is_the_standard_error_of_the_mean():
+    values = [0.1, -0.3, 0.2, 0.6]
+    mean, se = helpers.mean_se(values)
+    assert mean == pytest.approx(0.15)
+    assert se == pytest.approx(np.std(values, ddof=1) / 2.0)
+    assert np.isnan(helpers.mean_se([0.4])[1])
+
+
+def test_format_paired_counts_the_seeds_ahead():
+    # differences ×100: +1, -1, +3 -> mean +1, sample std 2, SE 2/√3
+    assert helpers.format_paired([0.01, -0.01, 0.03], scale=100) == f"+1.00 ± {2 / 3**0.5:.2f} (2 of 3)"
+    assert helpers.format_paired([-0.005], scale=100) == "-0.50 (0 of 1)"
+    assert helpers.format_paired([0.0, 0.0]) == "+0.00 ± 0.00 (0 of 2)"
+
+
 def test_mean_ranks():
     runs = [{"a": 4, "b": 8}, {"a": 6, "b": 9}, {"b": 10, "a": 5}]
     assert helpers.mean_ranks(runs) == {"a": 5.0, "b": 9.0}

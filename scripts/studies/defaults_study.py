@@ -245,8 +245,7 @@ def difference_summary(by_seed: dict[int, float]) -> dict:
     values = list(by_seed.values())
     if not values:
         return {"by_seed": {}, "mean": float("nan"), "se": float("nan"), "n": 0}
-    mean, std = helpers.mean_std(values)
-    se = std / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    mean, se = helpers.mean_se(values)
     return {"by_seed": by_seed, "mean": mean, "se": se, "n": len(values)}
 
 

@@ -223,23 +223,29 @@ def summarize(results: dict, tasks, scores, seeds) -> dict:
                     summary[score]["average"]["values"], summary["sensitivity"]["average"]["values"], strict=True
                 )
             ]
-            mean, std = helpers.mean_std(gaps)
-            summary[score]["average_minus_sensitivity"] = {
-                "values": gaps,
-                "mean": mean,
-                "std": std,
-                "seeds_better": sum(g > 0 for g in gaps),
-                "seeds_worse": sum(g < 0 for g in gaps),
-            }
+            summary[score]["average_minus_sensitivity"] = paired_gaps(gaps)
             for task in tasks:
                 key = f"{task}/{TASK_COLUMNS[task][0]}"
                 gaps = [
                     a - b
                     for a, b in zip(summary[score][key]["values"], summary["sensitivity"][key]["values"], strict=True)
                 ]
-                mean, std = helpers.mean_std(gaps)
-                summary[score][f"{key}_minus_sensitivity"] = {"values": gaps, "mean": mean, "std": std}
+                summary[score][f"{key}_minus_sensitivity"] = paired_gaps(gaps)
     return summary
+
+
+def paired_gaps(gaps: list[float]) -> dict:
+    """Per-seed differences to sensitivity: the values, mean, sample std, standard error, seeds ahead / behind."""
+    mean, std = helpers.mean_std(gaps)
+    _, se = helpers.mean_se(gaps)
+    return {
+        "values": gaps,
+        "mean": mean,
+        "std": std,
+        "se": se,
+        "seeds_better": sum(g > 0 for g in gaps),
+        "seeds_worse": sum(g < 0 for g in gaps),
+    }
 
 
 def average_main_metric(results, tasks, score, seed) -> float:
@@ -392,7 +398,7 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
                 continue
             gap = summary[score]["average_minus_sensitivity"]
             per_task = [
-                helpers.format_mean_std(
+                helpers.format_paired(
                     summary[score][f"{t}/{TASK_COLUMNS[t][0]}_minus_sensitivity"]["values"], scale=100
                 )
                 for t in args.tasks
@@ -401,15 +407,12 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
                 [
                     ROW_NAMES[score],
                     *per_task,
-                    helpers.format_mean_std(gap["values"], scale=100),
+                    helpers.format_paired(gap["values"], scale=100),
                     " / ".join(f"{100 * g:+.2f}" for g in gap["values"]),
-                    f"{gap['seeds_better']} of {len(args.seeds)}",
                 ]
             )
         gap_table = helpers.markdown_table(
-            ["score"]
-            + [f"Δ {t} {TASK_COLUMNS[t][0]}" for t in args.tasks]
-            + ["Δ avg (mean ± std)", "Δ avg per seed", "seeds with Δ avg > 0"],
+            ["score"] + [f"Δ {t} {TASK_COLUMNS[t][0]}" for t in args.tasks] + ["Δ avg", "Δ avg per seed"],
             gap_rows,
         )
 
@@ -476,7 +479,8 @@ each run here takes {steps} optimizer steps with a 6-layer MiniLM.
 {main_table}
 ### Paired differences to sensitivity (same seed = same data subset, init and order)
 
-Δ = score − sensitivity for the same seed, ×100, mean ± sample std over seeds.
+Δ = score − sensitivity for the same seed, ×100: mean ± standard error over seeds (sample std / √n), and in
+brackets the number of seeds on which the score is ahead of sensitivity.
 
 {gap_table or "(sensitivity not in this study)"}
 ### Every run

@@ -88,6 +88,20 @@ def format_mean_std(values: Sequence[float], *, scale: float = 1.0, digits: int 
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / √n; nan for a single value)."""
+    mean, std = mean_std(values)
+    return mean, std / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+def format_paired(differences: Sequence[float], *, scale: float = 1.0, digits: int = 2) -> str:
+    """``"+mean ± SE (k of n)"`` of per-seed differences ``differences * scale``; k counts those above 0."""
+    mean, se = mean_se([d * scale for d in differences])
+    spread = f" ± {se:.{digits}f}" if len(differences) > 1 else ""
+    ahead = sum(d > 0 for d in differences)
+    return f"{mean:+.{digits}f}{spread} ({ahead} of {len(differences)})"
+
+
 def mean_ranks(rank_dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Element-wise mean of ``{path: rank}`` dicts over runs (the paths must agree)."""
     if not rank_dicts:
