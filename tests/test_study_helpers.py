@@ -144,6 +144,23 @@ def test_outputs_write_files(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rank_panels_wrap_into_rows(tmp_path):
+    ranks = {f"encoder.layers.{i}.{k}": 4 + i for i in range(2) for k in ("attention.query", "intermediate")}
+
+    def png_size(path):
+        header = path.read_bytes()[16:24]
+        return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+    panels = {f"score {i}": ranks for i in range(5)}
+    helpers.save_rank_panels(panels, tmp_path / "strip.png", per_row=5)
+    helpers.save_rank_panels(panels, tmp_path / "grid.png", per_row=2)
+    (strip_width, strip_height), (grid_width, grid_height) = (
+        png_size(tmp_path / "strip.png"),
+        png_size(tmp_path / "grid.png"),
+    )
+    assert grid_width < strip_width / 2 and grid_height > 2 * strip_height  # 2 panels a row, 3 rows
+
+
 def test_rank_table_puts_layers_then_paper_matrix_order():
     from jax_adalora.report import rank_table
 

@@ -382,8 +382,11 @@ def check_reusable(where: str, recorded: dict, overrides: dict) -> None:
             )
 
 
-def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "") -> None:
-    """Rank heatmaps side by side (rows: layers, columns: matrix types), one panel per ``{title: ranks}``.
+def save_rank_panels(
+    panels: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "", per_row: int = 4
+) -> None:
+    """Rank heatmaps (rows: layers, columns: matrix types), one panel per ``{title: ranks}``, at most ``per_row``
+    panels side by side, then the next row.
 
     Ranks may be means over seeds; cells show one decimal then. All panels share one colour scale.
     """
@@ -398,11 +401,14 @@ def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path
     vmax = max(float(np.nanmax(t[2])) for t in tables.values())
     first_layers, first_kinds, _ = next(iter(tables.values()))
     width = 1.0 * len(first_kinds) + 0.6
-    fig, axes = plt.subplots(
-        1, len(tables), figsize=(width * len(tables) + 1.2, 0.42 * len(first_layers) + 2.0), squeeze=False
-    )
+    height = 0.42 * len(first_layers) + 2.0
+    columns = min(per_row, len(tables))
+    rows = -(-len(tables) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns + 1.2, height * rows), squeeze=False)
+    for ax in axes.flat[len(tables) :]:
+        ax.set_visible(False)
     image = None
-    for ax, (name, (layers, kinds, table)) in zip(axes[0], tables.items(), strict=True):
+    for ax, (name, (layers, kinds, table)) in zip(axes.flat, tables.items(), strict=False):  # spare axes hidden above
         image = ax.imshow(table, cmap="YlGn", aspect="auto", vmin=0, vmax=vmax)
         ax.set_xticks(range(len(kinds)), [_short_kind(k) for k in kinds], rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(layers)), [f"L{i}" for i in layers], fontsize=7)
@@ -413,7 +419,7 @@ def save_rank_panels(panels: Mapping[str, Mapping[str, float]], path: str | Path
                     text = f"{int(table[i, j])}" if integral else f"{table[i, j]:.1f}"
                     ax.text(j, i, text, ha="center", va="center", fontsize=6)
         ax.set_title(f"{name}\n(total {np.nansum(table):.0f})", fontsize=8)
-    fig.colorbar(image, ax=list(axes[0]), label="kept rank", fraction=0.02)
+    fig.colorbar(image, ax=list(axes.flat), label="kept rank", fraction=0.02)
     if title:
         fig.suptitle(title, fontsize=9)
     _save_figure(fig, path)
