@@ -221,6 +221,9 @@ _SECTIONS = (("train", TrainConfig), ("adalora", AdaLoRAConfig), ("optim", Optim
 # Adapter scale α 32 (α / r_init = 2) and no orthogonal regulariser (γ 0), with the pooler and classifier trained
 # (TrainConfig.head_pattern): the winners of the defaults study (docs/DEFAULTS_STUDY.md,
 # scripts/studies/defaults_study.py); AdaLoRAConfig's own defaults (α 16, γ 0.1) stay the library's.
+# Learning rate 2e-3 (OptimConfig's 1e-3 stays the library's): chosen at full length on the held-out subjectivity
+# task, then checked over five seeds on movie-sentiment (docs/DEFAULTS_STUDY.md); the studies that ran at 1e-3
+# pass --learning-rate 0.001 in their documented commands.
 DEFAULT_RUN: dict[str, Any] = dict(
     task="movie-sentiment",
     model="minilm-l6",
@@ -231,7 +234,7 @@ DEFAULT_RUN: dict[str, Any] = dict(
     r_target=8,
     alpha=32.0,
     targets="paper",
-    learning_rate=1e-3,
+    learning_rate=2e-3,
     warmup_ratio=0.06,
     weight_decay=0.01,
     orth_reg_weight=0.0,

@@ -40,4 +40,5 @@ def test_the_former_profile_reproduces_the_built_in_run_before_the_defaults_stud
     former, now = parse_args(["--config", f"{CONFIGS / 'movie.py'}:former"]), parse_args([])
     assert (former.adalora.alpha, former.adalora.orth_reg_weight) == (16.0, 0.1)
     assert (now.adalora.alpha, now.adalora.orth_reg_weight) == (32.0, 0.0)
+    assert (former.optim.learning_rate, now.optim.learning_rate) == (1e-3, 2e-3)
     assert dict(former.to_dict()["train"], output_dir="") == dict(now.to_dict()["train"], output_dir="")

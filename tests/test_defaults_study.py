@@ -56,6 +56,8 @@ def test_the_training_commands_defaults_are_the_chosen_setting_as_the_docs_say()
     assert "| adapter scale α (`--alpha`) | 16 | **32** |" in page
     assert "| orthogonal regularisation γ (`--orth-reg-weight`) | 0.1 | **0** |" in page
     assert "| trained head (`--head-pattern`) | pooler + classifier | **pooler + classifier** |" in page
+    assert DEFAULT_RUN["learning_rate"] == run.optim.learning_rate == 2e-3
+    assert "| learning rate (`--learning-rate`) | 1e-3 | **2e-3** |" in page
 
 
 def test_default_grid_crosses_the_choices_with_the_default_score_only():

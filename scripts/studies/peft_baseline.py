@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=0, help="override the config's epochs")
     parser.add_argument("--max-train-examples", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=0.0, help="override the config's learning rate")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--peft-style", choices=list(PEFT_STYLES), default="ours", help="see the docstring")
     parser.add_argument("--out", default="")
@@ -88,6 +89,8 @@ def main() -> None:
         overrides["epochs"] = args.epochs
     if args.max_train_examples:
         overrides["max_train_examples"] = args.max_train_examples
+    if args.learning_rate:
+        overrides["learning_rate"] = args.learning_rate
     run = build_run_config(overrides)
     t, a, o = run.train, run.adalora, run.optim
     if args.threads:
