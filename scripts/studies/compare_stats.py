@@ -24,8 +24,8 @@ Jaccard over steps) and ``rank_patterns_<task>.png`` (final rank patterns side b
 
     # the committed results (docs/compare_stats_full), after the score study's runs in /tmp/score_study_full:
     python -m scripts.studies.compare_stats --max-train-examples 0 --epochs 1 --max-seq-length 48 --delta-t 5 \
-        --final-fraction 0.202 --timing-repeats 5 --alpha 16 --orth-reg-weight 0.1 --reuse-runs /tmp/score_study_full \
-        --scratch /tmp/compare_stats_full --out docs/compare_stats_full
+        --final-fraction 0.202 --timing-repeats 5 --alpha 16 --orth-reg-weight 0.1 --learning-rate 0.001 \
+        --reuse-runs /tmp/score_study_full --scratch /tmp/compare_stats_full --out docs/compare_stats_full
     # a smoke test:
     python -m scripts.studies.compare_stats --max-train-examples 64 --epochs 1 --timing-repeats 1 \
         --scratch /tmp/cs_smoke --out /tmp/cs_smoke/out
@@ -56,7 +56,7 @@ from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
 from jax_adalora.report import machine_summary
-from jax_adalora.run_config import DEFAULT_RUN, RunConfig, build_run_config
+from jax_adalora.run_config import RunConfig, build_run_config
 from jax_adalora.runtime import step_compiler_options
 from jax_adalora.stats import (
     Moments,
@@ -506,12 +506,7 @@ def write_outputs(out: Path, args, argv, shadows, normals, timing, elapsed, revi
 
 
 def report_markdown(args, argv, shadows, normals, timing, machine, elapsed) -> str:
-    lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
-    lr_note = (
-        f" (the built-in run uses {DEFAULT_RUN['learning_rate']:g}; see Reading)"
-        if lr != DEFAULT_RUN["learning_rate"]
-        else ""
-    )
+    lr_text = helpers.learning_rate_text(args)
     first = shadows[0]
     sched = first["schedule"]
     # Part 1 tables
@@ -674,7 +669,7 @@ Command (from the repository root):
 
 * Model: pretrained all-MiniLM-L6-v2 (`minilm-l6`) with a fresh task head; AdaLoRA r 16 → 8 on the six
   matrices of each of the 6 layers (36 matrices, 576 → 288 triplets), {helpers.adapter_scale_text(args)},
-  β1 = β2 = 0.85, AdaLoRA smoothing; AdamW lr {lr:g}{lr_note}, 6 % warm-up and linear decay, dropout on;
+  β1 = β2 = 0.85, AdaLoRA smoothing; AdamW lr {lr_text}, 6 % warm-up and linear decay, dropout on;
   batch {args.batch_size}, max length {args.max_seq_length}.
 * Data: tasks {", ".join(args.tasks)} with {training_data}, {args.epochs} epoch(s) = {first["total_steps"]} steps;
   the full dev split for the final metric.

@@ -17,10 +17,11 @@ and the report rewritten in seconds. A finished run folder in ``--scratch`` is r
 share one ``--out`` (e.g. one per seed, each pinned to a core with ``taskset``); the last invocation over all
 seeds writes the report. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
-    # the committed results (docs/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1):
+    # the committed results (docs/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1,
+    # lr 1e-3; docs/results.md has the paper-length study's command too):
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
         --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 --alpha 16 --orth-reg-weight 0.1 \
-        --scratch /tmp/score_study_full --out docs/score_study_full
+        --learning-rate 0.001 --scratch /tmp/score_study_full --out docs/score_study_full
     # which runs of a study are recorded so far (its flags plus --list):
     python -m scripts.studies.score_study --tasks movie-sentiment --seeds 0 1 --out docs/score_study_full --list
     # a smoke test:
@@ -359,15 +360,8 @@ def total_run_seconds(results) -> float:
 
 
 def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -> str:
-    from jax_adalora.run_config import DEFAULT_RUN
-
-    lr = args.learning_rate or DEFAULT_RUN["learning_rate"]
     alpha, _ = helpers.adapter_values(args)
-    lr_note = (
-        f" (the built-in run uses {DEFAULT_RUN['learning_rate']:g}; see Reading)"
-        if lr != DEFAULT_RUN["learning_rate"]
-        else ""
-    )
+    lr_text = helpers.learning_rate_text(args)
     columns = metric_headers(args.tasks)
     headers = ["score"] + [f"{t} {m}" for t, m in columns] + ["avg"]
     rows = []
@@ -452,7 +446,7 @@ Command (from the repository root):
 * AdaLoRA: adapters on the six matrices of each layer (36 matrices), r_init = {args.r_init} → r_target =
   {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets),
   {helpers.adapter_scale_text(args)}, β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr
-  {lr:g}{lr_note} with 6 % warm-up and linear decay, weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR
+  {lr_text} with 6 % warm-up and linear decay, weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR
   use exact per-example statistics unless the variant says running.
 * Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the steps):
 

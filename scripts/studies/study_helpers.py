@@ -222,6 +222,22 @@ def adapter_values(args) -> tuple[float, float]:
     )
 
 
+def learning_rate_value(args) -> float:
+    """The runs' peak learning rate: the study's ``--learning-rate``, else the built-in run's."""
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    return args.learning_rate or DEFAULT_RUN["learning_rate"]
+
+
+def learning_rate_text(args) -> str:
+    """The runs' learning rate as the reports state it, naming the built-in run's when it differs:
+    ``0.001 (the built-in run uses 0.002; see Reading)``."""
+    from jax_adalora.run_config import DEFAULT_RUN
+
+    lr, built_in = learning_rate_value(args), DEFAULT_RUN["learning_rate"]
+    return f"{lr:g}" + (f" (the built-in run uses {built_in:g}; see Reading)" if lr != built_in else "")
+
+
 def adapter_scale_text(args) -> str:
     """The runs' adapter scale and regulariser weight, as the reports state them: ``α = 32, γ = 0``."""
     alpha, gamma = adapter_values(args)
