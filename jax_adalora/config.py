@@ -26,7 +26,7 @@ class AdaLoRAConfig:
         ``r_target * number_of_adapted_matrices`` triplets.
       alpha: adapter scale numerator; the adapter output is multiplied by ``alpha / r_init`` (PEFT's
         ``lora_alpha / ranknum``, with ``ranknum`` held at ``r_init``).
-      targets: a preset name from :data:`jax_adalora.models.targets.TARGET_PRESETS` (``"paper"``: the six
+      targets: a preset name the model offers (the zoo's encoders: ``"paper"``, the six
         matrices per layer) or a regular expression over '.'-joined module paths.
       beta1: EMA coefficient of the smoothed importance (AdaLoRA's β1).
       beta2: EMA coefficient of the uncertainty (AdaLoRA's β2).

@@ -191,7 +191,7 @@ def test_machine_summary_names_the_platform_jax_version_and_backend():
 
     import jax
 
-    from jax_adalora.report import machine_summary
+    from jax_adalora.cli.report import machine_summary
 
     assert machine_summary() == {
         "platform": platform.platform(),

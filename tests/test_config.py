@@ -44,7 +44,7 @@ def test_schedule_without_budgeting_phase_is_rejected():
 
 @pytest.mark.parametrize("value, expected", [("5", "expected a divisor of batch_size"), ("-8", "expected >= 0")])
 def test_a_microbatch_size_that_does_not_divide_the_batch_names_the_flag(value, expected, capsys):
-    from jax_adalora.run_config import parse_args
+    from jax_adalora.cli.run_config import parse_args
 
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--batch-size", "32", "--microbatch-size", value])
@@ -56,7 +56,7 @@ def test_a_microbatch_size_that_does_not_divide_the_batch_names_the_flag(value, 
 
 def test_help_prints_every_field_even_with_a_percent_sign_in_its_text(capsys):
     """argparse %-formats help texts; t_init's "the first 10 % of the steps" once made --help a traceback."""
-    from jax_adalora.run_config import parse_args
+    from jax_adalora.cli.run_config import parse_args
 
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--help"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jax_adalora.run_config import load_config_file, parse_args
+from jax_adalora.cli.run_config import load_config_file, parse_args
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 GLUE_TASKS = ("mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import jax_adalora as jal
-from jax_adalora.run_config import build_parser
+from jax_adalora.cli.run_config import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED_PAGES = ("README.md", "docs/getting-started.md")

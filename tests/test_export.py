@@ -13,9 +13,9 @@ from tiny_assets import make_tiny_bert
 from transformers import AutoModelForSequenceClassification
 
 from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_masks, set_triplets
-from jax_adalora.export import hf_module_names, save_merged, save_peft_adapter
+from jax_adalora.cli.export import hf_module_names, save_merged, save_peft_adapter
+from jax_adalora.cli.run_config import build_run_config
 from jax_adalora.models import from_pretrained
-from jax_adalora.run_config import build_run_config
 
 
 @pytest.fixture(scope="module")

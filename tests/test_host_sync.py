@@ -11,8 +11,8 @@ import pytest
 from test_train import _flags
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
-from jax_adalora.run_config import parse_args
-from jax_adalora.train import train_and_evaluate
+from jax_adalora.cli.run_config import parse_args
+from jax_adalora.cli.train import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def assets(tmp_path_factory):
 def test_training_makes_no_implicit_transfer(assets, tmp_path, monkeypatch):
     """No implicit device-to-host copy anywhere in a run (steps, logging, evaluation, checkpoints, outputs),
     and none in either direction while a step is dispatched (batch, key and step all placed explicitly)."""
-    monkeypatch.setattr("jax_adalora.train.STEP_TRANSFER_GUARD", "disallow")
-    monkeypatch.setattr("jax_adalora.train.RUN_AHEAD", True)  # the accelerators' path, on CPU
+    monkeypatch.setattr("jax_adalora.cli.train.STEP_TRANSFER_GUARD", "disallow")
+    monkeypatch.setattr("jax_adalora.cli.train.RUN_AHEAD", True)  # the accelerators' path, on CPU
     run = parse_args(_flags(assets, tmp_path / "run", "--epochs", "1", "--log-every", "1", "--no-export"))
     with jax.transfer_guard_device_to_host("disallow"):
         final = train_and_evaluate(run)
@@ -38,7 +38,7 @@ def test_a_diverged_step_is_reported_by_its_own_number(assets, tmp_path, capsys,
     """Read one step late (running ahead, no logging at every step), a NaN is reported for the step that
     produced it: the same step as when every step is read at once (logged and checkpointed), and as in
     lockstep, CPU's default."""
-    from jax_adalora.train import main
+    from jax_adalora.cli.train import main
 
     assert jax.default_backend() == "cpu"
     steps = []
@@ -47,7 +47,7 @@ def test_a_diverged_step_is_reported_by_its_own_number(assets, tmp_path, capsys,
         ("late", True, ("--log-every", "4")),
         ("lockstep", None, ("--log-every", "4")),
     ):
-        monkeypatch.setattr("jax_adalora.train.RUN_AHEAD", run_ahead)
+        monkeypatch.setattr("jax_adalora.cli.train.RUN_AHEAD", run_ahead)
         flags = _flags(assets, tmp_path / name, "--epochs", "1", "--learning-rate", "1e38", "--max-grad-norm", "1e38")
         assert main([*flags, *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()

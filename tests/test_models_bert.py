@@ -8,7 +8,8 @@ import torch
 from flax import nnx
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-from jax_adalora.models.bert import BertEncoder, bert_weight_map, roberta_position_ids
+from jax_adalora.models.bert.modeling import BertEncoder, roberta_position_ids
+from jax_adalora.models.bert.weights import bert_weight_map
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import EncoderModel

@@ -11,7 +11,7 @@ from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, De
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
 from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.deberta import (
+from jax_adalora.models.deberta.modeling import (
     _ATTENTION_OUTPUT,
     _ATTENTION_PROBS,
     _FFN_OUTPUT,
@@ -20,11 +20,10 @@ from jax_adalora.models.deberta import (
     DebertaContextPooler,
     DebertaV2Encoder,
     _layer_site,
-    deberta_pooler_weight_map,
-    deberta_weight_map,
     relative_positions,
     skew,
 )
+from jax_adalora.models.deberta.weights import deberta_pooler_weight_map, deberta_weight_map
 from jax_adalora.models.dropout import DropoutKeys, dropout_keys, keep_mask
 
 TINY = dict(
@@ -410,7 +409,7 @@ def test_short_sequences_read_relative_scores_without_a_gather():
 def test_off_cpu_the_skew_reads_every_length_with_the_gathers_values_and_gradients(monkeypatch):
     """DeBERTa-v3's table (position_buckets 256, 2S = 512) at 300 tokens: beyond it, CPU gathers (as measured
     there) and any other backend skews (no scatter-add in the backward pass); outputs and gradients agree."""
-    from jax_adalora.models.deberta import relative_scores_by_skew
+    from jax_adalora.models.deberta.modeling import relative_scores_by_skew
 
     assert relative_scores_by_skew(256, 256, 512, "cpu") and not relative_scores_by_skew(257, 257, 512, "cpu")
     assert relative_scores_by_skew(384, 384, 512, "gpu") and relative_scores_by_skew(1, 384, 512, "tpu")

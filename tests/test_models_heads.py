@@ -21,13 +21,13 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from jax_adalora.adapters import adapter_modules, inject_adapters, linear_paths, merge_adapters
+from jax_adalora.adapters import adapter_modules, inject_adapters, linear_paths, merge_adapters, resolve_targets
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import example_keys
 from jax_adalora.models.heads import QuestionAnswerer, SequenceClassifier, build_model
 from jax_adalora.models.pretrained import from_pretrained, save_pretrained, to_hf_state_dict
-from jax_adalora.models.targets import TARGET_PRESETS, resolve_targets
+from jax_adalora.models.targets import TARGET_PRESETS
 
 TINY = dict(
     vocab_size=99,
@@ -212,18 +212,19 @@ def test_target_presets_pick_the_six_matrices_per_layer(family):
     paths = linear_paths(model)
     per_layer = {"paper": 6, "attention": 4, "qv": 2}
     for name, count in per_layer.items():
-        chosen = [p for p in paths if re.fullmatch(resolve_targets(name), p)]
+        chosen = [p for p in paths if re.fullmatch(resolve_targets(model, name), p)]
         assert len(chosen) == count * config.num_hidden_layers, (name, chosen)
         assert all(p.startswith("encoder.layers.") for p in chosen)
     assert "encoder.layers.1.attention.query" in [p for p in paths if re.fullmatch(TARGET_PRESETS["qv"], p)]
 
 
 def test_resolve_targets_passes_a_regex_through_and_rejects_bad_ones():
-    assert resolve_targets(r"encoder\.layers\.0\..*") == r"encoder\.layers\.0\..*"
+    model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))  # a model without presets
+    assert resolve_targets(model, r"encoder\.layers\.0\..*") == r"encoder\.layers\.0\..*"
     with pytest.raises(ValueError, match="neither a preset"):
-        resolve_targets("layers.(")
-    with pytest.raises(ValueError, match="preset name"):
-        resolve_targets("")
+        resolve_targets(model, "layers.(")
+    with pytest.raises(ValueError, match="or a preset"):
+        resolve_targets(model, "")
 
 
 def test_export_needs_merged_adapters(tmp_path):

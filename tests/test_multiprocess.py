@@ -26,7 +26,7 @@ LAUNCH = (
     "import sys, jax; jax.config.update('jax_cpu_collectives_implementation', 'gloo'); "
     "jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]), "
     "heartbeat_timeout_seconds=10); "
-    "from jax_adalora.train import main; sys.exit(main(sys.argv[3:]))"
+    "from jax_adalora.cli.train import main; sys.exit(main(sys.argv[3:]))"
 )
 COMMON = ["--score", "sensitivity", "--no-export", "--epochs", "1", "--checkpoint-every", "2"]
 

@@ -12,11 +12,11 @@ import pytest
 from tiny_assets import NEGATIVE, POSITIVE, make_tiny_bert, minilm_dir
 
 from jax_adalora.allocator import budget_schedule
+from jax_adalora.cli.predict import main as predict_main
+from jax_adalora.cli.run_config import parse_args
+from jax_adalora.cli.train import main as train_main
+from jax_adalora.cli.train import train_and_evaluate
 from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.predict import main as predict_main
-from jax_adalora.run_config import parse_args
-from jax_adalora.train import main as train_main
-from jax_adalora.train import train_and_evaluate
 
 TOPICS = {
     "business": ["shares fell after the bank report", "the company raised prices", "markets rallied on profits"],

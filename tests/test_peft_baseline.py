@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from jax_adalora.run_config import build_run_config
+from jax_adalora.cli.run_config import build_run_config
 from scripts.studies import peft_baseline
 
 

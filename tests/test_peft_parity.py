@@ -205,11 +205,11 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_triplets
-    from jax_adalora.export import hf_module_names, peft_adalora_config
+    from jax_adalora.cli.export import hf_module_names, peft_adalora_config
+    from jax_adalora.cli.run_config import build_run_config
+    from jax_adalora.cli.step import FunctionalModel, orthogonal_penalty, task_losses_fn
     from jax_adalora.models import from_pretrained
     from jax_adalora.moments import value_grad_and_moments
-    from jax_adalora.run_config import build_run_config
-    from jax_adalora.step import FunctionalModel, orthogonal_penalty, task_losses_fn
 
     model_dir = make_tiny_bert(tmp_path / "bert", num_labels=2)
     run = build_run_config({"model": str(model_dir), "r_init": 4, "r_target": 2, "orth_reg_weight": 0.3})

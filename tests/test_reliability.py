@@ -25,11 +25,11 @@ import pytest
 from test_train import _flags, _main_in_process, _run_cli
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
-from jax_adalora import checkpoint as checkpoint_module
-from jax_adalora.checkpoint import Checkpointer, NonFiniteState
-from jax_adalora.run_config import parse_args
-from jax_adalora.run_dir import MANIFEST
-from jax_adalora.train import main
+from jax_adalora.cli import checkpoint as checkpoint_module
+from jax_adalora.cli.checkpoint import Checkpointer, NonFiniteState
+from jax_adalora.cli.run_config import parse_args
+from jax_adalora.cli.run_dir import MANIFEST
+from jax_adalora.cli.train import main
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +221,11 @@ def _read_only(path, *args, **kwargs):
 @pytest.mark.parametrize(
     "options, expected, patch",
     [
-        ("ro,size=512m", "read-only file system", ("jax_adalora.run_dir.Path.mkdir", _read_only)),
+        ("ro,size=512m", "read-only file system", ("jax_adalora.cli.run_dir.Path.mkdir", _read_only)),
         (
             "size=1m",
             "not enough free disk space",
-            ("jax_adalora.run_dir.shutil.disk_usage", lambda path: SimpleNamespace(free=0)),
+            ("jax_adalora.cli.run_dir.shutil.disk_usage", lambda path: SimpleNamespace(free=0)),
         ),
     ],
     ids=["read-only", "full"],
@@ -370,5 +370,5 @@ def test_an_unexpected_error_is_one_line_too(assets, tmp_path, capsys, monkeypat
     def broken(run):
         raise KeyError("accuracy")
 
-    monkeypatch.setattr("jax_adalora.train.train_and_evaluate", broken)
+    monkeypatch.setattr("jax_adalora.cli.train.train_and_evaluate", broken)
     _one_error(_flags(assets, tmp_path / "never"), capsys, 1, "error: KeyError: 'accuracy' (rerun with --debug")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from jax_adalora import runtime
+from jax_adalora.cli import runtime
 
 
 def _in_fresh_process(code: str, **env) -> str:
@@ -15,7 +15,7 @@ def _in_fresh_process(code: str, **env) -> str:
 
 
 def test_allocator_tuning_applies_on_linux_and_can_be_switched_off():
-    code = "from jax_adalora.runtime import keep_freed_memory; print(keep_freed_memory())"
+    code = "from jax_adalora.cli.runtime import keep_freed_memory; print(keep_freed_memory())"
     expected = "True" if sys.platform.startswith("linux") else "False"
     assert _in_fresh_process(code) == expected
     assert _in_fresh_process(code, **{runtime.ENV_SWITCH: "0"}) == "False"
@@ -29,7 +29,7 @@ def test_a_freed_block_over_2_gib_stays_in_the_heap_for_the_next_step():
         pytest.skip("glibc's allocator is tuned on Linux only")
     code = (
         "import ctypes, ctypes.util, resource\n"
-        "from jax_adalora.runtime import keep_freed_memory\n"
+        "from jax_adalora.cli.runtime import keep_freed_memory\n"
         "keep_freed_memory()\n"
         "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
         "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
@@ -49,7 +49,7 @@ def test_a_freed_block_over_2_gib_stays_in_the_heap_for_the_next_step():
 
 def test_jax_still_computes_after_tuning():
     code = (
-        "from jax_adalora.runtime import keep_freed_memory; keep_freed_memory(); import jax.numpy as jnp; "
+        "from jax_adalora.cli.runtime import keep_freed_memory; keep_freed_memory(); import jax.numpy as jnp; "
         "x = jnp.ones((1024, 1024)); print(float((x @ x).sum()))"
     )
     assert float(_in_fresh_process(code)) == 1024.0**3
@@ -57,7 +57,7 @@ def test_jax_still_computes_after_tuning():
 
 def test_step_compiler_options_keep_ynnpack_for_dots_only_on_cpu_and_can_be_switched_off():
     code = (
-        "import jax; from jax_adalora.runtime import step_compiler_options; "
+        "import jax; from jax_adalora.cli.runtime import step_compiler_options; "
         "print(jax.default_backend(), step_compiler_options())"
     )
     backend, _, options = _in_fresh_process(code).partition(" ")
@@ -100,7 +100,7 @@ def test_runs_on_cpu_and_the_allocator_tuning_follow_the_configured_platform_wit
     code = (
         "import os, jax\n"
         "from jax._src import xla_bridge\n"
-        "from jax_adalora import runtime\n"
+        "from jax_adalora.cli import runtime\n"
         "def on(platforms, **env):\n"
         "    jax.config.update('jax_platforms', platforms)\n"
         "    os.environ.update(env)\n"
@@ -123,7 +123,7 @@ def test_runs_on_cpu_and_the_allocator_tuning_follow_the_configured_platform_wit
 def test_the_compilation_cache_is_written_by_one_process_and_read_by_the_next(tmp_path):
     code = (
         "import sys, jax, jax.numpy as jnp\n"
-        "from jax_adalora.runtime import enable_compilation_cache\n"
+        "from jax_adalora.cli.runtime import enable_compilation_cache\n"
         "hits = []\n"
         "jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))\n"
         "enable_compilation_cache(sys.argv[1], min_compile_time_s=0)\n"

@@ -10,12 +10,7 @@ import pytest
 from flax import nnx
 
 from jax_adalora.adapters import adapter_modules, find_triplets, inject_adapters
-from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.dropout import dropout_keys
-from jax_adalora.models.heads import SequenceClassifier
-from jax_adalora.moments import value_grad_and_moments
-from jax_adalora.step import (
+from jax_adalora.cli.step import (
     FunctionalModel,
     OptimConfig,
     init_train_state,
@@ -25,6 +20,11 @@ from jax_adalora.step import (
     task_loss,
     task_losses_fn,
 )
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.dropout import dropout_keys
+from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.moments import value_grad_and_moments
 
 HEAD = r"(classifier|pooler)\..*"
 

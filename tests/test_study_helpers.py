@@ -162,7 +162,7 @@ def test_rank_panels_wrap_into_rows(tmp_path):
 
 
 def test_rank_table_puts_layers_then_paper_matrix_order():
-    from jax_adalora.report import rank_table
+    from jax_adalora.cli.report import rank_table
 
     kinds_seen = ("output", "pooler", "attention.key", "attention.query")
     paths = [f"encoder.layers.{i}.{k}" for i in (1, 0) for k in kinds_seen]
@@ -178,7 +178,7 @@ def test_rank_table_puts_layers_then_paper_matrix_order():
 def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path):
     import argparse
 
-    from jax_adalora.run_config import DEFAULT_RUN, build_run_config
+    from jax_adalora.cli.run_config import DEFAULT_RUN, build_run_config
 
     parser = argparse.ArgumentParser()
     helpers.add_scale_arguments(parser)
@@ -196,7 +196,7 @@ def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path
 def test_adapter_flags_default_to_the_built_in_run_and_reproduce_other_values(tmp_path):
     import argparse
 
-    from jax_adalora.run_config import DEFAULT_RUN
+    from jax_adalora.cli.run_config import DEFAULT_RUN
 
     parser = argparse.ArgumentParser()
     helpers.add_scale_arguments(parser)
@@ -229,7 +229,7 @@ def test_score_study_variants_set_score_statistics_and_smoothing(tmp_path):
 
 
 def test_score_study_refuses_to_reuse_a_run_made_at_other_settings(tmp_path):
-    from jax_adalora.run_config import build_run_config
+    from jax_adalora.cli.run_config import build_run_config
     from scripts.studies import score_study
 
     args = score_study.parse_args(["--tasks", "subjectivity", "--scores", "gsnr"])
@@ -244,7 +244,7 @@ def test_score_study_refuses_to_reuse_a_run_made_at_other_settings(tmp_path):
 
 
 def test_compare_stats_reuses_a_finished_run_of_the_same_settings_whatever_else_its_config_holds(tmp_path):
-    from jax_adalora.run_config import build_run_config
+    from jax_adalora.cli.run_config import build_run_config
     from scripts.studies import compare_stats
 
     run = build_run_config({"task": "movie-rating", "alpha": 32.0, "output_dir": str(tmp_path / "ours")})
@@ -296,7 +296,7 @@ def test_score_study_records_each_run_and_reuses_the_record_only_at_the_same_set
 
 
 def test_compare_stats_finds_the_score_study_run_of_each_statistics_mode(tmp_path):
-    from jax_adalora.run_config import build_run_config
+    from jax_adalora.cli.run_config import build_run_config
     from scripts.studies import compare_stats, score_study
 
     args = score_study.parse_args(["--tasks", "subjectivity"])

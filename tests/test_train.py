@@ -16,8 +16,8 @@ from PIL import Image
 from safetensors.numpy import load_file
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
-from jax_adalora.run_config import parse_args
-from jax_adalora.train import main, train_and_evaluate
+from jax_adalora.cli.run_config import parse_args
+from jax_adalora.cli.train import main, train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,7 @@ def test_a_score_of_the_users_own_is_selected_by_name_and_trains(assets, tmp_pat
     module.write_text(SCORE_MODULE)
     run = parse_args(_flags(assets, tmp_path / "run", "--score-module", str(module), "--score", "test_user_score",
                             "--epochs", "1", "--no-export"))  # fmt: skip
-    from jax_adalora.step import statistics_mode
+    from jax_adalora.cli.step import statistics_mode
 
     assert statistics_mode(run.adalora) == "per_example"
     final = train_and_evaluate(run)

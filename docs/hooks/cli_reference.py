@@ -1,7 +1,7 @@
 """MkDocs hook: writes the commands' flag tables into the CLI reference page at build time.
 
-The tables come from :func:`jax_adalora.run_config.build_parser` (training) and
-:func:`jax_adalora.predict.build_parser` (predictions), so the page lists every flag the parsers have, with
+The tables come from :func:`jax_adalora.cli.run_config.build_parser` (training) and
+:func:`jax_adalora.cli.predict.build_parser` (predictions), so the page lists every flag the parsers have, with
 their help texts, in the parsers' groups. ``tests/test_docs.py`` checks that it does.
 """
 
@@ -61,8 +61,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return markdown
     if str(REPO_ROOT) not in sys.path[:1]:  # document this checkout, not another installed copy
         sys.path.insert(0, str(REPO_ROOT))
-    from jax_adalora import predict
-    from jax_adalora.run_config import build_parser
+    from jax_adalora.cli import predict
+    from jax_adalora.cli.run_config import build_parser
 
     markdown = markdown.replace(PLACEHOLDER, flag_table_markdown(build_parser()))
     return markdown.replace(PREDICT_PLACEHOLDER, flag_table_markdown(predict.build_parser()))

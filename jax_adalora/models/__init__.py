@@ -1,6 +1,8 @@
-"""Encoders (BERT, RoBERTa, DeBERTa-v2/v3), task heads, Hugging Face checkpoints, adapter target presets."""
+"""The model zoo, one folder per family (``bert/``, ``deberta/``: a modeling module and a checkpoint key map each):
+encoders (BERT, RoBERTa, DeBERTa-v2/v3), task heads, Hugging Face checkpoints, adapter target presets."""
 
-from jax_adalora.models.bert import BertEncoder, BertPooler, bert_weight_map
+from jax_adalora.models.bert.modeling import BertEncoder, BertPooler
+from jax_adalora.models.bert.weights import bert_weight_map
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import DropoutKeys, dropout, dropout_keys, example_keys, shared_dropout
 from jax_adalora.models.heads import (
@@ -19,7 +21,7 @@ from jax_adalora.models.pretrained import (
     save_pretrained,
     to_hf_state_dict,
 )
-from jax_adalora.models.targets import TARGET_PRESETS, resolve_targets
+from jax_adalora.models.targets import TARGET_PRESETS
 
 __all__ = [
     "TARGET_PRESETS",
@@ -41,7 +43,6 @@ __all__ = [
     "from_pretrained",
     "load_tokenizer",
     "packaged_minilm_path",
-    "resolve_targets",
     "save_pretrained",
     "shared_dropout",
     "to_hf_state_dict",

@@ -28,16 +28,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_adalora.models.bert import (
-    BertEncoder,
-    BertPooler,
-    WeightMap,
-    bert_pooler_weight_map,
-    bert_weight_map,
-    linear_entries,
-)
+from jax_adalora.models.bert.modeling import BertEncoder, BertPooler
+from jax_adalora.models.bert.weights import bert_pooler_weight_map, bert_weight_map
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout
+from jax_adalora.models.targets import TARGET_PRESETS
+from jax_adalora.models.weight_map import WeightMap, linear_entries
 
 HEAD_KINDS = ("classification", "qa", None)
 
@@ -61,7 +57,7 @@ def build_encoder(config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs) -
     if config.model_type in ("bert", "roberta"):
         return BertEncoder(config, dtype=dtype, rngs=rngs)
     if config.model_type == "deberta-v2":
-        from jax_adalora.models.deberta import DebertaV2Encoder
+        from jax_adalora.models.deberta.modeling import DebertaV2Encoder
 
         return DebertaV2Encoder(config, dtype=dtype, rngs=rngs)
     raise ValueError(f"EncoderConfig.model_type={config.model_type!r} has no encoder")
@@ -70,7 +66,7 @@ def build_encoder(config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs) -
 def encoder_weight_map(config: EncoderConfig) -> WeightMap:
     """The encoder's key map: keys relative to the model prefix, paths relative to the encoder."""
     if config.model_type == "deberta-v2":
-        from jax_adalora.models.deberta import deberta_weight_map
+        from jax_adalora.models.deberta.weights import deberta_weight_map
 
         return deberta_weight_map(config)
     return bert_weight_map(config)
@@ -104,6 +100,8 @@ class _HFModel(nnx.Module):
     """Shared by the task models: the encoder, the metadata, and the encoder part of the key map."""
 
     head_kind: str | None = None
+    # Named adapter targets, read by jax_adalora.adapters.inject_adapters (the adapter protocol's other half).
+    target_presets = TARGET_PRESETS
 
     def _init_encoder(self, config: EncoderConfig, dtype, rngs: nnx.Rngs) -> None:
         self.config = config
@@ -192,7 +190,7 @@ class SequenceClassifier(_HFModel):
             self.pooler = None
             self.classifier = RobertaClassificationHead(config, num_labels=num_labels, dtype=dtype, rngs=rngs)
         elif config.model_type == "deberta-v2":
-            from jax_adalora.models.deberta import DebertaContextPooler
+            from jax_adalora.models.deberta.modeling import DebertaContextPooler
 
             self.pooler = DebertaContextPooler(config, dtype=dtype, rngs=rngs)
             self.classifier = _final_linear(config.pooler_hidden_size or config.hidden_size, num_labels, rngs)
@@ -221,7 +219,7 @@ class SequenceClassifier(_HFModel):
                 "classifier.out_proj", ("classifier", "out_proj")
             )
         if model_type == "deberta-v2":
-            from jax_adalora.models.deberta import deberta_pooler_weight_map
+            from jax_adalora.models.deberta.weights import deberta_pooler_weight_map
 
             pooler = _prefixed(deberta_pooler_weight_map(self.config), "", ("pooler",))  # top-level pooler.*
         else:

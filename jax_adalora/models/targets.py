@@ -8,16 +8,17 @@ adaptable matrices per layer at the same paths, so the presets hold for all of t
 * ``attention``: query, key, value and attention output;
 * ``qv``: query and value, as LoRA's original setting.
 
+Models offer them as their ``target_presets`` attribute, which :func:`jax_adalora.adapters.inject_adapters`
+reads; so the library knows no model's module names.
+
 Example::
 
     >>> import re
-    >>> bool(re.fullmatch(resolve_targets("qv"), "encoder.layers.0.attention.value"))
+    >>> bool(re.fullmatch(TARGET_PRESETS["qv"], "encoder.layers.0.attention.value"))
     True
 """
 
 from __future__ import annotations
-
-import re
 
 _LAYER = r"(?:.*\.)?layers\.\d+\."
 
@@ -26,22 +27,3 @@ TARGET_PRESETS: dict[str, str] = {
     "attention": _LAYER + r"attention\.(?:query|key|value|output)",
     "qv": _LAYER + r"attention\.(?:query|value)",
 }
-
-
-def resolve_targets(spec: str) -> str:
-    """The regex for ``spec``: a preset name from :data:`TARGET_PRESETS`, or else ``spec`` itself as a regex.
-
-    Raises:
-      ValueError: ``spec`` is empty or not a valid regular expression.
-    """
-    if not spec:
-        raise ValueError(f"targets={spec!r}: expected a preset name {sorted(TARGET_PRESETS)} or a regex")
-    if spec in TARGET_PRESETS:
-        return TARGET_PRESETS[spec]
-    try:
-        re.compile(spec)
-    except re.error as err:
-        raise ValueError(
-            f"targets={spec!r} is neither a preset {sorted(TARGET_PRESETS)} nor a valid regex ({err})"
-        ) from None
-    return spec

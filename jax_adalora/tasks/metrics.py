@@ -119,7 +119,7 @@ GLUE_TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 def glue_table_row(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """The nine Table 1 numbers from ``{task: metrics}`` (a task's flat metric dict, MNLI keys prefixed
-    by split as ``jax_adalora.train`` records them: ``validation_matched/accuracy``)."""
+    by split as ``jax_adalora.cli.train`` records them: ``validation_matched/accuracy``)."""
     missing = [f"{task}[{key!r}]" for _, task, key in GLUE_TABLE_COLUMNS if key not in results.get(task, {})]
     if missing:
         raise KeyError(f"glue average needs {', '.join(missing)}")

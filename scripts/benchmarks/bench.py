@@ -3,7 +3,7 @@
 In one process, interleaved (each repeat runs every row once, the order rotating from repeat to repeat,
 so that machine noise hits all rows alike), on the same batch and the same base weights:
 
-* ours: the full jitted step of :func:`jax_adalora.step.make_train_step` (loss + orthogonal
+* ours: the full jitted step of :func:`jax_adalora.cli.step.make_train_step` (loss + orthogonal
   regularisation, statistics, clip + AdamW + rank allocator, dropout on) for sensitivity and movement
   (batch gradient), Fisher and GSNR with exact per-example moments, Fisher and GSNR with running moments;
   and, alone, the batch gradient and the per-example moments of the task loss, as the step computes them
@@ -56,14 +56,9 @@ import optax
 from flax import nnx
 
 from jax_adalora.adapters import inject_adapters
-from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.heads import SequenceClassifier
-from jax_adalora.models.pretrained import save_pretrained
-from jax_adalora.moments import value_grad_and_moments
-from jax_adalora.report import atomic_write_json
-from jax_adalora.runtime import keep_freed_memory, step_compiler_options
-from jax_adalora.step import (
+from jax_adalora.cli.report import atomic_write_json
+from jax_adalora.cli.runtime import keep_freed_memory, step_compiler_options
+from jax_adalora.cli.step import (
     FunctionalModel,
     OptimConfig,
     init_train_state,
@@ -71,6 +66,11 @@ from jax_adalora.step import (
     make_train_step,
     task_losses_fn,
 )
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.models.pretrained import save_pretrained
+from jax_adalora.moments import value_grad_and_moments
 
 MODELS = {"minilm": EncoderConfig.minilm_l6, "deberta-v3-base": EncoderConfig.deberta_v3_base}
 HEAD_PATTERN = r"(classifier|pooler)\..*"  # PEFT side: modules_to_save=["classifier", "pooler"]
@@ -681,7 +681,7 @@ def main() -> None:
         "--malloc-tuning",
         choices=["on", "off"],
         default="on",
-        help="on: jax_adalora.runtime.keep_freed_memory() as the training command does (applies to torch too)",
+        help="on: jax_adalora.cli.runtime.keep_freed_memory() as the training command does (applies to torch too)",
     )
     args = parser.parse_args()
     if args.vmap_chunk_size < 0:

@@ -29,18 +29,18 @@ import numpy as np
 from flax import nnx
 
 from jax_adalora.adapters import inject_adapters
-from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.models.config import EncoderConfig
-from jax_adalora.models.heads import SequenceClassifier
-from jax_adalora.report import atomic_write_json, machine_summary
-from jax_adalora.runtime import keep_freed_memory
-from jax_adalora.step import (
+from jax_adalora.cli.report import atomic_write_json, machine_summary
+from jax_adalora.cli.runtime import keep_freed_memory
+from jax_adalora.cli.step import (
     FunctionalModel,
     OptimConfig,
     init_train_state,
     make_optimizer,
     make_train_step,
 )
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.models.config import EncoderConfig
+from jax_adalora.models.heads import SequenceClassifier
 
 MODES = {
     "sensitivity (batch gradient)": dict(score="sensitivity", statistics="per_example"),
@@ -99,7 +99,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     malloc_tuned = args.malloc_tuning == "on" and keep_freed_memory()
-    print(f"malloc tuning (jax_adalora.runtime): {'on' if malloc_tuned else 'off'}", flush=True)
+    print(f"malloc tuning (jax_adalora.cli.runtime): {'on' if malloc_tuned else 'off'}", flush=True)
 
     batch = make_batch(args)
     variants = ["library", "xla-default"] if args.step_options == "both" else [args.step_options]

@@ -53,18 +53,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax_adalora import scores as scores_lib
 from jax_adalora.adapters import find_triplets, inject_adapters
 from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
-from jax_adalora.config import AdaLoRAConfig
-from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
-from jax_adalora.report import machine_summary
-from jax_adalora.run_config import RunConfig, build_run_config
-from jax_adalora.runtime import step_compiler_options
-from jax_adalora.stats import (
-    Moments,
-    RunningMomentsState,
-    running_moments,
-    running_moments_init,
-)
-from jax_adalora.step import (
+from jax_adalora.cli.report import machine_summary
+from jax_adalora.cli.run_config import RunConfig, build_run_config
+from jax_adalora.cli.runtime import step_compiler_options
+from jax_adalora.cli.step import (
     FunctionalModel,
     init_train_state,
     make_eval_step,
@@ -72,6 +64,14 @@ from jax_adalora.step import (
     make_train_step,
     orthogonal_penalty,
     task_losses_fn,
+)
+from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
+from jax_adalora.stats import (
+    Moments,
+    RunningMomentsState,
+    running_moments,
+    running_moments_init,
 )
 from scripts.studies import score_study
 from scripts.studies import study_helpers as helpers
@@ -154,7 +154,7 @@ class Shadow(NamedTuple):
 
 
 def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str, total_steps: int):
-    """The per-example branch of ``jax_adalora.step.make_train_step``, plus the running-estimate shadow.
+    """The per-example branch of ``jax_adalora.cli.step.make_train_step``, plus the running-estimate shadow.
 
     ``step(state, shadow, frozen, batch, key) -> (state, shadow, out)``; ``out`` holds the loss and both
     sides' triplet importances (smoothed, as the allocator ranks them, and raw, from this step alone).
@@ -216,8 +216,8 @@ def flat(tree: dict, paths: list[str]) -> np.ndarray:
 
 
 def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) -> dict:
+    from jax_adalora.cli.train import evaluate
     from jax_adalora.tasks import BatchIterator
-    from jax_adalora.train import evaluate
 
     run = make_run(task, score, "per_example", seed, args, total_steps, Path(args.scratch) / "unused")
     data, model = load(run)
@@ -302,7 +302,7 @@ def reusable_run(run: RunConfig, candidate: Path) -> bool:
 
 
 def normal_run(task: str, score: str, mode: str, seed: int, args, total_steps: int) -> dict:
-    from jax_adalora.train import train_and_evaluate
+    from jax_adalora.cli.train import train_and_evaluate
 
     out = Path(args.scratch) / f"{task}-{score}-{mode}-s{seed}"
     run = make_run(task, score, mode, seed, args, total_steps, out)

@@ -30,10 +30,10 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from jax_adalora.export import peft_adalora_config
+from jax_adalora.cli.export import peft_adalora_config
+from jax_adalora.cli.run_config import build_run_config, load_config_file
 from jax_adalora.models import load_tokenizer
 from jax_adalora.models.pretrained import resolve_model_dir
-from jax_adalora.run_config import build_run_config, load_config_file
 from jax_adalora.tasks import BatchIterator, load_task
 
 BERT_TARGETS = (

@@ -1,6 +1,6 @@
 """Score study: importance-score variants and a fixed-rank baseline, over seeds, on the offline text tasks.
 
-For every task × variant × seed, one ordinary run of ``jax_adalora.train.train_and_evaluate`` (pretrained
+For every task × variant × seed, one ordinary run of ``jax_adalora.cli.train.train_and_evaluate`` (pretrained
 MiniLM-L6, r 16 → 8 on the six matrices of each layer). A variant (``VARIANTS``) is a score with its statistics
 and smoothing: by default the score-function study's four (Fisher and GSNR with exact per-example
 statistics); also Fisher and GSNR with running statistics, magnitude (unsmoothed, as the official code's
@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from jax_adalora.report import machine_summary
+from jax_adalora.cli.report import machine_summary
 from scripts.studies import study_helpers as helpers
 
 ADALORA_SCORES = ("sensitivity", "movement", "fisher", "gsnr")  # the four of the score-function study: the default
@@ -165,8 +165,8 @@ def one_run(overrides: dict, fallback_revision: str) -> dict:
 
     Each run records the commit it was made with (``git_revision.txt`` in its directory); a reused run
     without one is attributed to ``fallback_revision``, the commit the scratch folder was started at."""
-    from jax_adalora.run_config import build_run_config
-    from jax_adalora.train import train_and_evaluate
+    from jax_adalora.cli.run_config import build_run_config
+    from jax_adalora.cli.train import train_and_evaluate
 
     out = Path(overrides["output_dir"])
     if (out / "final_metrics.json").exists():

@@ -170,7 +170,7 @@ def split_sizes(task: str, args) -> tuple[int, int]:
 def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_dir: Path, **fields) -> dict:
     """The built-in run at the study's scale (``add_scale_arguments``), schedule scaled to ``total_steps``,
     one evaluation at the end, no export; ``fields`` (score, statistics, ranks, ...) override the rest."""
-    from jax_adalora.run_config import DEFAULT_RUN
+    from jax_adalora.cli.run_config import DEFAULT_RUN
 
     schedule = scaled_schedule(
         total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
@@ -213,7 +213,7 @@ def config_difference(run_dir: Path, wanted: dict) -> str | None:
 
 def adapter_values(args) -> tuple[float, float]:
     """``(α, γ)`` of a study's runs: its ``--alpha`` / ``--orth-reg-weight``, else the built-in run's."""
-    from jax_adalora.run_config import DEFAULT_RUN
+    from jax_adalora.cli.run_config import DEFAULT_RUN
 
     alpha, gamma = getattr(args, "alpha", None), getattr(args, "orth_reg_weight", None)
     return (
@@ -224,7 +224,7 @@ def adapter_values(args) -> tuple[float, float]:
 
 def learning_rate_value(args) -> float:
     """The runs' peak learning rate: the study's ``--learning-rate``, else the built-in run's."""
-    from jax_adalora.run_config import DEFAULT_RUN
+    from jax_adalora.cli.run_config import DEFAULT_RUN
 
     return args.learning_rate or DEFAULT_RUN["learning_rate"]
 
@@ -232,7 +232,7 @@ def learning_rate_value(args) -> float:
 def learning_rate_text(args) -> str:
     """The runs' learning rate as the reports state it, naming the built-in run's when it differs:
     ``0.001 (the built-in run uses 0.002; see Reading)``."""
-    from jax_adalora.run_config import DEFAULT_RUN
+    from jax_adalora.cli.run_config import DEFAULT_RUN
 
     lr, built_in = learning_rate_value(args), DEFAULT_RUN["learning_rate"]
     return f"{lr:g}" + (f" (the built-in run uses {built_in:g}; see Reading)" if lr != built_in else "")
@@ -342,7 +342,7 @@ def reading_text(out_dir: str | Path) -> str:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    from jax_adalora.report import atomic_write_bytes
+    from jax_adalora.cli.report import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 
@@ -411,7 +411,7 @@ def save_rank_panels(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jax_adalora.report import rank_table
+    from jax_adalora.cli.report import rank_table
 
     tables = {name: rank_table(ranks) for name, ranks in panels.items()}
     vmax = max(float(np.nanmax(t[2])) for t in tables.values())
@@ -461,7 +461,7 @@ def _save_figure(fig, path: str | Path) -> None:
 
     import matplotlib.pyplot as plt
 
-    from jax_adalora.report import atomic_write_bytes
+    from jax_adalora.cli.report import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")

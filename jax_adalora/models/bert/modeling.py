@@ -35,8 +35,6 @@ from jax_adalora.models.activations import activation
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout
 
-WeightMap = list[tuple[str, tuple, str]]  # (hf_key, attribute path of the variable, "linear" | "copy")
-
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
 
 # Dropout site ids: the embeddings, then three per layer. Heads use ids far above (see heads.py).
@@ -225,47 +223,3 @@ class BertPooler(nnx.Module):
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(hidden[:, 0]))
-
-
-# ---- Hugging Face key maps ---------------------------------------------------------------------
-def linear_entries(hf: str, path: tuple) -> WeightMap:
-    return [(f"{hf}.weight", (*path, "kernel"), "linear"), (f"{hf}.bias", (*path, "bias"), "copy")]
-
-
-def norm_entries(hf: str, path: tuple) -> WeightMap:
-    return [(f"{hf}.weight", (*path, "scale"), "copy"), (f"{hf}.bias", (*path, "bias"), "copy")]
-
-
-def bert_weight_map(config: EncoderConfig) -> WeightMap:
-    """Every weight of transformers' ``BertModel`` / ``RobertaModel`` except the pooler, as ``(hf_key, path, kind)``.
-
-    ``hf_key`` is relative to the model prefix (``bert.`` / ``roberta.``); ``path`` is the attribute path
-    of the variable in :class:`BertEncoder` (ints index ``layers``); ``kind`` is ``"linear"`` (torch
-    (out, in) weight <-> nnx (in, out) kernel, transposed) or ``"copy"``. Used for loading and export.
-    """
-    emb = ("embeddings",)
-    out: WeightMap = [
-        ("embeddings.word_embeddings.weight", (*emb, "word_embeddings", "embedding"), "copy"),
-        ("embeddings.position_embeddings.weight", (*emb, "position_embeddings", "embedding"), "copy"),
-    ]
-    if config.type_vocab_size > 0:
-        out.append(("embeddings.token_type_embeddings.weight", (*emb, "token_type_embeddings", "embedding"), "copy"))
-    out += norm_entries("embeddings.LayerNorm", (*emb, "norm"))
-    for i in range(config.num_hidden_layers):
-        hf, path = f"encoder.layer.{i}", ("layers", i)
-        attn = (*path, "attention")
-        out += linear_entries(f"{hf}.attention.self.query", (*attn, "query"))
-        out += linear_entries(f"{hf}.attention.self.key", (*attn, "key"))
-        out += linear_entries(f"{hf}.attention.self.value", (*attn, "value"))
-        out += linear_entries(f"{hf}.attention.output.dense", (*attn, "output"))
-        out += norm_entries(f"{hf}.attention.output.LayerNorm", (*attn, "output_norm"))
-        out += linear_entries(f"{hf}.intermediate.dense", (*path, "intermediate"))
-        out += linear_entries(f"{hf}.output.dense", (*path, "output"))
-        out += norm_entries(f"{hf}.output.LayerNorm", (*path, "output_norm"))
-    return out
-
-
-def bert_pooler_weight_map(config: EncoderConfig) -> WeightMap:
-    """The pooler's weights: ``pooler.dense.*`` relative to the model prefix, paths relative to :class:`BertPooler`."""
-    del config  # the pooler's keys do not depend on it
-    return linear_entries("pooler.dense", ("dense",))

@@ -28,11 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora.adapters import trainable_filter
 from jax_adalora.allocator import rank_allocator
+from jax_adalora.cli.runtime import step_compiler_options
 from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.moments import RunningMoments, value_grad_and_moments
 from jax_adalora.regularization import orthogonal_regularization_of_model
-from jax_adalora.runtime import step_compiler_options
 from jax_adalora.scores import reads_moments
 
 PyTree = Any
@@ -170,7 +170,7 @@ def make_train_step(
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
     ``batch`` holds the model inputs, the labels, ``example_mask`` (B,) and ``example_index`` (B,).
-    ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.runtime.step_compiler_options`
+    ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.cli.runtime.step_compiler_options`
     and ``{}`` XLA's defaults. ``microbatch_size`` (a divisor of the batch size) differentiates the loss in
     microbatches of that many examples: the same update and statistics, a smaller working set.
     ``mesh`` (with a ``data`` axis) fixes the step's shardings: the state, frozen weights, key and metrics

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jax_adalora.report import atomic_write_bytes, atomic_write_json
+from jax_adalora.cli.report import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 

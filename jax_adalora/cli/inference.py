@@ -16,40 +16,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jax_adalora.cli.mesh import device_batch, host_local
 from jax_adalora.tasks import BatchIterator, EncodedSplit, TaskSpec, compute_metrics
 from jax_adalora.tasks.prediction_files import write_predictions
 from jax_adalora.tasks.squad import read_questions
 from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
 from jax_adalora.tasks.task_data import predictions_from_outputs
 from jax_adalora.tasks.text_dataset import read_unlabelled, tokenise
-
-
-def device_batch(batch: dict, sharding) -> dict:
-    """The global batch as arrays sharded over the ``data`` axis.
-
-    Every process iterates the same global batches (same seed); each contributes its contiguous slice
-    of rows, so on several hosts the result is the same global array as on one.
-    """
-    batch = dict(batch)
-    if "example_index" not in batch:
-        batch["example_index"] = np.arange(len(batch["example_mask"]), dtype=np.int32)
-    n_proc, pid = jax.process_count(), jax.process_index()
-    out = {}
-    for key, value in batch.items():
-        if not isinstance(value, np.ndarray):
-            continue
-        rows = value.shape[0] // n_proc
-        out[key] = jax.make_array_from_process_local_data(sharding, value[pid * rows : (pid + 1) * rows], value.shape)
-    return out
-
-
-def host_local(tree):
-    """Arrays sharded over the devices of every process, whole on each process (numpy)."""
-    if jax.process_count() == 1:
-        return tree
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def split_outputs(

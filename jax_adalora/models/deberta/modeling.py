@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from jax_adalora.models.activations import activation
-from jax_adalora.models.bert import WeightMap, linear_entries, norm_entries, run_layer
+from jax_adalora.models.bert.modeling import run_layer
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout, shared_dropout
 
@@ -122,7 +122,7 @@ def relative_scores_by_skew(num_queries: int, length: int, table_rows: int, plat
     return platform != "cpu" or num_queries + length - 1 <= table_rows
 
 
-def _norm_rel_ebd(config: EncoderConfig) -> list[str]:
+def relative_embedding_norms(config: EncoderConfig) -> list[str]:
     return [part.strip() for part in config.norm_rel_ebd.lower().split("|")]
 
 
@@ -380,7 +380,9 @@ class DebertaV2Encoder(nnx.Module):
         )
         # transformers builds this LayerNorm from norm_rel_ebd alone, relative attention or not.
         self.rel_norm = (
-            _layer_norm(config.hidden_size, config, dtype, rngs) if "layer_norm" in _norm_rel_ebd(config) else None
+            _layer_norm(config.hidden_size, config, dtype, rngs)
+            if "layer_norm" in relative_embedding_norms(config)
+            else None
         )
 
     def relative_embeddings(self) -> jax.Array | None:
@@ -429,52 +431,3 @@ class DebertaContextPooler(nnx.Module):
         """hidden (B, L, H) -> (B, pooler_hidden_size)."""
         token = dropout(hidden[:, 0], self.dropout_rate, dropout_keys, POOLER_DROPOUT_SITE)
         return activation(self.act)(self.dense(token))
-
-
-# ---- Hugging Face key maps ---------------------------------------------------------------------
-def deberta_weight_map(config: EncoderConfig) -> WeightMap:
-    """Every weight of transformers' ``DebertaV2Model`` as ``(hf_key, path, kind)``.
-
-    ``hf_key`` is relative to the ``deberta.`` prefix; ``path`` is the attribute path of the
-    variable in ``DebertaV2Encoder`` (ints index ``layers``); ``kind`` is ``"linear"`` (torch
-    (out, in) weight, transposed to the nnx (in, out) kernel) or ``"copy"``.
-    """
-    out: WeightMap = [("embeddings.word_embeddings.weight", ("embeddings", "word_embeddings", "embedding"), "copy")]
-    if config.position_biased_input:
-        out.append(
-            ("embeddings.position_embeddings.weight", ("embeddings", "position_embeddings", "embedding"), "copy")
-        )
-    if config.type_vocab_size > 0:
-        out.append(
-            ("embeddings.token_type_embeddings.weight", ("embeddings", "token_type_embeddings", "embedding"), "copy")
-        )
-    if (config.embedding_size or config.hidden_size) != config.hidden_size:
-        out.append(("embeddings.embed_proj.weight", ("embeddings", "embed_proj", "kernel"), "linear"))  # no bias
-    out += norm_entries("embeddings.LayerNorm", ("embeddings", "norm"))
-    separate = config.relative_attention and not config.share_att_key
-    for i in range(config.num_hidden_layers):
-        hf, path = f"encoder.layer.{i}", ("layers", i)
-        attn_hf, attn = f"{hf}.attention", (*path, "attention")
-        out += linear_entries(f"{attn_hf}.self.query_proj", (*attn, "query"))
-        out += linear_entries(f"{attn_hf}.self.key_proj", (*attn, "key"))
-        out += linear_entries(f"{attn_hf}.self.value_proj", (*attn, "value"))
-        if separate and "c2p" in config.pos_att_type:
-            out += linear_entries(f"{attn_hf}.self.pos_key_proj", (*attn, "pos_key"))
-        if separate and "p2c" in config.pos_att_type:
-            out += linear_entries(f"{attn_hf}.self.pos_query_proj", (*attn, "pos_query"))
-        out += linear_entries(f"{attn_hf}.output.dense", (*attn, "output"))
-        out += norm_entries(f"{attn_hf}.output.LayerNorm", (*attn, "output_norm"))
-        out += linear_entries(f"{hf}.intermediate.dense", (*path, "intermediate"))
-        out += linear_entries(f"{hf}.output.dense", (*path, "output"))
-        out += norm_entries(f"{hf}.output.LayerNorm", (*path, "output_norm"))
-    if config.relative_attention:
-        out.append(("encoder.rel_embeddings.weight", ("rel_embeddings", "embedding"), "copy"))
-    if "layer_norm" in _norm_rel_ebd(config):
-        out += norm_entries("encoder.LayerNorm", ("rel_norm",))
-    return out
-
-
-def deberta_pooler_weight_map(config: EncoderConfig) -> WeightMap:
-    """The pooler's weights: top-level ``pooler.dense.*`` keys, paths relative to ``DebertaContextPooler``."""
-    del config  # the pooler's keys do not depend on it
-    return linear_entries("pooler.dense", ("dense",))

@@ -1,0 +1,1 @@
+"""BERT and RoBERTa: the Flax NNX modules (``modeling``) and the Hugging Face checkpoint key map (``weights``)."""
