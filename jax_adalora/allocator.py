@@ -138,6 +138,10 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
       config: the AdaLoRA config (score, smoothing, β1, β2, r_target, schedule fields, gsnr_eps).
       total_steps: T, the total number of optimizer steps of the run.
 
+    Raises:
+      ValueError: the score reads second moments and ``config.statistics`` is ``"batch"`` (here), or the
+        moments passed to ``update`` carry none (at the first update).
+
     Returns:
       A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments,
       update_scores=True)`` needs ``params`` and the gradient ``moments`` (a
@@ -147,7 +151,12 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
       warm up.
     """
     config = config.for_run(total_steps)  # t_init / t_final given as fractions become steps
-    score_fn = scores_lib.get(config.score, gsnr_eps=config.gsnr_eps)
+    score = scores_lib.get(config.score, gsnr_eps=config.gsnr_eps)
+    if score.reads_moments and config.statistics == "batch":
+        raise ValueError(
+            f"AdaLoRAConfig.score={score.name!r} reads E[g²] or Var[g], which AdaLoRAConfig.statistics='batch' does "
+            "not compute: use statistics='per_example' (exact) or 'running' (estimates)"
+        )
     freeze_step = total_steps - config.t_final
 
     def init_fn(params):
@@ -170,19 +179,20 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
         triplets, triplet_updates = find_triplets(params), find_triplets(updates)
         schedule = _schedule_for(config, triplets, total_steps)
         step = state.count + 1
-        grads = Moments(
-            mean=find_triplets(moments.mean),
-            sq_mean=find_triplets(moments.sq_mean),
-            var=find_triplets(moments.var),
-            count=moments.count,
-        )
+        if score.reads_moments and (moments.sq_mean is None or moments.var is None):
+            raise ValueError(
+                f"rank_allocator: the score {score.name!r} reads E[g²] or Var[g], but the moments carry the batch "
+                "gradient alone (statistics='batch'): compute them with value_grad_and_moments(..., "
+                "statistics='per_example' or 'running'), or pass score= and it chooses"
+            )
+        grads = Moments(*(None if tree is None else find_triplets(tree) for tree in moments[:3]), count=moments.count)
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
         scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
         smoothed = scores_lib.smooth(
             config.smoothing,
             state.smoothing,
-            score_fn(new_weights, grads),
+            score(new_weights, grads),
             beta1=config.beta1,
             beta2=config.beta2,
         )

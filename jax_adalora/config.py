@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-# The built-in element scores (jax_adalora.scores); others can be registered there.
-SCORES = ("sensitivity", "movement", "fisher", "gsnr", "magnitude", "saliency")
-STATISTICS = ("per_example", "running")
+from jax_adalora.stats import STATISTICS
+
 SMOOTHINGS = ("adalora", "ema", "none")
 
 
@@ -37,11 +36,13 @@ class AdaLoRAConfig:
       delta_t: mask every ``delta_t`` steps during the budget-decreasing phase.
       orth_reg_weight: γ, weight of the orthogonal regularisation added to the loss.
       score: element score ``s(·)``: sensitivity ``|w·g|``, movement ``-w·g``, Fisher ``E[g²]``,
-        GSNR ``E[g]²/Var[g]``, magnitude ``|w|``, saliency ``½·w²·E[g²]``, or a name given to
-        :func:`jax_adalora.scores.register_score` (checked when the allocator is built).
-      statistics: how Fisher and GSNR get ``E[g²]`` / ``Var[g]``: ``per_example`` (exact, from per-example
-        gradients of the batch) or ``running`` (EMA over steps of batch-mean gradients). Sensitivity,
-        movement and magnitude need only the batch gradient, which both modes give exactly.
+        GSNR ``E[g]²/Var[g]``, magnitude ``|w|``, saliency ``½·w²·E[g²]``, a name given to
+        :func:`jax_adalora.scores.register_score`, or a :class:`jax_adalora.scores.Score` (checked when the
+        allocator is built).
+      statistics: how a score that reads ``E[g²]`` / ``Var[g]`` (Fisher, GSNR, saliency) gets them:
+        ``per_example`` (exact, from per-example gradients of the batch) or ``running`` (EMA over steps of
+        batch-mean gradients); ``batch`` gives the batch gradient alone, for scores that read nothing else.
+        Sensitivity, movement and magnitude need only the batch gradient, which every mode gives exactly.
       smoothing: ``adalora`` (EMA × uncertainty, the reference), ``ema`` (plain EMA) or ``none``.
       running_decay: EMA decay of the running moments (only with ``statistics="running"``).
       gsnr_eps: added to ``Var[g]`` in GSNR so that zero variance gives a finite score.
@@ -85,7 +86,8 @@ class AdaLoRAConfig:
             _require(ok, name, value, "a whole number of steps >= 0, or a fraction of the run in [0, 1)")
         _require(self.delta_t >= 1, "delta_t", self.delta_t, ">= 1")
         _require(self.orth_reg_weight >= 0, "orth_reg_weight", self.orth_reg_weight, ">= 0")
-        _require(isinstance(self.score, str) and bool(self.score.strip()), "score", self.score, "a score name")
+        named = isinstance(self.score, str) and bool(self.score.strip())
+        _require(named or hasattr(self.score, "reads"), "score", self.score, "a score name or a Score")
         _require(self.statistics in STATISTICS, "statistics", self.statistics, f"one of {STATISTICS}")
         _require(self.smoothing in SMOOTHINGS, "smoothing", self.smoothing, f"one of {SMOOTHINGS}")
         _require(self.gsnr_eps > 0, "gsnr_eps", self.gsnr_eps, "> 0")
@@ -135,7 +137,9 @@ def _require(ok: bool, field: str, value, rule: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer settings: AdamW with linear warm-up and linear decay, global-norm clipping."""
+    """Optimizer settings: AdamW with linear warm-up and linear decay, global-norm clipping
+    (:func:`jax_adalora.training.adalora_optimizer`). Every field is checked when the config is built, so that a
+    learning rate of NaN stops before a step is taken; each error names the field and the rule it broke."""
 
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -144,3 +148,18 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+
+    def __post_init__(self):
+        rules = (
+            ("learning_rate", lambda v: v > 0, "a finite number > 0, e.g. 1e-3"),
+            ("weight_decay", lambda v: v >= 0, "a finite number >= 0 (0: no decay)"),
+            ("warmup_ratio", lambda v: 0 <= v < 1, "a fraction of the run in [0, 1), e.g. 0.06"),
+            ("max_grad_norm", lambda v: v > 0, "a finite number > 0, e.g. 1.0"),
+            ("b1", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+            ("b2", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.999"),
+            ("eps", lambda v: v > 0, "a finite number > 0, e.g. 1e-8"),
+        )
+        for name, rule, expected in rules:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and rule(value)):
+                raise ValueError(f"OptimConfig.{name}={value!r}: expected {expected}")

@@ -13,10 +13,14 @@ over the ``wrt`` variables (an ``nnx.State``, as ``nnx.grad`` gives it, ready fo
   more time and memory).
 * ``statistics="running"``: the batch gradient and EMA estimates over steps (:class:`RunningMoments`,
   :func:`jax_adalora.stats.running_moments`), ``ready`` from the second step on.
-* ``statistics="batch"``: the batch gradient only (all that sensitivity and movement read).
+* ``statistics="batch"``: the batch gradient only (all that sensitivity and movement read); ``sq_mean`` and
+  ``var`` are ``None``.
+
+Passing the score (``score="gsnr"``, or a :class:`jax_adalora.scores.Score`) lets the score decide: the batch
+gradient alone for a score that reads nothing else, ``statistics`` for one that reads second moments.
 
 Variables in ``wrt`` that are not adapter factors (a task head, say) get their batch gradient as the
-mean, with placeholder second moments, in every mode.
+mean, with placeholder second moments (its square, and zero variance) in the per-example mode.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from jax_adalora.adapters import (
     zero_probes,
 )
 from jax_adalora.microbatch import batch_size_of, check_microbatch_size, value_and_grad_in_microbatches
+from jax_adalora.scores import Score, statistics_for
 from jax_adalora.stats import (
+    STATISTICS,
     Moments,
     RunningMomentsState,
     batch_gradient_moments,
@@ -50,7 +56,6 @@ from jax_adalora.stats import (
 )
 
 PyTree = Any
-STATISTICS = ("per_example", "running", "batch")
 # Running estimates give Var[g] = 0 after one step (no spread yet); the scores wait for the second step.
 RUNNING_WARMUP_STEPS = 2
 
@@ -107,6 +112,7 @@ def value_grad_and_moments(
     batch: PyTree,
     *,
     statistics: str = "per_example",
+    score: str | Score | None = None,
     wrt: Any = AdaLoRAParam,
     mask: jax.Array | None = None,
     microbatch_size: int | None = None,
@@ -122,6 +128,9 @@ def value_grad_and_moments(
       model: a Flax NNX model with adapters (:func:`jax_adalora.adapters.inject_adapters`).
       batch: a pytree whose leaves share the leading example axis B.
       statistics: ``"per_example"``, ``"running"`` or ``"batch"`` (see the module docstring).
+      score: the score the moments are for (a name or a :class:`jax_adalora.scores.Score`): when given, a score
+        that reads only the gradient gets ``"batch"`` whatever ``statistics`` says
+        (:func:`jax_adalora.scores.statistics_for`).
       wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``).
       mask: (B,) weights, 1 for real examples and 0 for padding rows; ``None`` means all real.
       microbatch_size: differentiate in microbatches of this many examples (a divisor of B; ``None`` or 0
@@ -151,6 +160,8 @@ def value_grad_and_moments(
     """
     if statistics not in STATISTICS:
         raise ValueError(f"statistics={statistics!r}: expected one of {STATISTICS}")
+    if score is not None:
+        statistics = statistics_for(score, statistics)
     if (statistics == "running") != (running is not None):
         raise ValueError("statistics='running' takes running=RunningMoments(model, wrt=...), and only it does")
     batch_size = batch_size_of(batch)
@@ -168,11 +179,11 @@ def value_grad_and_moments(
             log.warning("value_grad_and_moments: %s; differentiating each example with jax.vmap instead", err)
             loss, adapter_moments, other_grads = _vmap_pass(parts, adapters, others, data, microbatch_size)
         grads = _merged(_with_values(adapters, adapter_moments.mean), other_grads)
-        other_moments = batch_gradient_moments(nnx.to_pure_dict(other_grads), count)
+        other_moments = _placeholder_moments(nnx.to_pure_dict(other_grads))
         moments = Moments(
             *(
                 _deep_merge(nnx.to_pure_dict(_with_values(adapters, a)), o)
-                for a, o in zip(adapter_moments[:3], other_moments[:3], strict=True)
+                for a, o in zip(adapter_moments[:3], other_moments, strict=True)
             ),
             count=jnp.sum(weights),
         )
@@ -184,6 +195,11 @@ def value_grad_and_moments(
         return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=False)
     moments = batch_gradient_moments(nnx.to_pure_dict(task_grads), jnp.sum(weights))
     return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=True)
+
+
+def _placeholder_moments(grad: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+    """(mean, sq_mean, var) of variables without per-example gradients: the batch gradient, its square, zero."""
+    return grad, jax.tree.map(jnp.square, grad), jax.tree.map(jnp.zeros_like, grad)
 
 
 class _Parts:

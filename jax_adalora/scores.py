@@ -13,9 +13,10 @@ name                  s(w)                              reads
 ``saliency``          ``½ · w² · E[g²]``                second moment (Optimal Brain Damage, Fisher)
 ====================  ================================  =========================================
 
-A score of your own, ``s(params, moments) -> element scores``, joins these by name with
-:func:`register_score`; ``AdaLoRAConfig(score=name)`` and the training command's ``--score name`` (with
-``--score-module`` naming the module that registers it) then select it.
+Each is a :class:`Score` that says what it reads. A score of your own, ``s(params, moments) -> element
+scores``, joins these by name with :func:`register_score` (or is passed as a :class:`Score`);
+``AdaLoRAConfig(score=name)`` and the training command's ``--score name`` (with ``--score-module`` naming the
+module that registers it) then select it.
 
 Smoothing turns raw element scores into the scores the allocator ranks, one state per run:
 
@@ -91,43 +92,59 @@ READS = ("gradient", "moments")
 
 
 @dataclasses.dataclass(frozen=True)
-class RegisteredScore:
-    """An element score and what it reads: ``"gradient"`` (the weights and the batch gradient
-    ``moments.mean``, which every statistics mode gives exactly) or ``"moments"`` (also ``E[g²]`` /
-    ``Var[g]``, from per-example gradients or running estimates: ``AdaLoRAConfig.statistics``)."""
+class Score:
+    """An element score and what it reads, callable as ``score(params, moments)``.
 
+    ``reads`` is ``"gradient"`` (the weights and the batch gradient ``moments.mean``, which every statistics mode
+    gives exactly) or ``"moments"`` (also ``E[g²]`` / ``Var[g]``, from per-example gradients or running
+    estimates). :func:`jax_adalora.moments.value_grad_and_moments` (``score=``) computes what it reads, and
+    :func:`jax_adalora.allocator.rank_allocator` refuses moments that lack it.
+    """
+
+    name: str
     function: ElementScore
     reads: str
 
+    def __post_init__(self):
+        if not (isinstance(self.name, str) and self.name.strip()) or not callable(self.function):
+            raise ValueError(f"Score: expected a non-empty name and a callable, got {self.name!r}, {self.function!r}")
+        if self.reads not in READS:
+            raise ValueError(f"Score {self.name!r}: reads={self.reads!r}, expected one of {READS}")
 
-_REGISTRY: dict[str, RegisteredScore] = {}
+    @property
+    def reads_moments(self) -> bool:
+        """Whether it reads ``E[g²]`` or ``Var[g]`` (so the step must compute them)."""
+        return self.reads == "moments"
+
+    def __call__(self, params: PyTree, moments: Moments) -> PyTree:
+        return self.function(params, moments)
 
 
-def register_score(name: str, function: ElementScore, *, reads: str) -> None:
-    """Makes ``function`` an element score called ``name``, for ``AdaLoRAConfig(score=name)``.
+_REGISTRY: dict[str, Score] = {}
+
+
+def register_score(name: str, function: ElementScore, *, reads: str) -> Score:
+    """Makes ``function`` an element score called ``name``, for ``AdaLoRAConfig(score=name)``; returns it.
 
     ``function(params, moments)`` gets the adapter triplets (``{path: {"P", "lam", "Q"}}``) and their
     :class:`jax_adalora.stats.Moments`, and returns a tree of the same shapes (higher = more important); it
     runs inside the jitted step. ``reads`` is ``"gradient"`` when it uses only ``params`` and ``moments.mean``
     (the training step then skips the per-example statistics) or ``"moments"`` when it uses ``sq_mean`` or
-    ``var`` too.
+    ``var`` too. A :class:`Score` made directly works as well, without a name in the registry.
 
     >>> register_score("abs_gradient", lambda params, moments: jax.tree.map(jnp.abs, moments.mean), reads="gradient")
-    >>> reads_moments("abs_gradient")
-    False
+    Score(name='abs_gradient', ...)
 
     Raises:
       ValueError: ``name`` is empty or already names another function, or ``reads`` is not one of
         :data:`READS`.
     """
-    if not (isinstance(name, str) and name.strip()) or not callable(function):
-        raise ValueError(f"register_score: expected a non-empty name and a callable, got {name!r}, {function!r}")
-    if reads not in READS:
-        raise ValueError(f"register_score({name!r}): reads={reads!r}, expected one of {READS}")
+    score = Score(name, function, reads)
     known = _REGISTRY.get(name)
     if known is not None and (known.function is not function or known.reads != reads):
         raise ValueError(f"register_score: the score {name!r} is already registered to another function")
-    _REGISTRY[name] = RegisteredScore(function, reads)
+    _REGISTRY[name] = score
+    return score
 
 
 for _name, _function, _reads in (
@@ -146,24 +163,34 @@ def score_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def _registered(name: str) -> RegisteredScore:
+def get(score: str | Score, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> Score:
+    """The :class:`Score` called ``score`` (``gsnr`` with the given ``eps``), or ``score`` itself if it is one.
+
+    Raises:
+      ValueError: no score has that name.
+    """
+    if isinstance(score, Score):
+        return score
     try:
-        return _REGISTRY[name]
-    except KeyError:
+        found = _REGISTRY[score]
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown score {name!r}: expected one of {score_names()} or a name given to register_score"
+            f"unknown score {score!r}: expected one of {score_names()}, a name given to register_score, or a Score"
         ) from None
+    if found.function is gsnr:
+        return dataclasses.replace(found, function=functools.partial(gsnr, eps=gsnr_eps))
+    return found
 
 
-def reads_moments(name: str) -> bool:
-    """Whether the score ``name`` reads ``E[g²]`` or ``Var[g]`` (so the step must compute them)."""
-    return _registered(name).reads == "moments"
+def reads_moments(score: str | Score) -> bool:
+    """Whether the score (a name or a :class:`Score`) reads ``E[g²]`` or ``Var[g]``."""
+    return get(score).reads_moments
 
 
-def get(name: str, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> ElementScore:
-    """The element score function called ``name`` (``gsnr`` with the given ``eps``)."""
-    score = _registered(name).function
-    return functools.partial(gsnr, eps=gsnr_eps) if score is gsnr else score
+def statistics_for(score: str | Score, statistics: str) -> str:
+    """The statistics mode that computes what ``score`` reads: ``"batch"`` (the batch gradient alone) for a score
+    that reads only the gradient, else ``statistics`` (``"per_example"`` or ``"running"``)."""
+    return statistics if reads_moments(score) else "batch"
 
 
 # ---- smoothing -----------------------------------------------------------------------------------

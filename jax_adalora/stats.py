@@ -23,12 +23,17 @@ import jax.numpy as jnp
 PyTree = Any
 
 
+# How the gradient statistics are computed: exact over the batch's examples, EMA estimates over steps, or the
+# batch gradient alone (no second moments). The one list of modes; AdaLoRAConfig.statistics takes these.
+STATISTICS = ("per_example", "running", "batch")
+
+
 class Moments(NamedTuple):
     """First and second moments of the gradient over examples, one leaf per parameter leaf."""
 
     mean: PyTree  # E[g]
-    sq_mean: PyTree  # E[g^2]
-    var: PyTree  # E[g^2] - E[g]^2 (population variance), >= 0
+    sq_mean: PyTree  # E[g^2]; None with statistics="batch"
+    var: PyTree  # E[g^2] - E[g]^2 (population variance), >= 0; None with statistics="batch"
     count: jax.Array  # shape=(), float: examples averaged over (per-example) or steps seen (running)
     ready: Any = True  # bool, or shape=() bool: False while running estimates warm up (scores wait)
 
@@ -80,17 +85,12 @@ def moments_of_probe_gradients(probe_grads: PyTree, weights: jax.Array) -> Momen
 
 
 def batch_gradient_moments(grad: PyTree, count: jax.Array | float) -> Moments:
-    """``Moments`` carrying only a batch gradient (what sensitivity and movement read).
+    """``Moments`` carrying only a batch gradient (what sensitivity, movement and magnitude read).
 
-    ``sq_mean`` is the square of the batch gradient and ``var`` is zero: placeholders of the right
-    shape, not estimates; exact or running moments are for scores that need second moments.
+    ``sq_mean`` and ``var`` are ``None``: one batch gradient has no spread to estimate, and a score that reads
+    them is refused by the allocator rather than fed a placeholder.
     """
-    return Moments(
-        mean=grad,
-        sq_mean=jax.tree.map(jnp.square, grad),
-        var=jax.tree.map(jnp.zeros_like, grad),
-        count=jnp.asarray(count, float_dtype()),
-    )
+    return Moments(mean=grad, sq_mean=None, var=None, count=jnp.asarray(count, float_dtype()))
 
 
 class RunningMomentsState(NamedTuple):

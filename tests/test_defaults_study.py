@@ -46,7 +46,8 @@ def test_grid_holds_every_combination_once_defaults_first():
 
 
 def test_the_training_commands_defaults_are_the_chosen_setting_as_the_docs_say():
-    from jax_adalora.cli.run_config import DEFAULT_RUN, TrainConfig, parse_args
+    from jax_adalora.cli.profiles import DEFAULT_RUN
+    from jax_adalora.cli.run_config import TrainConfig, parse_args
 
     run = parse_args([])  # the built-in run
     assert (run.adalora.alpha, run.adalora.orth_reg_weight) == (study.CHOSEN.alpha, study.CHOSEN.gamma) == (32.0, 0.0)

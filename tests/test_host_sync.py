@@ -24,8 +24,8 @@ def assets(tmp_path_factory):
 def test_training_makes_no_implicit_transfer(assets, tmp_path, monkeypatch):
     """No implicit device-to-host copy anywhere in a run (steps, logging, evaluation, checkpoints, outputs),
     and none in either direction while a step is dispatched (batch, key and step all placed explicitly)."""
-    monkeypatch.setattr("jax_adalora.cli.train.STEP_TRANSFER_GUARD", "disallow")
-    monkeypatch.setattr("jax_adalora.cli.train.RUN_AHEAD", True)  # the accelerators' path, on CPU
+    monkeypatch.setattr("jax_adalora.cli.loop.STEP_TRANSFER_GUARD", "disallow")
+    monkeypatch.setattr("jax_adalora.cli.loop.RUN_AHEAD", True)  # the accelerators' path, on CPU
     run = parse_args(_flags(assets, tmp_path / "run", "--epochs", "1", "--log-every", "1", "--no-export"))
     with jax.transfer_guard_device_to_host("disallow"):
         final = train_and_evaluate(run)
@@ -47,7 +47,7 @@ def test_a_diverged_step_is_reported_by_its_own_number(assets, tmp_path, capsys,
         ("late", True, ("--log-every", "4")),
         ("lockstep", None, ("--log-every", "4")),
     ):
-        monkeypatch.setattr("jax_adalora.cli.train.RUN_AHEAD", run_ahead)
+        monkeypatch.setattr("jax_adalora.cli.loop.RUN_AHEAD", run_ahead)
         flags = _flags(assets, tmp_path / name, "--epochs", "1", "--learning-rate", "1e38", "--max-grad-norm", "1e38")
         assert main([*flags, *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()

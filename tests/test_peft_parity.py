@@ -204,12 +204,13 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     from tiny_assets import make_tiny_bert
     from transformers import AutoModelForSequenceClassification
 
-    from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_triplets
+    from jax_adalora.adapters import adapter_modules, get_triplets, inject_adapters, set_triplets, trainable_filter
     from jax_adalora.cli.export import hf_module_names, peft_adalora_config
     from jax_adalora.cli.run_config import build_run_config
-    from jax_adalora.cli.step import FunctionalModel, orthogonal_penalty, task_losses_fn
+    from jax_adalora.cli.step import task_losses_fn
     from jax_adalora.models import from_pretrained
     from jax_adalora.moments import value_grad_and_moments
+    from jax_adalora.training import FunctionalModel, orthogonal_penalty
 
     model_dir = make_tiny_bert(tmp_path / "bert", num_labels=2)
     run = build_run_config({"model": str(model_dir), "r_init": 4, "r_target": 2, "orth_reg_weight": 0.3})
@@ -249,7 +250,7 @@ def test_training_loss_and_gradients_equal_peft_adalora(tmp_path):
     torch_out = peft_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, labels=torch.from_numpy(labels))
     torch_out.loss.backward()
 
-    functional = FunctionalModel(model, run.train.head_pattern)
+    functional = FunctionalModel(model, trainable_filter(run.train.head_pattern))
     batch = {**{k: jnp.asarray(v, jnp.int32) for k, v in inputs.items()}, "labels": jnp.asarray(labels)}
     batch["example_index"] = jnp.arange(4)
     losses_fn = task_losses_fn("classification", jax.random.key(0), dropout=False)

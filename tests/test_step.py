@@ -9,22 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_adalora.adapters import adapter_modules, find_triplets, inject_adapters
-from jax_adalora.cli.step import (
-    FunctionalModel,
-    OptimConfig,
-    init_train_state,
-    make_optimizer,
-    make_train_step,
-    orthogonal_penalty,
-    task_loss,
-    task_losses_fn,
-)
-from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.adapters import adapter_modules, find_triplets, inject_adapters, trainable_filter
+from jax_adalora.cli.step import apply_model, make_train_step, task_loss, task_losses_fn
+from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.moments import value_grad_and_moments
+from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state, orthogonal_penalty
 
 HEAD = r"(classifier|pooler)\..*"
 
@@ -98,12 +90,12 @@ def test_per_example_moments_read_the_task_loss_and_the_update_adds_the_regulari
     path, first = next(iter(adapter_modules(model).items()))
     # One triplet of one layer with λ = 0 (as after pruning): its P column and Q row get no task gradient.
     first.lam.set_value(first.lam[...].at[0].set(0.0))
-    functional = FunctionalModel(model, HEAD)
+    functional = FunctionalModel(model, trainable_filter(HEAD))
     batch, key = _batch(), jax.random.key(5)
     loss, grads, moments = _step_moments(functional, adalora, batch, key, dropout=False)
 
     def task_mean(p):
-        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch), batch))
+        return jnp.mean(task_loss("classification", apply_model(functional, p, functional.frozen, batch), batch))
 
     task_value, task_grads = jax.jit(jax.value_and_grad(task_mean))(functional.params)
     penalty = orthogonal_penalty(adalora)
@@ -128,8 +120,8 @@ def test_running_statistics_start_scoring_at_the_second_step():
     from jax_adalora.allocator import find_allocator_state
 
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", statistics="running", t_init=2, t_final=2)
-    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
-    tx = make_optimizer(OptimConfig(), adalora, total_steps=10)
+    functional = FunctionalModel(_tiny_classifier(adalora), trainable_filter(HEAD))
+    tx = adalora_optimizer(OptimConfig(), adalora, total_steps=10)
     state = init_train_state(functional, tx, adalora)
     step = make_train_step(functional, tx, adalora, "classification", dropout=False)
     batch = _batch()
@@ -167,12 +159,12 @@ def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(len
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="fisher", orth_reg_weight=0.0)
     model = _tiny_deberta_classifier(adalora)
     _set_lambdas(model)
-    functional = FunctionalModel(model, HEAD)
+    functional = FunctionalModel(model, trainable_filter(HEAD))
     batch, key = _batch(length=length), jax.random.key(5)
     _, _, moments = _step_moments(functional, adalora, batch, key, dropout=True)
 
     def task_mean(p, keys):
-        return jnp.mean(task_loss("classification", functional.apply(p, functional.frozen, batch, keys), batch))
+        return jnp.mean(task_loss("classification", apply_model(functional, p, functional.frozen, batch, keys), batch))
 
     keys = dropout_keys(key, batch["example_index"])
     batch_grads = jax.jit(jax.grad(task_mean))(functional.params, keys)
@@ -187,8 +179,8 @@ def test_per_example_gradients_average_to_the_batch_gradient_with_dropout_on(len
 
 def test_the_step_under_xla_defaults_or_the_library_options_gives_the_same_update():
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr", t_init=1, t_final=1)
-    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
-    tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
+    functional = FunctionalModel(_tiny_classifier(adalora), trainable_filter(HEAD))
+    tx = adalora_optimizer(OptimConfig(), adalora, total_steps=6)
     batch = _batch()
     results = []
     for options in (None, {}):  # None: runtime.step_compiler_options(); {}: XLA's defaults
@@ -208,7 +200,7 @@ def test_the_steps_per_example_moments_equal_a_loop_over_examples(family):
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score="gsnr")
     model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
     _set_lambdas(model)
-    functional = FunctionalModel(model, HEAD)
+    functional = FunctionalModel(model, trainable_filter(HEAD))
     batch, key = _batch(length=7), jax.random.key(5)
     batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0).at[3, 3:].set(0)
     batch["example_mask"] = batch["example_mask"].at[5].set(0)
@@ -240,7 +232,9 @@ def test_per_example_moments_under_bfloat16_compute_stay_float32_and_close():
         model = _tiny_classifier(adalora, dtype=dtype)
         _set_lambdas(model)
         results.append(
-            _step_moments(FunctionalModel(model, HEAD), adalora, _batch(), jax.random.key(0), dropout=False)[2]
+            _step_moments(
+                FunctionalModel(model, trainable_filter(HEAD)), adalora, _batch(), jax.random.key(0), dropout=False
+            )[2]
         )
     full, half = results
     for name in ("mean", "sq_mean"):
@@ -261,8 +255,8 @@ def test_a_step_in_microbatches_gives_the_whole_batch_steps_update(family, score
     adalora = AdaLoRAConfig(r_init=4, r_target=2, score=score, statistics=statistics, t_init=1, t_final=1)
     model = _tiny_deberta_classifier(adalora) if family == "deberta" else _tiny_classifier(adalora)
     _set_lambdas(model)  # nonzero λ: P and Q get task gradients too
-    functional = FunctionalModel(model, HEAD)
-    tx = make_optimizer(OptimConfig(), adalora, total_steps=6)
+    functional = FunctionalModel(model, trainable_filter(HEAD))
+    tx = adalora_optimizer(OptimConfig(), adalora, total_steps=6)
     batch = _batch(length=7)
     batch["attention_mask"] = batch["attention_mask"].at[1, 5:].set(0)
     batch["example_mask"] = batch["example_mask"].at[4].set(0)
@@ -288,8 +282,8 @@ def test_a_step_built_for_a_mesh_keeps_its_shardings_compiles_once_and_refuses_a
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     adalora = AdaLoRAConfig(r_init=4, r_target=2, t_init=1, t_final=2, delta_t=1)
-    functional = FunctionalModel(_tiny_classifier(adalora), HEAD)
-    tx = make_optimizer(OptimConfig(), adalora, total_steps=4)
+    functional = FunctionalModel(_tiny_classifier(adalora), trainable_filter(HEAD))
+    tx = adalora_optimizer(OptimConfig(), adalora, total_steps=4)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
     step = make_train_step(functional, tx, adalora, "classification", dropout=False, mesh=mesh)

@@ -178,7 +178,8 @@ def test_rank_table_puts_layers_then_paper_matrix_order():
 def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path):
     import argparse
 
-    from jax_adalora.cli.run_config import DEFAULT_RUN, build_run_config
+    from jax_adalora.cli.profiles import DEFAULT_RUN
+    from jax_adalora.cli.run_config import build_run_config
 
     parser = argparse.ArgumentParser()
     helpers.add_scale_arguments(parser)
@@ -196,7 +197,7 @@ def test_scaled_run_overrides_scale_the_built_in_run_and_let_fields_win(tmp_path
 def test_adapter_flags_default_to_the_built_in_run_and_reproduce_other_values(tmp_path):
     import argparse
 
-    from jax_adalora.cli.run_config import DEFAULT_RUN
+    from jax_adalora.cli.profiles import DEFAULT_RUN
 
     parser = argparse.ArgumentParser()
     helpers.add_scale_arguments(parser)

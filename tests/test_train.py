@@ -219,7 +219,7 @@ def test_a_score_of_the_users_own_is_selected_by_name_and_trains(assets, tmp_pat
     module.write_text(SCORE_MODULE)
     run = parse_args(_flags(assets, tmp_path / "run", "--score-module", str(module), "--score", "test_user_score",
                             "--epochs", "1", "--no-export"))  # fmt: skip
-    from jax_adalora.cli.step import statistics_mode
+    from jax_adalora.training import statistics_mode
 
     assert statistics_mode(run.adalora) == "per_example"
     final = train_and_evaluate(run)

@@ -102,3 +102,31 @@ def predict_file(
         )
         result["output_file"] = str(Path(path))
     return result
+
+
+def evaluate(eval_step, params, frozen, data, run, sharding) -> dict[str, float]:
+    """Every dev split, all examples (the last partial batch is padded and masked, never dropped)."""
+    results: dict[str, float] = {}
+    for split_name, split in data.evals.items():
+        outputs = split_outputs(
+            eval_step,
+            params,
+            frozen,
+            split,
+            batch_size=run.train.eval_batch_size,
+            pad_to_multiple_of=run.train.pad_to_multiple_of,
+            sharding=sharding,
+        )
+        metrics = data.evaluate(split_name, outputs)
+        prefix = "" if len(data.evals) == 1 else f"{split_name}/"
+        results.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
+    return results
+
+
+def main_metric(data, metrics: dict[str, float]) -> float:
+    """The task's main metric (``data.spec.main_metric``) among ``metrics``, whichever split prefixes it."""
+    name = data.spec.main_metric
+    for key, value in metrics.items():
+        if key == name or key.endswith("/" + name):
+            return value
+    raise KeyError(f"main metric {name!r} not in {sorted(metrics)}")

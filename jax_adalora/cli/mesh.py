@@ -1,4 +1,5 @@
-"""The devices a run uses: one ``data`` mesh axis over every device of every process, batches placed on it."""
+"""The devices and processes a run uses: one ``data`` mesh axis over every device of every process, batches placed
+on it, which process writes, and waiting for every process."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def host_local(tree):
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 only (checkpoints: orbax, on every process)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits for every process (a no-op on one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -89,10 +89,11 @@ def predict(
     from jax_adalora.adapters import inject_adapters, trainable_filter
     from jax_adalora.cli.inference import predict_file
     from jax_adalora.cli.mesh import data_mesh
-    from jax_adalora.cli.step import FunctionalModel, make_eval_step
+    from jax_adalora.cli.step import make_eval_step
     from jax_adalora.models import from_pretrained, load_tokenizer
     from jax_adalora.tasks.prediction_files import check_output_file, default_output_file
     from jax_adalora.tasks.sources import require_file
+    from jax_adalora.training import FunctionalModel
 
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: expected >= 1")
@@ -109,7 +110,7 @@ def predict(
     model = from_pretrained(t.model, head=head, num_labels=max(spec.num_labels, 1), dtype=dtype, seed=t.seed)
     inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
     load_adapters(adapter_file, model, include=trainable_filter(t.head_pattern))
-    functional = FunctionalModel(model, t.head_pattern)
+    functional = FunctionalModel(model, trainable_filter(t.head_pattern))
     mesh = data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     summary = predict_file(

@@ -1,15 +1,12 @@
-"""The training command's jitted steps, built on the public API like any user's loop.
+"""The training command's task losses and its jitted steps, on the library's training step.
 
-A :class:`FunctionalModel` holds an adapted model as ``(graphdef, params, frozen)``: ``params`` are the
-trainable variables (every :class:`jax_adalora.adapters.AdaLoRAParam` and the head parameters that
-``head_pattern`` names) as a pure nested dict, ``frozen`` everything else. One training step rebuilds the
-model from them, calls :func:`jax_adalora.moments.value_grad_and_moments` (task loss, γ · orthogonal
-regularisation as its penalty, the statistics the score needs), and applies
-``optax.chain(clip, adamw, rank_allocator)``, all inside one ``jax.jit``:
+The train step is :func:`jax_adalora.training.train_step_fn` (``value_grad_and_moments`` with the task loss and
+γ · orthogonal regularisation, then ``optax.chain(clip, adamw, rank_allocator)``), jitted here with the command's
+compiler options and, on a mesh, its shardings. The statistics follow the score:
 
-* sensitivity / movement: ``statistics="batch"`` (the training gradient, regulariser included);
-* fisher / gsnr: ``AdaLoRAConfig.statistics``, ``"per_example"`` (exact, one batch backward pass through
-  per-example probes) or ``"running"`` (EMA estimates, scoring from the second step).
+* sensitivity / movement / magnitude: ``statistics="batch"`` (the training gradient, regulariser included);
+* fisher / gsnr / saliency: ``AdaLoRAConfig.statistics``, ``"per_example"`` (exact, one batch backward pass
+  through per-example probes) or ``"running"`` (EMA estimates, scoring from the second step).
 
 Dropout draws one key per example, ``fold_in(step_key, example_index)``, so every statistics path sees
 the same masks.
@@ -18,7 +15,7 @@ the same masks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,47 +23,23 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jax_adalora.adapters import trainable_filter
-from jax_adalora.allocator import rank_allocator
 from jax_adalora.cli.runtime import step_compiler_options
-from jax_adalora.config import AdaLoRAConfig, OptimConfig
+from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import dropout_keys
-from jax_adalora.moments import RunningMoments, value_grad_and_moments
-from jax_adalora.regularization import orthogonal_regularization_of_model
-from jax_adalora.scores import reads_moments
+from jax_adalora.training import FunctionalModel, train_step_fn
 
 PyTree = Any
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class TrainState(NamedTuple):
-    params: PyTree  # the trainable variables as a pure nested dict (nnx.to_pure_dict layout)
-    opt_state: PyTree
-    running: PyTree | None  # RunningMoments' state, only with statistics="running" and a score that reads it
-    step: jax.Array  # shape=(), int32
-
-
-class FunctionalModel:
-    """An adapted model as ``(graphdef, params, frozen)``, so that the jitted steps are pure functions.
-
-    ``params`` (pure nested dict of the trainable variables, :func:`trainable_filter`) and ``frozen`` (the
-    rest, an ``nnx.State``) are what the steps take; :meth:`model` rebuilds the NNX model from them."""
-
-    def __init__(self, model: nnx.Module, head_pattern: str):
-        self.trainable = trainable_filter(head_pattern)
-        self.graphdef, params, self.frozen = nnx.split(model, self.trainable, ...)
-        self.params = nnx.to_pure_dict(params)
-
-    def model(self, params: PyTree, frozen: PyTree | None = None) -> nnx.Module:
-        return nnx.merge(self.graphdef, params, self.frozen if frozen is None else frozen)
-
-    def apply(self, params: PyTree, frozen: PyTree, inputs: dict, dropout_keys=None):
-        """The model's outputs (logits, or (start, end) logits for QA)."""
-        return model_outputs(self.model(params, frozen), inputs, dropout_keys)
-
-
 def model_outputs(model: nnx.Module, inputs: dict, keys=None):
+    """The model's outputs (logits, or (start, end) logits for QA)."""
     return model(*(inputs.get(k) for k in MODEL_INPUTS), dropout_keys=keys)
+
+
+def apply_model(functional: FunctionalModel, params: PyTree, frozen: PyTree, inputs: dict, keys=None):
+    """The outputs of the model that ``functional`` rebuilds from ``params`` and ``frozen``."""
+    return model_outputs(functional.model(params, frozen), inputs, keys)
 
 
 # ---- losses --------------------------------------------------------------------------------------
@@ -102,57 +75,6 @@ def task_losses_fn(kind: str, step_key, *, dropout: bool = True) -> Callable:
     return losses
 
 
-def orthogonal_penalty(adalora: AdaLoRAConfig) -> Callable | None:
-    """``γ · R(P, Q)`` of a model as ``value_grad_and_moments``'s ``penalty_fn``; ``None`` when γ is 0."""
-    gamma = adalora.orth_reg_weight
-    if gamma <= 0:
-        return None
-    return lambda model: gamma * orthogonal_regularization_of_model(model)
-
-
-def statistics_mode(adalora: AdaLoRAConfig) -> str:
-    """What the score reads: ``adalora.statistics`` for a score of second moments (Fisher, GSNR, saliency), else
-    the batch gradient alone (sensitivity, movement, magnitude)."""
-    return adalora.statistics if reads_moments(adalora.score) else "batch"
-
-
-# ---- optimizer -----------------------------------------------------------------------------------
-
-
-def make_optimizer(
-    optim: OptimConfig, adalora: AdaLoRAConfig, total_steps: int
-) -> optax.GradientTransformationExtraArgs:
-    """``optax.chain(clip, adamw with warm-up/decay, rank_allocator)``; the allocator is last."""
-    warmup = int(round(optim.warmup_ratio * total_steps))
-    learning_rate = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, optim.learning_rate, max(warmup, 1)),
-            optax.linear_schedule(optim.learning_rate, 0.0, max(total_steps - warmup, 1)),
-        ],
-        [warmup],
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(optim.max_grad_norm),
-        optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay),
-        rank_allocator(adalora, total_steps),
-    )
-
-
-def init_train_state(functional: FunctionalModel, tx, adalora: AdaLoRAConfig) -> TrainState:
-    running = None
-    if statistics_mode(adalora) == "running":
-        moments = RunningMoments(
-            functional.model(functional.params), wrt=functional.trainable, decay=adalora.running_decay
-        )
-        running = nnx.to_pure_dict(nnx.state(moments))
-    return TrainState(
-        params=functional.params,
-        opt_state=tx.init(functional.params),
-        running=running,
-        step=jnp.zeros((), jnp.int32),
-    )
-
-
 # ---- steps ---------------------------------------------------------------------------------------
 
 
@@ -178,35 +100,13 @@ def make_train_step(
     step expects it (no recompilation, donation intact), and an argument placed otherwise is an error at the
     call rather than a silent copy. Without it, the shardings follow the arguments.
     """
-    mode = statistics_mode(adalora)
-    penalty_fn = orthogonal_penalty(adalora)
-    running_graphdef = None
-    if mode == "running":
-        running_graphdef = nnx.graphdef(
-            RunningMoments(functional.model(functional.params), wrt=functional.trainable, decay=adalora.running_decay)
-        )
-
-    def train_step(state: TrainState, frozen, batch, step_key):
-        model = functional.model(state.params, frozen)
-        running = None if running_graphdef is None else nnx.merge(running_graphdef, state.running)
-        loss, grads, moments = value_grad_and_moments(
-            task_losses_fn(kind, step_key, dropout=dropout),
-            model,
-            batch,
-            statistics=mode,
-            wrt=functional.trainable,
-            mask=batch["example_mask"],
-            microbatch_size=microbatch_size,
-            running=running,
-            penalty_fn=penalty_fn,
-        )
-        grads = nnx.to_pure_dict(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, moments=moments)
-        params = optax.apply_updates(state.params, updates)
-        running_state = None if running is None else nnx.to_pure_dict(nnx.state(running))
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
-        return TrainState(params, opt_state, running_state, state.step + 1), metrics
-
+    train_step = train_step_fn(
+        functional,
+        tx,
+        adalora,
+        lambda step_key: task_losses_fn(kind, step_key, dropout=dropout),
+        microbatch_size=microbatch_size,
+    )
     if compiler_options is None:
         compiler_options = step_compiler_options()
     shardings = {}
@@ -224,7 +124,7 @@ def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None) -> 
     """
 
     def eval_step(params, frozen, batch):
-        return functional.apply(params, frozen, batch, None)
+        return apply_model(functional, params, frozen, batch)
 
     if mesh is None:
         return jax.jit(eval_step)

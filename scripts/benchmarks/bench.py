@@ -55,22 +55,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters
+from jax_adalora.adapters import inject_adapters, trainable_filter
 from jax_adalora.cli.report import atomic_write_json
 from jax_adalora.cli.runtime import keep_freed_memory, step_compiler_options
-from jax_adalora.cli.step import (
-    FunctionalModel,
-    OptimConfig,
-    init_train_state,
-    make_optimizer,
-    make_train_step,
-    task_losses_fn,
-)
-from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.cli.step import apply_model, make_train_step, task_losses_fn
+from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
 from jax_adalora.models.pretrained import save_pretrained
 from jax_adalora.moments import value_grad_and_moments
+from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state
 
 MODELS = {"minilm": EncoderConfig.minilm_l6, "deberta-v3-base": EncoderConfig.deberta_v3_base}
 HEAD_PATTERN = r"(classifier|pooler)\..*"  # PEFT side: modules_to_save=["classifier", "pooler"]
@@ -418,14 +412,14 @@ def adalora_config(args, **score) -> AdaLoRAConfig:
 
 def our_rows(model, args, batch_np: dict) -> list[Row]:
     """Our steps per score and statistics mode, and the batch gradient and per-example moments alone."""
-    functional = FunctionalModel(model, HEAD_PATTERN)
+    functional = FunctionalModel(model, trainable_filter(HEAD_PATTERN))
     params, frozen = functional.params, functional.frozen
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
     key = jax.random.key(0)
     rows = []
     for name, score in [(FIRST_BUILT_CONTROL, OUR_STEPS[SENSITIVITY]), *OUR_STEPS.items()]:
         adalora = adalora_config(args, **score)
-        tx = make_optimizer(OptimConfig(), adalora, args.total_steps)
+        tx = adalora_optimizer(OptimConfig(), adalora, args.total_steps)
         # A copy per row: each step donates its state.
         state = jax.tree.map(jnp.copy, init_train_state(functional, tx, adalora))
         step = make_train_step(functional, tx, adalora, "classification", dropout=True)
@@ -712,9 +706,9 @@ def main() -> None:
         rows_torch, torch_info = torch_rows(str(hf_dir), config, args, batch_np, device)
     inject_adapters(model, adalora_config(args), rngs=nnx.Rngs(1))
     # λ starts at 0, so the adapted model must still give the base model's logits.
-    functional = FunctionalModel(model, HEAD_PATTERN)
+    functional = FunctionalModel(model, trainable_filter(HEAD_PATTERN))
     batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-    ours_logits = functional.apply(functional.params, functional.frozen, batch)
+    ours_logits = apply_model(functional, functional.params, functional.frozen, batch)
     logit_diff = float(np.max(np.abs(np.asarray(ours_logits, np.float32) - torch_info["reference_logits"])))
     print(f"same weights: max |logit difference| ours vs transformers = {logit_diff:.2e}", flush=True)
     rows = our_rows(model, args, batch_np) + rows_torch

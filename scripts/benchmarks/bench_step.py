@@ -28,19 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_adalora.adapters import inject_adapters
+from jax_adalora.adapters import inject_adapters, trainable_filter
 from jax_adalora.cli.report import atomic_write_json, machine_summary
 from jax_adalora.cli.runtime import keep_freed_memory
-from jax_adalora.cli.step import (
-    FunctionalModel,
-    OptimConfig,
-    init_train_state,
-    make_optimizer,
-    make_train_step,
-)
-from jax_adalora.config import AdaLoRAConfig
+from jax_adalora.cli.step import make_train_step
+from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
+from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state
 
 MODES = {
     "sensitivity (batch gradient)": dict(score="sensitivity", statistics="per_example"),
@@ -55,8 +50,8 @@ def build(mode: dict, args, total_steps: int = 1000, step_options: str = "librar
     model = SequenceClassifier(config, num_labels=2, rngs=nnx.Rngs(0))
     adalora = AdaLoRAConfig(r_init=args.rank, r_target=args.rank // 2, t_init=10, t_final=10, **mode)
     inject_adapters(model, adalora, rngs=nnx.Rngs(1))
-    functional = FunctionalModel(model, r"classifier\..*")
-    tx = make_optimizer(OptimConfig(), adalora, total_steps)
+    functional = FunctionalModel(model, trainable_filter(r"classifier\..*"))
+    tx = adalora_optimizer(OptimConfig(), adalora, total_steps)
     state = init_train_state(functional, tx, adalora)
     compiler_options = {} if step_options == "xla-default" else None
     step = make_train_step(functional, tx, adalora, "classification", dropout=True, compiler_options=compiler_options)

@@ -51,20 +51,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora import scores as scores_lib
-from jax_adalora.adapters import find_triplets, inject_adapters
+from jax_adalora.adapters import find_triplets, inject_adapters, trainable_filter
 from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
 from jax_adalora.cli.report import machine_summary
 from jax_adalora.cli.run_config import RunConfig, build_run_config
 from jax_adalora.cli.runtime import step_compiler_options
-from jax_adalora.cli.step import (
-    FunctionalModel,
-    init_train_state,
-    make_eval_step,
-    make_optimizer,
-    make_train_step,
-    orthogonal_penalty,
-    task_losses_fn,
-)
+from jax_adalora.cli.step import make_eval_step, make_train_step, task_losses_fn
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.moments import RUNNING_WARMUP_STEPS, value_grad_and_moments
 from jax_adalora.stats import (
@@ -73,6 +65,7 @@ from jax_adalora.stats import (
     running_moments,
     running_moments_init,
 )
+from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state, orthogonal_penalty
 from scripts.studies import score_study
 from scripts.studies import study_helpers as helpers
 
@@ -216,7 +209,7 @@ def flat(tree: dict, paths: list[str]) -> np.ndarray:
 
 
 def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) -> dict:
-    from jax_adalora.cli.train import evaluate
+    from jax_adalora.cli.inference import evaluate
     from jax_adalora.tasks import BatchIterator
 
     run = make_run(task, score, "per_example", seed, args, total_steps, Path(args.scratch) / "unused")
@@ -224,8 +217,8 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
     train_iter = BatchIterator(data.train, run.train.batch_size, shuffle=True, seed=seed)
     if run.train.epochs * train_iter.steps_per_epoch != total_steps:
         raise AssertionError("the schedule was sized for a different number of steps")
-    functional = FunctionalModel(model, run.train.head_pattern)
-    tx = make_optimizer(run.optim, run.adalora, total_steps)
+    functional = FunctionalModel(model, trainable_filter(run.train.head_pattern))
+    tx = adalora_optimizer(run.optim, run.adalora, total_steps)
     state = init_train_state(functional, tx, run.adalora)
     adapters = find_triplets(state.params)
     shadow = Shadow(running_moments_init(adapters), scores_lib.smoothing_init(adapters))
@@ -354,8 +347,8 @@ def time_steps(task: str, args, total_steps: int) -> dict:
     for name, (score, mode) in modes.items():
         run = make_run(task, score, mode, 0, args, total_steps, Path(args.scratch) / "unused")
         _, model = load(run)
-        functional = FunctionalModel(model, run.train.head_pattern)
-        tx = make_optimizer(run.optim, run.adalora, total_steps)
+        functional = FunctionalModel(model, trainable_filter(run.train.head_pattern))
+        tx = adalora_optimizer(run.optim, run.adalora, total_steps)
         state = init_train_state(functional, tx, run.adalora)
         step = make_train_step(functional, tx, run.adalora, data.spec.kind, dropout=True)
         t0 = time.perf_counter()

@@ -170,7 +170,7 @@ def split_sizes(task: str, args) -> tuple[int, int]:
 def scaled_run_overrides(task: str, seed: int, total_steps: int, args, output_dir: Path, **fields) -> dict:
     """The built-in run at the study's scale (``add_scale_arguments``), schedule scaled to ``total_steps``,
     one evaluation at the end, no export; ``fields`` (score, statistics, ranks, ...) override the rest."""
-    from jax_adalora.cli.run_config import DEFAULT_RUN
+    from jax_adalora.cli.profiles import DEFAULT_RUN
 
     schedule = scaled_schedule(
         total_steps, init_fraction=args.init_fraction, final_fraction=args.final_fraction, delta_t=args.delta_t
@@ -213,7 +213,7 @@ def config_difference(run_dir: Path, wanted: dict) -> str | None:
 
 def adapter_values(args) -> tuple[float, float]:
     """``(α, γ)`` of a study's runs: its ``--alpha`` / ``--orth-reg-weight``, else the built-in run's."""
-    from jax_adalora.cli.run_config import DEFAULT_RUN
+    from jax_adalora.cli.profiles import DEFAULT_RUN
 
     alpha, gamma = getattr(args, "alpha", None), getattr(args, "orth_reg_weight", None)
     return (
@@ -224,7 +224,7 @@ def adapter_values(args) -> tuple[float, float]:
 
 def learning_rate_value(args) -> float:
     """The runs' peak learning rate: the study's ``--learning-rate``, else the built-in run's."""
-    from jax_adalora.cli.run_config import DEFAULT_RUN
+    from jax_adalora.cli.profiles import DEFAULT_RUN
 
     return args.learning_rate or DEFAULT_RUN["learning_rate"]
 
@@ -232,7 +232,7 @@ def learning_rate_value(args) -> float:
 def learning_rate_text(args) -> str:
     """The runs' learning rate as the reports state it, naming the built-in run's when it differs:
     ``0.001 (the built-in run uses 0.002; see Reading)``."""
-    from jax_adalora.cli.run_config import DEFAULT_RUN
+    from jax_adalora.cli.profiles import DEFAULT_RUN
 
     lr, built_in = learning_rate_value(args), DEFAULT_RUN["learning_rate"]
     return f"{lr:g}" + (f" (the built-in run uses {built_in:g}; see Reading)" if lr != built_in else "")
