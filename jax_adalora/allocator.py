@@ -89,6 +89,16 @@ def budget_schedule(
     return BudgetSchedule(init_budget, target_budget, t_init, t_final, total_steps, delta_t)
 
 
+def reallocation_steps(*, t_init: int, t_final: int, total_steps: int, delta_t: int) -> list[int]:
+    """Steps (1-based) on which :func:`rank_allocator` recomputes the rank pattern (when its scores are ready).
+
+    Masking steps of the schedule before the freeze (``t_init < t < T - t_final``, ``t % delta_t == 0``),
+    plus the freeze step ``T - t_final`` itself; after it the frozen pattern is only re-applied.
+    """
+    freeze = total_steps - t_final
+    return [t for t in range(t_init + 1, freeze) if t % delta_t == 0] + [freeze]
+
+
 # ---- masking -------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from jax_adalora.allocator import (
     mask_to_budget,
     rank_allocator,
     ranks,
+    reallocation_steps,
 )
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.stats import batch_gradient_moments
@@ -137,3 +138,14 @@ def test_update_scores_false_leaves_the_smoothed_scores_alone():
     assert int(skipped.count) == 1  # the step still counts
     _, scored = update(state, jnp.asarray(True))
     assert all(float(jnp.max(s)) > 0 for s in jax.tree.leaves(scored.smoothing.ema))
+
+
+@pytest.mark.parametrize(
+    ("t_init", "t_final", "total", "delta_t"), [(6, 13, 64, 2), (0, 0, 2, 2), (3, 6, 32, 5), (10, 0, 30, 1)]
+)
+def test_reallocation_steps_match_the_allocator_rule(t_init, t_final, total, delta_t):
+    schedule = budget_schedule(576, 288, t_init, t_final, total, delta_t)
+    freeze = total - t_final
+    # rank_allocator re-allocates when (mask_now and t < freeze) or t == freeze
+    expected = [t for t in range(1, total + 1) if (schedule.mask_now[t] and t < freeze) or t == freeze]
+    assert reallocation_steps(t_init=t_init, t_final=t_final, total_steps=total, delta_t=delta_t) == expected

@@ -6,38 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from jax_adalora.allocator import budget_schedule
 from scripts.studies import study_helpers as helpers
 
 
-def test_average_ranks_ties_share_the_mean_rank():
-    np.testing.assert_allclose(helpers.average_ranks([10.0, 30.0, 20.0]), [1.0, 3.0, 2.0])
-    np.testing.assert_allclose(helpers.average_ranks([5.0, 1.0, 5.0, 0.0]), [3.5, 2.0, 3.5, 1.0])
-    np.testing.assert_allclose(helpers.average_ranks([2.0, 2.0, 2.0]), [2.0, 2.0, 2.0])
+def test_compare_stats_spearman_is_scipys_and_nan_for_a_constant_side():
+    from scipy import stats
 
+    from scripts.studies.compare_stats import spearman
 
-def test_spearman_monotone_and_reversed():
-    x = np.array([0.1, 3.0, 2.0, 7.0, -1.0])
-    assert helpers.spearman(x, np.exp(x)) == pytest.approx(1.0)
-    assert helpers.spearman(x, -(x**3)) == pytest.approx(-1.0)
-
-
-def test_spearman_matches_scipy_with_ties():
-    stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, 40).astype(float)  # many ties
     b = a + rng.normal(size=40)
-    assert helpers.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
-
-
-def test_spearman_by_hand_and_errors():
-    # ranks (1,2,3) vs (2,1,3): d = (-1, 1, 0), rho = 1 - 6 * 2 / (3 * 8) = 0.5
-    assert helpers.spearman([1.0, 2.0, 3.0], [20.0, 10.0, 30.0]) == pytest.approx(0.5)
-    assert math.isnan(helpers.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
-    with pytest.raises(ValueError, match="shapes differ"):
-        helpers.spearman([1.0, 2.0], [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="at least 2"):
-        helpers.spearman([1.0], [1.0])
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert math.isnan(spearman(np.ones(3), np.arange(3.0)))
 
 
 def test_jaccard():
@@ -114,17 +95,6 @@ def test_scaled_schedule_rounds_fractions():
     assert tiny["t_init"] < 2 - tiny["t_final"]
     with pytest.raises(ValueError):
         helpers.scaled_schedule(10, init_fraction=0.6, final_fraction=0.5, delta_t=1)
-
-
-@pytest.mark.parametrize(
-    ("t_init", "t_final", "total", "delta_t"), [(6, 13, 64, 2), (0, 0, 2, 2), (3, 6, 32, 5), (10, 0, 30, 1)]
-)
-def test_reallocation_steps_match_the_allocator_rule(t_init, t_final, total, delta_t):
-    schedule = budget_schedule(576, 288, t_init, t_final, total, delta_t)
-    freeze = total - t_final
-    # rank_allocator re-allocates when (mask_now and t < freeze) or t == freeze
-    expected = [t for t in range(1, total + 1) if (schedule.mask_now[t] and t < freeze) or t == freeze]
-    assert helpers.reallocation_steps(t_init=t_init, t_final=t_final, total_steps=total, delta_t=delta_t) == expected
 
 
 def test_markdown_table():

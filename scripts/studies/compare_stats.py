@@ -47,12 +47,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_adalora import scores as scores_lib
 from jax_adalora.adapters import find_triplets, inject_adapters, trainable_filter
-from jax_adalora.allocator import budget_schedule, find_allocator_state, mask_to_budget
+from jax_adalora.allocator import (
+    budget_schedule,
+    find_allocator_state,
+    mask_to_budget,
+    rank_allocator,
+    reallocation_steps,
+)
 from jax_adalora.cli.report import machine_summary
 from jax_adalora.cli.run_config import RunConfig, build_run_config
 from jax_adalora.cli.runtime import step_compiler_options
@@ -136,31 +143,32 @@ def total_steps_for(task: str, args) -> int:
 
 
 class Shadow(NamedTuple):
-    """The running-estimate side: its moments and its smoothed scores; never fed back into training.
+    """The running-estimate side: its moments, and the state of a second ``rank_allocator`` that scores them;
+    its updates are dropped, so it never touches the training.
 
-    ``smoothing`` is updated exactly as ``make_train_step`` has ``rank_allocator`` update it in
-    ``statistics="running"`` mode: from step ``RUNNING_WARMUP_STEPS`` on, once the estimates see a spread.
+    The shadow allocator is the library's own, built from the run's config with ``statistics="running"``, and
+    fed the same post-step weights as the real one: its smoothed scores are the ones a ``statistics="running"``
+    run would rank at this point of this trajectory (from step ``RUNNING_WARMUP_STEPS`` on, once the estimates
+    see a spread).
     """
 
     running: RunningMomentsState
-    smoothing: scores_lib.SmoothingState
+    allocator: Any  # the shadow rank_allocator's state
 
 
 def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str, total_steps: int):
-    """The per-example branch of ``jax_adalora.cli.step.make_train_step``, plus the running-estimate shadow.
+    """The per-example training step (the library's, as ``jax_adalora.cli.step.make_train_step`` builds it, with the
+    moments kept), plus the running-estimate shadow: a second allocator transform on running moments of the same
+    batch gradients.
 
     ``step(state, shadow, frozen, batch, key) -> (state, shadow, out)``; ``out`` holds the loss and both
-    sides' triplet importances (smoothed, as the allocator ranks them, and raw, from this step alone).
+    sides' triplet importances (smoothed, as the allocators rank them, and raw, from this step alone).
     """
     adalora = run.adalora
-    freeze = total_steps - adalora.t_final
-    score_fn = scores_lib.get(adalora.score, gsnr_eps=adalora.gsnr_eps)
+    score = scores_lib.get(adalora.score, gsnr_eps=adalora.gsnr_eps)
+    shadow_tx = shadow_allocator(run, total_steps)
     dropout = run.train.dropout
-
     penalty_fn = orthogonal_penalty(adalora)
-
-    def smooth(state, element_scores):
-        return scores_lib.smooth(adalora.smoothing, state, element_scores, beta1=adalora.beta1, beta2=adalora.beta2)
 
     def importance(smoothing):
         return scores_lib.triplet_importance(scores_lib.smoothed_score(adalora.smoothing, smoothing))
@@ -180,28 +188,36 @@ def make_shadow_step(functional: FunctionalModel, tx, run: RunConfig, kind: str,
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
 
-        # The shadow: the same batch gradient, seen only as a mean, through the running estimator.
+        # The shadow: the same batch gradient, seen only as a mean, through the running estimator, scored by a
+        # second allocator on the same post-step weights.
         running_m, running = running_moments(
             shadow.running, adapter_moments.mean, batch_size=adapter_moments.count, decay=adalora.running_decay
         )
-        # The allocator scores the post-step weights (Fisher and GSNR ignore them; kept for symmetry).
+        running_m = running_m._replace(ready=running.count >= RUNNING_WARMUP_STEPS)
+        _, shadow_state = shadow_tx.update(updates, shadow.allocator, state.params, moments=running_m)
         weights = optax.apply_updates(find_triplets(state.params), find_triplets(updates))
-        running_raw = score_fn(weights, running_m)
-        exact_raw = score_fn(weights, adapter_moments)
-        scoring = state.step + 1 < freeze
-        smoothed = smooth(shadow.smoothing, running_raw)
-        running_scoring = scoring & (running.count >= RUNNING_WARMUP_STEPS)
-        smoothing = jax.tree.map(lambda a, b: jnp.where(running_scoring, a, b), smoothed, shadow.smoothing)
         out = {
             "loss": loss,
             "exact": importance(find_allocator_state(opt_state).smoothing),
-            "running": importance(smoothing),
-            "exact_raw": scores_lib.triplet_importance(exact_raw),
-            "running_raw": scores_lib.triplet_importance(running_raw),
+            "running": importance(find_allocator_state(shadow_state).smoothing),
+            "exact_raw": scores_lib.triplet_importance(score(weights, adapter_moments)),
+            "running_raw": scores_lib.triplet_importance(score(weights, running_m)),
         }
-        return new_state, Shadow(running, smoothing), out
+        return new_state, Shadow(running, shadow_state), out
 
     return jax.jit(step_fn, donate_argnums=(0, 1), compiler_options=step_compiler_options())
+
+
+def shadow_allocator(run: RunConfig, total_steps: int):
+    """The run's allocator as a ``statistics="running"`` run has it (its updates are never applied)."""
+    return rank_allocator(run.adalora.replace(statistics="running"), total_steps)
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (scipy's; NaN where a side is constant)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 def flat(tree: dict, paths: list[str]) -> np.ndarray:
@@ -221,13 +237,11 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
     tx = adalora_optimizer(run.optim, run.adalora, total_steps)
     state = init_train_state(functional, tx, run.adalora)
     adapters = find_triplets(state.params)
-    shadow = Shadow(running_moments_init(adapters), scores_lib.smoothing_init(adapters))
+    shadow = Shadow(running_moments_init(adapters), shadow_allocator(run, total_steps).init(state.params))
     frozen = functional.frozen
     step_fn = make_shadow_step(functional, tx, run, data.spec.kind, total_steps)
     a = run.adalora
-    realloc = set(
-        helpers.reallocation_steps(t_init=a.t_init, t_final=a.t_final, total_steps=total_steps, delta_t=a.delta_t)
-    )
+    realloc = set(reallocation_steps(t_init=a.t_init, t_final=a.t_final, total_steps=total_steps, delta_t=a.delta_t))
     paths = sorted(adapters)
     init_budget = sum(int(adapters[p]["lam"].shape[0]) for p in paths)
     schedule = budget_schedule(init_budget, a.r_target * len(paths), a.t_init, a.t_final, total_steps, a.delta_t)
@@ -239,8 +253,8 @@ def shadow_trajectory(task: str, score: str, seed: int, args, total_steps: int) 
         # step - 1: the key train_and_evaluate folds in before incrementing its step counter
         state, shadow, out = step_fn(state, shadow, frozen, batch, jax.random.fold_in(base_key, step - 1))
         exact, running = flat(out["exact"], paths), flat(out["running"], paths)
-        rho = helpers.spearman(exact, running)
-        rho_raw = helpers.spearman(flat(out["exact_raw"], paths), flat(out["running_raw"], paths))
+        rho = spearman(exact, running)
+        rho_raw = spearman(flat(out["exact_raw"], paths), flat(out["running_raw"], paths))
         every_step.append({"step": step, "spearman": rho, "spearman_raw": rho_raw, "loss": float(out["loss"])})
         if step not in realloc:
             continue

@@ -19,38 +19,6 @@ import numpy as np
 # ---- statistics ----------------------------------------------------------------------------------
 
 
-def average_ranks(values) -> np.ndarray:
-    """Ranks 1..n of ``values`` (1-D), ties sharing the mean of the ranks they span."""
-    values = np.asarray(values, np.float64).ravel()
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), np.float64)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        stop = start + 1
-        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
-            stop += 1
-        ranks[order[start:stop]] = 0.5 * (start + stop - 1) + 1.0
-        start = stop
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation of two equally long 1-D arrays (ties get average ranks).
-
-    NaN when either side is constant (its ranks have no spread), as for a Pearson correlation.
-    """
-    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"spearman: shapes differ, {a.shape} vs {b.shape}")
-    if a.size < 2:
-        raise ValueError("spearman: needs at least 2 values")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = math.sqrt(float(np.sum(ra * ra) * np.sum(rb * rb)))
-    return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")
-
-
 def jaccard(a, b) -> float:
     """``|A ∩ B| / |A ∪ B|`` of two boolean masks of one shape (1.0 when both are empty)."""
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -277,17 +245,6 @@ def scaled_schedule(total_steps: int, *, init_fraction: float, final_fraction: f
         else:
             t_init -= 1
     return {"t_init": t_init, "t_final": t_final, "delta_t": int(delta_t)}
-
-
-def reallocation_steps(*, t_init: int, t_final: int, total_steps: int, delta_t: int) -> list[int]:
-    """Steps (1-based) on which ``rank_allocator`` recomputes the rank pattern.
-
-    Masking steps of the schedule before the freeze (``t_init < t < T - t_final``, ``t % delta_t == 0``),
-    plus the freeze step ``T - t_final`` itself; after it the frozen pattern is only re-applied.
-    """
-    freeze = total_steps - t_final
-    steps = [t for t in range(t_init + 1, freeze) if t % delta_t == 0]
-    return steps + [freeze]
 
 
 # ---- Markdown ------------------------------------------------------------------------------------
