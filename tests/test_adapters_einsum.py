@@ -153,3 +153,7 @@ def test_an_ellipsis_einsum_is_adapted_in_its_own_axis_layout():
     x = jax.random.normal(jax.random.key(0), (2, 3, D))
     kernel = np.asarray(adapter.base.kernel[...]) + np.asarray(adapter.delta_kernel())
     np.testing.assert_allclose(model(x), np.einsum("...d,dnh->...hn", x, kernel), rtol=1e-5, atol=1e-6)
+    # An equation given at the call: the same kernel axes contracted and produced, another output order.
+    np.testing.assert_allclose(adapter(x, "...D,DNH->...NH"), np.einsum("...d,dnh->...nh", x, kernel), atol=1e-5)
+    with pytest.raises(ValueError, match="must stay the same"):
+        adapter(jnp.ones((2, N)), "...N,DNH->...DH")

@@ -88,6 +88,10 @@ def test_layers_that_cannot_be_adapted_are_named_once_and_a_pattern_of_only_thos
     assert all(f"{path} (" in line for path in spec.skipped) and "norm" not in line
     with pytest.raises(ValueError, match=r"matched no layer left to adapt: cannot be adapted: conv \(nnx.Conv"):
         jal.inject(Mixed(nnx.Rngs(0)), jal.AdaLoRAConfig(r_init=2, r_target=1), targets="conv|norm", rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match=r"targets lists layers that cannot be adapted: embed \(nnx.Embed"):
+        jal.inject(
+            Mixed(nnx.Rngs(0)), jal.AdaLoRAConfig(r_init=2, r_target=1), targets=["proj", "embed"], rngs=nnx.Rngs(1)
+        )
 
 
 class Qwen3Like(nnx.Module):
