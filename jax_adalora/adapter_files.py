@@ -1,9 +1,9 @@
 """Saving and loading a model's adapters as one safetensors file, checked against the model on load.
 
-The file holds, per adapted matrix at module path ``m``, the tensors ``m.P``, ``m.lam``, ``m.Q`` and
-``m.mask`` (the rank pattern: 1 for a kept triplet), plus any other variables the caller includes (a
-trained task head) under their '.'-joined paths, and metadata naming the format and each adapter's
-scale. :func:`load_adapters` refuses a file that does not fit the model and says what differs.
+The file holds, per adapter at module path ``m``, the tensors ``m.P``, ``m.lam``, ``m.Q`` and ``m.mask`` (the
+rank pattern: 1 for a kept triplet; a stacked adapter's with its leading layer axes), plus any other variables
+the caller includes (a trained task head) under their '.'-joined paths, and metadata naming the format and each
+adapter's scale. :func:`load_adapters` refuses a file that does not fit the model and says what differs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save
 
-from jax_adalora.adapters import AdaLoRAMask, AdaLoRAParam, adapter_modules
+from jax_adalora.adapters import AdaLoRAMask, AdaLoRAParam, adapter_modules, stacked_entry
 
 FORMAT = "jax_adalora.adapters/1"
 METADATA_KEY = "jax_adalora"
@@ -40,7 +40,8 @@ def save_adapters(
       path: the ``.safetensors`` file to write (its folder must exist).
       model: a model with adapters.
       rank_pattern: ``{module_path: [kept, ...]}`` (e.g. :func:`jax_adalora.allocator.rank_pattern` of the
-        optimizer) stored as the masks; ``None`` stores the model's own masks.
+        optimizer, whose entries of a stacked adapter name its layers, ``"path[i]"``) stored as the masks;
+        ``None`` stores the model's own masks.
       include: an NNX filter of further variables to store, e.g. ``nnx.PathContains("classifier")``.
 
     Returns:
@@ -53,9 +54,11 @@ def save_adapters(
         for name in FACTORS:
             tensors[f"{module_path}.{name}"] = np.asarray(getattr(module, name)[...])
         if rank_pattern is not None:
-            if module_path not in rank_pattern:
+            kept = stacked_entry(module_path, module.stack_shape, rank_pattern)
+            if kept is None:
                 raise ValueError(f"rank_pattern has no entry for adapter {module_path}")
-            tensors[f"{module_path}.mask"] = np.asarray(rank_pattern[module_path], tensors[f"{module_path}.mask"].dtype)
+            mask = tensors[f"{module_path}.mask"]
+            tensors[f"{module_path}.mask"] = np.asarray(kept, mask.dtype).reshape(mask.shape)
         scales[module_path] = module.scaling
     for key, value in _included(model, include).items():
         tensors[key] = np.asarray(value)

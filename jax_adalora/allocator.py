@@ -8,7 +8,7 @@ Example:
   >>> import optax
   >>> from flax import nnx
   >>> import jax_adalora as jal
-  >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+  >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 4, rngs=nnx.Rngs(1)))
   >>> config = jal.AdaLoRAConfig(r_init=4, r_target=2, t_init=2, t_final=2)
   >>> jal.inject(model, config, targets=r"layers\.\d", rngs=nnx.Rngs(2))
   {'layers.0': 4, 'layers.1': 4}
@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 from jax_adalora import scores as scores_lib
-from jax_adalora.adapters import find_triplets, split_key_path
+from jax_adalora.adapters import find_triplets, matrix_count, per_layer, split_key_path
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.stats import Moments
 
@@ -103,7 +103,8 @@ def reallocation_steps(*, t_init: int, t_final: int, total_steps: int, delta_t: 
 
 
 def mask_to_budget(triplet_scores: dict[str, jax.Array], budget) -> dict[str, jax.Array]:
-    """Keeps the ``budget`` highest-scoring triplets across all layers: ``{path: bool (r,)}``.
+    """Keeps the ``budget`` highest-scoring triplets across all layers: ``{path: bool (r,)}`` (``(*stack, r)`` for a
+    stacked adapter, each of whose layers competes in the same budget).
 
     PEFT's rule: with ``k = total - budget``, the threshold is the k-th smallest score and every
     triplet scoring ``<= threshold`` is masked (so ties at the threshold are all masked). ``k <= 0``
@@ -140,8 +141,10 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
     reference. Everything runs inside the jitted update: no host round trip.
 
     The triplets are found by name in ``params``: every node with the three children ``P``, ``lam`` and
-    ``Q`` (the factors of an :class:`jax_adalora.adapters.AdaLoRALinear`) is one adapted matrix, named by
-    its '.'-joined path; every other leaf (e.g. a task head) passes through. So it works on the
+    ``Q`` (the factors of an adapter, :class:`jax_adalora.adapters.SVDAdapter`) is one adapted matrix, named by
+    its '.'-joined path, or, with leading layer axes (a stacked layer: ``lam`` (L, r)), L adapted matrices,
+    each ranked in the one global budget as if it were a layer of its own; every other leaf (e.g. a task head)
+    passes through. So it works on the
     ``nnx.State`` that ``nnx.Optimizer(model, tx, wrt=...)`` hands to optax, and on plain nested dicts.
 
     Args:
@@ -174,7 +177,7 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
         if not triplets:
             raise ValueError("rank_allocator found no adapter triplets (nodes with P, lam and Q) in params")
         keep = {path: jnp.ones(t["lam"].shape, jnp.bool_) for path, t in triplets.items()}
-        init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
+        init_budget = sum(int(t["lam"].size) for t in triplets.values())
         return RankAllocatorState(
             count=jnp.zeros((), jnp.int32),
             smoothing=scores_lib.smoothing_init(triplets),
@@ -234,8 +237,9 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
 
 
 def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:
-    init_budget = sum(int(t["lam"].shape[0]) for t in triplets.values())
-    target_budget = config.r_target * len(triplets)
+    # A stacked adapter (λ of shape (L, r)) is L adapted matrices, each r_target triplets of the target budget.
+    init_budget = sum(int(t["lam"].size) for t in triplets.values())
+    target_budget = config.r_target * sum(matrix_count(t["lam"].shape) for t in triplets.values())
     return budget_schedule(init_budget, target_budget, config.t_init, config.t_final, total_steps, config.delta_t)
 
 
@@ -255,10 +259,13 @@ def find_allocator_state(opt_state) -> RankAllocatorState:
 
 def rank_pattern(state) -> dict[str, list[bool]]:
     """The current rank pattern ``{module_path: [kept, ...]}`` as plain Python lists (PEFT's ``rank_pattern``
-    format), from a :class:`RankAllocatorState`, an optax state holding one, or an ``nnx.Optimizer``."""
+    format), from a :class:`RankAllocatorState`, an optax state holding one, or an ``nnx.Optimizer``.
+
+    Each layer of a stacked adapter (created under ``nnx.vmap``) has its own entry, ``"<module path>[i]"``
+    (:func:`jax_adalora.adapters.layer_name`), e.g. ``"layers.attn.q_proj[3]"``."""
     if not isinstance(state, RankAllocatorState):
         state = find_allocator_state(state)
-    return {path: [bool(v) for v in np.asarray(keep)] for path, keep in state.keep.items()}
+    return {path: [bool(v) for v in np.asarray(keep)] for path, keep in per_layer(state.keep).items()}
 
 
 def ranks(state) -> dict[str, int]:

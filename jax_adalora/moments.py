@@ -209,7 +209,9 @@ class _Parts:
         self.graphdef, self.rest, self.losses_fn, self.count = graphdef, rest, losses_fn, count
 
     def model(self, adapters, others) -> nnx.Module:
-        return nnx.merge(self.graphdef, adapters, others, self.rest)
+        # Fresh variables at the caller's trace level: an NNX transform inside the model (nnx.scan over layers
+        # stacked with nnx.vmap) refuses variables created outside the function being differentiated.
+        return nnx.merge(self.graphdef, adapters, others, self.rest, copy=True)
 
     def losses(self, model, batch, weights) -> jax.Array:
         losses = self.losses_fn(model, batch)

@@ -24,19 +24,22 @@ def _gram(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def orthogonal_regularization(triplets: dict[str, dict[str, jax.Array]]) -> jax.Array:
-    """Mean over all P and Q matrices of ``‖QQᵀ - I‖_F`` and ``‖PᵀP - I‖_F``; 0 with no adapters."""
+    """Mean over all P and Q matrices of ``‖QQᵀ - I‖_F`` and ``‖PᵀP - I‖_F``; 0 with no adapters.
+
+    A stacked adapter (leading layer axes: ``P`` (L, d_out, r)) is L matrices of each, every layer its own term.
+    """
     norms = []
     for t in triplets.values():
         q, p = t["Q"].astype(jnp.float32), t["P"].astype(jnp.float32)
-        r = q.shape[0]
+        r = q.shape[-2]
         if r == 0:
             continue
         eye = jnp.eye(r, dtype=jnp.float32)
-        norms.append(jnp.linalg.norm(_gram(q, q.T) - eye))
-        norms.append(jnp.linalg.norm(_gram(p.T, p) - eye))
+        norms.append(jnp.linalg.norm(_gram(q, jnp.swapaxes(q, -1, -2)) - eye, axis=(-2, -1)).ravel())
+        norms.append(jnp.linalg.norm(_gram(jnp.swapaxes(p, -1, -2), p) - eye, axis=(-2, -1)).ravel())
     if not norms:
         return jnp.zeros((), jnp.float32)
-    return jnp.mean(jnp.stack(norms))
+    return jnp.mean(jnp.concatenate(norms))
 
 
 def orthogonal_regularization_of_model(model) -> jax.Array:

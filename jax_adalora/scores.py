@@ -234,9 +234,12 @@ def smoothed_score(kind: str, state: SmoothingState) -> PyTree:
 
 
 def triplet_importance(element_scores: PyTree) -> dict[str, jax.Array]:
-    """``{module_path: (r,)}``: ``s(λ) + mean over d_out of s(P) + mean over d_in of s(Q)``.
+    """``{module_path: (*stack, r)}``: ``s(λ) + mean over d_out of s(P) + mean over d_in of s(Q)``.
 
     Args:
-      element_scores: a triplet-shaped pytree ``{path: {"P": (d_out, r), "lam": (r,), "Q": (r, d_in)}}``.
+      element_scores: a triplet-shaped pytree ``{path: {"P": (*stack, d_out, r), "lam": (*stack, r), "Q":
+        (*stack, r, d_in)}}``; the leading layer axes of a stacked adapter (none otherwise) are batch axes.
     """
-    return {path: s["lam"] + jnp.mean(s["P"], axis=0) + jnp.mean(s["Q"], axis=1) for path, s in element_scores.items()}
+    return {
+        path: s["lam"] + jnp.mean(s["P"], axis=-2) + jnp.mean(s["Q"], axis=-1) for path, s in element_scores.items()
+    }

@@ -90,7 +90,7 @@ def test_an_adapter_file_that_does_not_fit_says_which_parameter(tmp_path):
     with pytest.raises(ValueError, match=r"hidden\.P has shape \(8, 4\) in the file, \(16, 4\) in the model"):
         jal.load_adapters(path, _net(width=16))
     other = Net(nnx.Rngs(0))
-    jal.inject(other, jal.AdaLoRAConfig(r_init=4, r_target=2), targets="classifier", rngs=nnx.Rngs(1))
+    jal.inject(other, jal.AdaLoRAConfig(r_init=3, r_target=2), targets="classifier", rngs=nnx.Rngs(1))
     with pytest.raises(ValueError, match=r"missing classifier\.P.*unknown hidden\.P"):
         jal.load_adapters(path, other)
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:100])

@@ -43,7 +43,7 @@ def losses(model, batch):
 
 def _model(cls, dtype=jnp.float32):
     model = cls(dtype, nnx.Rngs(0))
-    jal.inject(model, jal.AdaLoRAConfig(r_init=4, r_target=2), targets="hidden|out", rngs=nnx.Rngs(1))
+    jal.inject(model, jal.AdaLoRAConfig(r_init=3, r_target=2), targets="hidden|out", rngs=nnx.Rngs(1))
     for module in jal.adapters.adapter_modules(model).values():  # λ = 0 at init would zero P's and Q's gradients
         module.lam.set_value(jnp.linspace(-0.5, 0.7, module.rank, dtype=dtype))
     return model
