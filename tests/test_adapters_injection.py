@@ -103,7 +103,8 @@ class Qwen3Like(nnx.Module):
 
 def test_the_default_paper_preset_on_another_model_says_what_to_pass_and_its_example_works():
     model = Qwen3Like(nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"targets='paper' is not a preset of this model \(it offers no presets") as err:
+    no_preset = r"targets='paper' is not a preset of this model \(it offers no presets"
+    with pytest.raises(ValueError, match=no_preset) as err:
         jal.inject(model, jal.AdaLoRAConfig(r_init=2, r_target=1), rngs=nnx.Rngs(1))
     message = str(err.value)
     assert "\n" not in message and "pass targets= a regular expression" in message

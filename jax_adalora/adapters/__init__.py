@@ -95,6 +95,7 @@ __all__ = [
     "probed_adapter",
     "probes_to_triplet_layout",
     "rank_spec",
+    "resolve_targets",
     "set_masks",
     "set_probes",
     "set_triplets",

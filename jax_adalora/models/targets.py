@@ -8,8 +8,9 @@ adaptable matrices per layer at the same paths, so the presets hold for all of t
 * ``attention``: query, key, value and attention output;
 * ``qv``: query and value, as LoRA's original setting.
 
-Models offer them as their ``target_presets`` attribute, which :func:`jax_adalora.adapters.inject_adapters`
-reads; so the library knows no model's module names.
+``DECODER_TARGET_PRESETS`` are the same three choices for the decoder LLMs (``paper``: all seven projections of
+every layer). Models offer them as their ``target_presets`` attribute, which
+:func:`jax_adalora.adapters.inject_adapters` reads; so the library knows no model's module names.
 
 Example::
 
@@ -26,4 +27,15 @@ TARGET_PRESETS: dict[str, str] = {
     "paper": _LAYER + r"(?:attention\.(?:query|key|value|output)|intermediate|output)",
     "attention": _LAYER + r"attention\.(?:query|key|value|output)",
     "qv": _LAYER + r"attention\.(?:query|value)",
+}
+
+# The decoder LLMs' (models/llama): layer paths ``model.layers.3.self_attn.q_proj``, or
+# ``model.layers.self_attn.q_proj`` with scanned layers (one stacked module for every layer).
+_DECODER_LAYER = r"model\.layers(?:\.\d+)?\."
+
+DECODER_TARGET_PRESETS: dict[str, str] = {
+    # every projection of every layer: attention q, k, v, o and the SwiGLU MLP's gate, up and down
+    "paper": _DECODER_LAYER + r"(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)",
+    "attention": _DECODER_LAYER + r"self_attn\.(?:q|k|v|o)_proj",
+    "qv": _DECODER_LAYER + r"self_attn\.(?:q|v)_proj",
 }

@@ -34,6 +34,7 @@ from flax import nnx
 from jax_adalora.models.activations import activation
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout
+from jax_adalora.models.targets import TARGET_PRESETS
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
 
@@ -169,6 +170,9 @@ class BertEncoder(nnx.Module):
       dtype: compute dtype of activations; parameters are always float32; softmax runs in float32.
       rngs: parameter initialisation keys.
     """
+
+    # Named adapter targets, read by jax_adalora.adapters.inject_adapters (the adapter protocol's other half).
+    target_presets = TARGET_PRESETS
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if config.model_type not in ("bert", "roberta"):

@@ -44,6 +44,7 @@ from jax_adalora.models.activations import activation
 from jax_adalora.models.bert.modeling import run_layer
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout, shared_dropout
+from jax_adalora.models.targets import TARGET_PRESETS
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
 
@@ -367,6 +368,9 @@ class DebertaV2Encoder(nnx.Module):
         dtype: compute dtype of activations; parameters are always float32.
         rngs: parameter initialisation keys.
     """
+
+    # Named adapter targets, read by jax_adalora.adapters.inject_adapters (the adapter protocol's other half).
+    target_presets = TARGET_PRESETS
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         _check_supported(config)

@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from jax_adalora.models.llama.config import LlamaConfig
+from jax_adalora.models.targets import DECODER_TARGET_PRESETS
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range
 
@@ -340,6 +341,9 @@ class LlamaForCausalLM(nnx.Module):
       config: the architecture; ``config.scan_layers`` stacks the layers, ``config.dtype`` sets the compute dtype.
       rngs: parameter initialisation keys.
     """
+
+    # Named adapter targets, read by jax_adalora.adapters.inject_adapters (the adapter protocol's other half).
+    target_presets = DECODER_TARGET_PRESETS
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
