@@ -304,6 +304,45 @@ def test_missing_label_and_empty_text_name_the_row(model_dir, tmp_path, capsys):
     assert f"{tmp_path / 'dev.csv'}, row 1: column 'text' is empty" in line
 
 
+def test_a_few_text_or_nan_labels_in_a_number_column_are_refused(model_dir, tmp_path, capsys):
+    """Issue 36: one ``nan`` in a regression column, or ``good`` in a 0/1 column, once made a classification task
+    with a class per distinct value; now one line names the rows and values."""
+    regression = "text,label\n" + "".join(f"t{i},{i / 7:.3f}\n" for i in range(8)) + "t,nan\n"
+    line = _bad_input(model_dir, tmp_path, capsys, regression, "text,label\na,0.5\n")
+    assert line == (
+        f"error: {tmp_path / 'train.csv'}, row 9: no label in column 'label' ('nan'), whose other 8 rows hold "
+        "numbers; give every row its label"
+    )
+    binary = "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(8)) + "t,good\nu,bad\n"
+    line = _bad_input(model_dir, tmp_path, capsys, binary, "text,label\na,1\n")
+    assert line == (
+        f"error: {tmp_path / 'train.csv'}, rows 9, 10: labels 'good', 'bad' are not numbers, but the other 8 labels "
+        "in column 'label' are numbers; use one type for the whole column"
+    )
+
+
+def test_a_duplicated_header_column_is_refused(model_dir, tmp_path, capsys):
+    line = _bad_input(model_dir, tmp_path, capsys, "text,label,label\na,x,y\nb,y,x\n", "text,label\na,x\n")
+    assert (
+        line
+        == f"error: {tmp_path / 'train.csv'}, line 1: column 'label' appears twice in the header; rename or drop one"
+    )
+
+
+def test_a_whitespace_only_text_is_refused_naming_the_row(model_dir, tmp_path, capsys):
+    line = _bad_input(model_dir, tmp_path, capsys, GOOD_TRAIN, "text,label\nthe match,sports\n   ,tech\n")
+    assert line == f"error: {tmp_path / 'dev.csv'}, row 2: column 'text' holds only whitespace"
+
+
+def test_tsv_cells_are_read_without_quote_handling(tmp_path):
+    from jax_adalora.tasks.text_dataset import read_file
+
+    path = tmp_path / "quotes.tsv"
+    path.write_text('text\tlabel\n"a quote opens this\t1\nsay "hi"\t0\n"whole"\t1\n')
+    rows = read_file(path, cache_dir=tmp_path / "cache")
+    assert rows["text"] == ['"a quote opens this', 'say "hi"', '"whole"'] and rows["label"] == [1, 0, 1]
+
+
 def test_offline_hub_dataset_fails_at_once_naming_local_files(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("jax_adalora.tasks.text_dataset.endpoint_reachable", lambda: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
