@@ -138,10 +138,22 @@ def test_predict_errors_name_the_file(topic_run, tmp_path, capsys):
         (["--run-dir", str(tmp_path), "--input-file", str(no_text)], "no readable jax_adalora config.json"),
         (["--run-dir", str(out), "--input-file", str(no_text)], f"{no_text}: no column(s) 'text'"),
         (["--run-dir", str(out), "--input-file", str(tmp_path / "absent.csv")], "absent.csv does not exist"),
+        (
+            ["--run-dir", str(out), "--input-file", str(root / "test.csv"), "--output-file", str(tmp_path)],
+            f"error: --output-file {tmp_path} is a directory; name a file in it, such as "
+            f"{tmp_path / 'predictions.csv'}",
+        ),
+        (  # the run's --test-file already wrote RUN/test.predictions.csv: a second prediction is refused, not renamed
+            ["--run-dir", str(out), "--input-file", str(root / "test.csv")],
+            f"error: {out / 'test.predictions.csv'} already exists (the default output for --input-file "
+            f"{root / 'test.csv'}); refusing to overwrite it: pass --output-file with a new path, or move the old file "
+            "away",
+        ),
     ):
         assert predict_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
+    assert not list(out.glob("test.predictions-*"))
 
 
 def squad_rows(n: int, seed: int) -> list[dict]:
