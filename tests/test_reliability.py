@@ -135,6 +135,11 @@ def test_a_bad_seed_or_pattern_names_the_flag_at_parse_time(capsys, extra, needl
     "extra, needle",
     [
         (["--max-seq-length", "500"], "--max-seq-length 500: "),  # the tiny BERT numbers 128 positions
+        (  # issue 36: once silently the same as 32 (the tokenizer cannot truncate below its special tokens)
+            ["--max-seq-length", "2"],
+            "error: --max-seq-length 2: too short: the tokenizer adds 2 special tokens to each text, which leaves no "
+            "room for the text; pass --max-seq-length 3 or more",
+        ),
         (["--t-init", "100"], "--t-init 100 must be < total_steps - --t-final"),
         (["--eval-batch-size", "4"], "--eval-batch-size 4 must be divisible by the number of devices (8)"),
     ],

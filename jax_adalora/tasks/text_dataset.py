@@ -490,8 +490,14 @@ def tokenise(dataset, tokenizer, columns: Columns, *, max_seq_length: int, label
 
 def tokenised_rows(dataset, tokenizer, columns: Columns, *, max_seq_length: int):
     """``input_ids`` and ``token_type_ids`` of every row through ``Dataset.map``: ``datasets`` fingerprints
-    the rows, this function and the tokenizer, and reads a cached result when all three are unchanged."""
+    the rows, this function and the tokenizer, and reads a cached result when all three are unchanged.
+
+    Raises:
+      ValueError: ``max_seq_length`` leaves no token for a text beside the tokenizer's special tokens (the
+        tokenizer would then return rows longer than asked, or rows of special tokens alone).
+    """
     text = columns.text
+    check_room_for_text(tokenizer, max_seq_length, len(text))
 
     def encode(batch):
         enc = tokenizer(
@@ -511,6 +517,21 @@ def tokenised_rows(dataset, tokenizer, columns: Columns, *, max_seq_length: int)
     return dataset.select_columns(list(text)).map(
         encode, batched=True, batch_size=_TOKENISE_BATCH, remove_columns=list(text), desc="tokenising"
     )
+
+
+def check_room_for_text(tokenizer, max_seq_length: int, texts: int) -> None:
+    """``max_seq_length`` holds the special tokens and at least one token of each of the ``texts`` (1 or 2)."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    if count is None:
+        return
+    special = count(pair=texts == 2)
+    needed = special + texts
+    if max_seq_length < needed:
+        what = "each pair of texts" if texts == 2 else "each text"
+        raise ValueError(
+            f"TrainConfig.max_seq_length={max_seq_length}: too short: the tokenizer adds {special} special tokens "
+            f"to {what}, which leaves no room for the text; pass --max-seq-length {needed} or more"
+        )
 
 
 def _encoded(tokens, tokenizer, labels: np.ndarray | None) -> EncodedSplit:
