@@ -138,10 +138,22 @@ def test_predict_errors_name_the_file(topic_run, tmp_path, capsys):
         (["--run-dir", str(tmp_path), "--input-file", str(no_text)], "no readable jax_adalora config.json"),
         (["--run-dir", str(out), "--input-file", str(no_text)], f"{no_text}: no column(s) 'text'"),
         (["--run-dir", str(out), "--input-file", str(tmp_path / "absent.csv")], "absent.csv does not exist"),
+        (
+            ["--run-dir", str(out), "--input-file", str(root / "test.csv"), "--output-file", str(tmp_path)],
+            f"error: --output-file {tmp_path} is a directory; name a file in it, such as "
+            f"{tmp_path / 'predictions.csv'}",
+        ),
+        (  # the run's --test-file already wrote RUN/test.predictions.csv: a second prediction is refused, not renamed
+            ["--run-dir", str(out), "--input-file", str(root / "test.csv")],
+            f"error: {out / 'test.predictions.csv'} already exists (the default output for --input-file "
+            f"{root / 'test.csv'}); refusing to overwrite it: pass --output-file with a new path, or move the old file "
+            "away",
+        ),
     ):
         assert predict_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
+    assert not list(out.glob("test.predictions-*"))
 
 
 def squad_rows(n: int, seed: int) -> list[dict]:
@@ -302,6 +314,45 @@ def test_missing_label_and_empty_text_name_the_row(model_dir, tmp_path, capsys):
     assert f"{tmp_path / 'train.csv'}, row 16: no label in column 'label'" in line
     line = _bad_input(model_dir, tmp_path, capsys, GOOD_TRAIN, 'text,label\n"",sports\n')
     assert f"{tmp_path / 'dev.csv'}, row 1: column 'text' is empty" in line
+
+
+def test_a_few_text_or_nan_labels_in_a_number_column_are_refused(model_dir, tmp_path, capsys):
+    """Issue 36: one ``nan`` in a regression column, or ``good`` in a 0/1 column, once made a classification task
+    with a class per distinct value; now one line names the rows and values."""
+    regression = "text,label\n" + "".join(f"t{i},{i / 7:.3f}\n" for i in range(8)) + "t,nan\n"
+    line = _bad_input(model_dir, tmp_path, capsys, regression, "text,label\na,0.5\n")
+    assert line == (
+        f"error: {tmp_path / 'train.csv'}, row 9: no label in column 'label' ('nan'), whose other 8 rows hold "
+        "numbers; give every row its label"
+    )
+    binary = "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(8)) + "t,good\nu,bad\n"
+    line = _bad_input(model_dir, tmp_path, capsys, binary, "text,label\na,1\n")
+    assert line == (
+        f"error: {tmp_path / 'train.csv'}, rows 9, 10: labels 'good', 'bad' are not numbers, but the other 8 labels "
+        "in column 'label' are numbers; use one type for the whole column"
+    )
+
+
+def test_a_duplicated_header_column_is_refused(model_dir, tmp_path, capsys):
+    line = _bad_input(model_dir, tmp_path, capsys, "text,label,label\na,x,y\nb,y,x\n", "text,label\na,x\n")
+    assert (
+        line
+        == f"error: {tmp_path / 'train.csv'}, line 1: column 'label' appears twice in the header; rename or drop one"
+    )
+
+
+def test_a_whitespace_only_text_is_refused_naming_the_row(model_dir, tmp_path, capsys):
+    line = _bad_input(model_dir, tmp_path, capsys, GOOD_TRAIN, "text,label\nthe match,sports\n   ,tech\n")
+    assert line == f"error: {tmp_path / 'dev.csv'}, row 2: column 'text' holds only whitespace"
+
+
+def test_tsv_cells_are_read_without_quote_handling(tmp_path):
+    from jax_adalora.tasks.text_dataset import read_file
+
+    path = tmp_path / "quotes.tsv"
+    path.write_text('text\tlabel\n"a quote opens this\t1\nsay "hi"\t0\n"whole"\t1\n')
+    rows = read_file(path, cache_dir=tmp_path / "cache")
+    assert rows["text"] == ['"a quote opens this', 'say "hi"', '"whole"'] and rows["label"] == [1, 0, 1]
 
 
 def test_offline_hub_dataset_fails_at_once_naming_local_files(model_dir, tmp_path, capsys, monkeypatch):

@@ -106,10 +106,40 @@ def test_a_config_file_that_raises_or_mistypes_names_the_file_and_field(tmp_path
     _one_error(["--config", mistyped], capsys, 2, "--epochs '3': expected an integer", str(mistyped))
 
 
+def test_a_config_that_is_not_a_python_file_or_is_a_directory_is_one_line(tmp_path, capsys):
+    as_json = tmp_path / "x.json"
+    as_json.write_text("{}")
+    line = _one_error(["--config", as_json], capsys, 2)
+    assert line.endswith(
+        f"error: --config {as_json}: expected a Python file (.py) defining get_config(profile), such as "
+        "configs/glue.py:mrpc; x.json is not one (all flags: python -m jax_adalora.train --help)"
+    )
+    line = _one_error(["--config", tmp_path], capsys, 2)
+    assert f"error: --config {tmp_path}: {tmp_path} is a directory; expected a Python file" in line
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--seed", "-1"], "error: --seed -1: expected an integer >= 0 ("),
+        (["--head-pattern", "["], "error: --head-pattern '[': not a regular expression (unterminated character set"),
+        (["--targets", "(q"], "error: --targets '(q': neither a target preset (such as 'paper', 'attention' or 'qv')"),
+    ],
+)
+def test_a_bad_seed_or_pattern_names_the_flag_at_parse_time(capsys, extra, needle):
+    line = _one_error(extra, capsys, 2, needle)
+    assert line.count("error:") == 1
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [
         (["--max-seq-length", "500"], "--max-seq-length 500: "),  # the tiny BERT numbers 128 positions
+        (  # issue 36: once silently the same as 32 (the tokenizer cannot truncate below its special tokens)
+            ["--max-seq-length", "2"],
+            "error: --max-seq-length 2: too short: the tokenizer adds 2 special tokens to each text, which leaves no "
+            "room for the text; pass --max-seq-length 3 or more",
+        ),
         (["--t-init", "100"], "--t-init 100 must be < total_steps - --t-final"),
         (["--eval-batch-size", "4"], "--eval-batch-size 4 must be divisible by the number of devices (8)"),
     ],

@@ -7,7 +7,8 @@ run's best adapters (``--adapters final`` for the last ones) and their rank patt
 rows with a ``prediction`` column (label names, numbers for regression, or answer texts for SQuAD, empty for
 no answer) and, for classification, ``probability_<label>`` columns, in the input's format (csv, tsv, json,
 jsonl or parquet; SQuAD's official JSON comes back one question per row). The output goes to
-``--output-file`` or ``RUN/<input stem>.predictions.<suffix>``; an existing file is never replaced. When the
+``--output-file`` or ``RUN/<input stem>.predictions.<suffix>``; an existing file is never replaced (nor
+written beside under another name: the command stops naming it, and ``--output-file`` picks another). When the
 input has the task's label column (SQuAD: answers), the task's metrics on it are printed too. Errors are one line
 naming the flag or file, exit status 2 (1 for a failure at run time).
 """
@@ -103,7 +104,10 @@ def predict(
     if not adapter_file.is_file():
         raise FileNotFoundError(f"--run-dir {run_path}: no {adapter_file.name} (has the run finished an evaluation?)")
     require_file(input_file, "--input-file")
-    out = check_output_file(output_file) if output_file else default_output_file(run_path, input_file)
+    if output_file:
+        out = check_output_file(output_file)
+    else:
+        out = default_output_file(run_path, input_file, numbered=False)
     t = run.train
     head = "qa" if spec.kind == "qa" else "classification"
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32

@@ -148,6 +148,14 @@ class TrainConfig:
                 f"TrainConfig.microbatch_size={self.microbatch_size}: expected a divisor of batch_size "
                 f"({self.batch_size}), or 0 for the whole batch"
             )
+        if self.seed < 0:
+            raise ValueError(f"TrainConfig.seed={self.seed!r}: expected an integer >= 0")
+        try:
+            re.compile(self.head_pattern)
+        except re.error as err:
+            raise ValueError(
+                f"TrainConfig.head_pattern={self.head_pattern!r}: not a regular expression ({err})"
+            ) from None
         if self.log_every < 1:
             raise ValueError(f"TrainConfig.log_every={self.log_every!r}: expected >= 1")
         if self.dtype not in DTYPES:
@@ -246,7 +254,21 @@ def build_run_config(overrides: dict[str, Any], *, source: str = "overrides") ->
         per_section[owner[name]][name] = value
     for section, cls in _SECTIONS:
         _check_types(cls, per_section[section], source)
-    return RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
+    run = RunConfig(**{name: cls(**per_section[name]) for name, cls in _SECTIONS})
+    _check_targets(run.adalora.targets)
+    return run
+
+
+def _check_targets(targets: str) -> None:
+    """``targets`` is a preset's name or a regex; a preset's name is a valid regex too, so one that does not
+    compile is neither and is refused here, before a model is loaded."""
+    try:
+        re.compile(targets)
+    except re.error as err:
+        raise ValueError(
+            f"AdaLoRAConfig.targets={targets!r}: neither a target preset (such as 'paper', 'attention' or 'qv') "
+            f"nor a regular expression ({err})"
+        ) from None
 
 
 def check_score(score: str, score_module: str = "") -> None:
@@ -341,8 +363,15 @@ def load_config_file(spec: str) -> dict[str, Any]:
     """
     path_str, _, profile = spec.partition(":")
     path = Path(path_str)
+    if path.is_dir():
+        raise ValueError(f"--config {spec}: {path} is a directory; expected a Python file such as configs/glue.py:mrpc")
     if not path.is_file():
         raise ValueError(f"--config {spec}: file {path} not found")
+    if path.suffix != ".py":
+        raise ValueError(
+            f"--config {spec}: expected a Python file (.py) defining get_config(profile), such as "
+            f"configs/glue.py:mrpc; {path.name} is not one"
+        )
     try:
         module_spec = importlib.util.spec_from_file_location(f"jax_adalora_config_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)

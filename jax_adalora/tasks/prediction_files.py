@@ -26,6 +26,8 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> P
     """The output path, checked before any work: a supported suffix, no existing file, a directory to write to."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a directory; name a file in it, such as {path / 'predictions.csv'}")
     if suffix not in FILE_TYPES:
         raise ValueError(f"{flag} {path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
     if path.exists():
@@ -35,10 +37,17 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> P
     return path
 
 
-def default_output_file(run_dir: Path, input_file: str | os.PathLike) -> Path:
-    """``RUN/<input stem>.predictions.<input suffix>``, numbered (``.predictions-2``) if that exists."""
+def default_output_file(run_dir: Path, input_file: str | os.PathLike, *, numbered: bool = True) -> Path:
+    """``RUN/<input stem>.predictions.<input suffix>``; if that exists, numbered (``.predictions-2``), or with
+    ``numbered=False`` a ``FileExistsError`` naming it and ``--output-file`` (the predict command: a second
+    prediction never lands silently beside the first under another name)."""
     source = Path(input_file)
     candidate = run_dir / f"{source.stem}.predictions{source.suffix}"
+    if not numbered and candidate.exists():
+        raise FileExistsError(
+            f"{candidate} already exists (the default output for --input-file {input_file}); refusing to overwrite "
+            "it: pass --output-file with a new path, or move the old file away"
+        )
     number = 2
     while candidate.exists():
         candidate = run_dir / f"{source.stem}.predictions-{number}{source.suffix}"

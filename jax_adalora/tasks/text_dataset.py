@@ -22,6 +22,7 @@ name the file and the row (rows count from 1, the header not included).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -41,9 +42,10 @@ log = logging.getLogger("jax_adalora.tasks")
 
 # Only an empty csv cell is missing: pandas' default would also read the texts "NA", "null" or "nan" as missing.
 _CSV_CELLS = {"keep_default_na": False, "na_values": [""]}
+# A tsv cell is read as written: a quote is text (a cell that starts with `"` is not a quoted field).
 FILE_TYPES = {
     ".csv": ("csv", _CSV_CELLS),
-    ".tsv": ("csv", {"sep": "\t", **_CSV_CELLS}),
+    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, **_CSV_CELLS}),
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
@@ -113,6 +115,8 @@ def read_file(
         raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
     builder, defaults = FILE_TYPES[suffix]
     options = dict(defaults if options is None else options)
+    if builder == "csv":
+        _check_header(path, options)
     _quiet_datasets()
     try:
         if as_text and builder == "csv":
@@ -143,6 +147,21 @@ def _text_features(path: Path, options: dict):
     pandas_options = {k: v for k, v in options.items() if k != "features"}
     names = pandas.read_csv(path, nrows=0, encoding="utf-8", **pandas_options).columns
     return datasets.Features({str(name): datasets.Value("string") for name in names})
+
+
+def _check_header(path: Path, options: dict) -> None:
+    """A header naming one column twice is refused (pandas would read the second as ``name.1``)."""
+    if options.get("header", "infer") is None or options.get("names"):
+        return
+    sep = options.get("sep", ",")
+    quoting = options.get("quoting", csv.QUOTE_MINIMAL)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=sep, quoting=quoting), [])
+    seen = set()
+    for name in header:
+        if name and name in seen:
+            raise TaskDataError(f"{path}, line 1: column {name!r} appears twice in the header; rename or drop one")
+        seen.add(name)
 
 
 def _unwrapped(loaded, path: Path, cache_dir):
@@ -269,14 +288,21 @@ def find_columns(dataset, origin: str, *, text_columns: Sequence[str] = (), labe
 
 
 def check_texts(dataset, columns: Columns, origin: str) -> None:
-    """Every text cell is a string: a ``TaskDataError`` naming the file, row and column otherwise."""
+    """Every text cell is a string with something besides whitespace: a ``TaskDataError`` naming the file, row
+    and column otherwise (an empty or blank text is a row to fix, not an example to train on)."""
     for column in columns.text:
         start = 0
         for chunk in _column_chunks(dataset, column):
             for offset, value in enumerate(chunk):
-                if not isinstance(value, str):
-                    what = "is empty" if value is None else f"holds {value!r:.60}, not text"
-                    raise TaskDataError(f"{origin}, row {start + offset + 1}: column {column!r} {what}")
+                if isinstance(value, str) and value.strip():
+                    continue
+                if value is None or value == "":
+                    what = "is empty"
+                elif isinstance(value, str):
+                    what = "holds only whitespace"
+                else:
+                    what = f"holds {value!r:.60}, not text"
+                raise TaskDataError(f"{origin}, row {start + offset + 1}: column {column!r} {what}")
             start += len(chunk)
 
 
@@ -296,6 +322,50 @@ def infer_label_kind(values: Sequence, column: str, origin: str, task_type: str 
     if task_type != "auto":
         return task_type
     return "regression" if kind == "a number with a fraction" else "classification"
+
+
+_MISSING_TEXTS = frozenset({"nan", "na", "n/a", "null", "none", "-"})
+_SHOWN_ROWS = 3
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def check_number_column(values: Sequence, column: str, origin: str) -> None:
+    """A label column read as text in which most values are numbers and a few are not (``nan``, ``good`` in a
+    column of 0 and 1) is refused: one line naming the rows and values, instead of a task with a class per
+    distinct number. A column that is mostly text with a few numbers is refused the same way."""
+    if not values or not all(isinstance(v, str) for v in values):
+        return
+    numbers = [_is_number_text(v) for v in values]
+    count = sum(numbers)
+    if count == 0 or count == len(values):
+        return
+    odd_is_number = count < len(values) - count
+    rows = [row for row, is_number in enumerate(numbers) if is_number == odd_is_number]
+    shown = ", ".join(str(row + 1) for row in rows[:_SHOWN_ROWS])
+    shown += f" and {len(rows) - _SHOWN_ROWS} more" if len(rows) > _SHOWN_ROWS else ""
+    texts = ", ".join(repr(values[row]) for row in rows[:_SHOWN_ROWS])
+    others = len(values) - len(rows)
+    plural = len(rows) > 1
+    where = f"{origin}, row{'s' if plural else ''} {shown}"
+    if not odd_is_number and all(values[row].strip().lower() in _MISSING_TEXTS for row in rows):
+        raise TaskDataError(
+            f"{where}: no label in column {column!r} ({texts}), whose other {others} rows hold numbers; "
+            "give every row its label"
+        )
+    if odd_is_number:
+        what, others_are = ("are numbers" if plural else "is a number"), "text"
+    else:
+        what, others_are = ("are not numbers" if plural else "is not a number"), "numbers"
+    raise TaskDataError(
+        f"{where}: label{'s' if plural else ''} {texts} {what}, but the other {others} labels in column {column!r} "
+        f"are {others_are}; use one type for the whole column"
+    )
 
 
 def _value_kind(value) -> str:
@@ -374,6 +444,7 @@ def label_ids(dataset, column: str, origin: str, spec: TaskSpec) -> np.ndarray:
 def infer_spec(train, origin: str, *, name: str, columns: Columns, task_type: str = "auto") -> TaskSpec:
     """The task of a dataset from its train split: kind, labels, metrics."""
     values = _label_values(train, columns.label, origin)
+    check_number_column(values, columns.label, origin)
     kind = infer_label_kind(values, columns.label, origin, task_type)
     if kind == "regression":
         return TaskSpec(
@@ -419,8 +490,14 @@ def tokenise(dataset, tokenizer, columns: Columns, *, max_seq_length: int, label
 
 def tokenised_rows(dataset, tokenizer, columns: Columns, *, max_seq_length: int):
     """``input_ids`` and ``token_type_ids`` of every row through ``Dataset.map``: ``datasets`` fingerprints
-    the rows, this function and the tokenizer, and reads a cached result when all three are unchanged."""
+    the rows, this function and the tokenizer, and reads a cached result when all three are unchanged.
+
+    Raises:
+      ValueError: ``max_seq_length`` leaves no token for a text beside the tokenizer's special tokens (the
+        tokenizer would then return rows longer than asked, or rows of special tokens alone).
+    """
     text = columns.text
+    check_room_for_text(tokenizer, max_seq_length, len(text))
 
     def encode(batch):
         enc = tokenizer(
@@ -440,6 +517,21 @@ def tokenised_rows(dataset, tokenizer, columns: Columns, *, max_seq_length: int)
     return dataset.select_columns(list(text)).map(
         encode, batched=True, batch_size=_TOKENISE_BATCH, remove_columns=list(text), desc="tokenising"
     )
+
+
+def check_room_for_text(tokenizer, max_seq_length: int, texts: int) -> None:
+    """``max_seq_length`` holds the special tokens and at least one token of each of the ``texts`` (1 or 2)."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    if count is None:
+        return
+    special = count(pair=texts == 2)
+    needed = special + texts
+    if max_seq_length < needed:
+        what = "each pair of texts" if texts == 2 else "each text"
+        raise ValueError(
+            f"TrainConfig.max_seq_length={max_seq_length}: too short: the tokenizer adds {special} special tokens "
+            f"to {what}, which leaves no room for the text; pass --max-seq-length {needed} or more"
+        )
 
 
 def _encoded(tokens, tokenizer, labels: np.ndarray | None) -> EncodedSplit:
