@@ -402,3 +402,15 @@ def test_an_unexpected_error_is_one_line_too(assets, tmp_path, capsys, monkeypat
 
     monkeypatch.setattr("jax_adalora.cli.train.train_and_evaluate", broken)
     _one_error(_flags(assets, tmp_path / "never"), capsys, 1, "error: KeyError: 'accuracy' (rerun with --debug")
+
+
+def test_a_bad_pattern_found_after_parsing_is_a_usage_error_without_a_doubled_error_word():
+    import re
+
+    from jax_adalora.cli.errors import error_line
+
+    try:
+        re.compile("[")
+    except re.error as err:
+        status, line = error_line(err)
+    assert (status, line) == (2, "unterminated character set at position 0")

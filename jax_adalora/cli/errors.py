@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 from jax_adalora.cli.run_config import flag_names
 
@@ -12,7 +13,8 @@ class TrainingDiverged(RuntimeError):
 
 
 # Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
-USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+# re.error (a bad pattern a user gave) is one too: its type name, 'error', would otherwise be printed after 'error:'.
+USAGE_ERRORS = (ValueError, re.error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def error_line(err: BaseException) -> tuple[int, str]:
