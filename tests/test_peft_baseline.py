@@ -52,6 +52,7 @@ def test_our_style_adds_the_regulariser_and_trains_pooler_and_classifier(tiny_be
     assert peft_baseline.peft_style_settings("ours", adalora) == {
         "lora_alpha": 16.0,
         "task_type": "SEQ_CLS",
+        "trained_head": "pooler-classifier",
         "modules_to_save": ["classifier", "pooler"],
         "orth_reg_applied": True,
     }

@@ -13,8 +13,15 @@ schedule, the same tokenised batches in the same order (our task loader and iter
   type, so PEFT's forward skips the orthogonal regulariser whatever ``orth_reg_weight`` says; only the
   classifier is trained beside the adapters (``modules_to_save=["classifier"]``).
 
+``--trained-head`` picks which head modules PEFT trains in full beside the adapters, whatever the style
+(``TRAINED_HEADS``; default: the style's own, as above): ``classifier`` or ``pooler-classifier``. So
+``--peft-style common --trained-head pooler-classifier`` is PEFT as commonly run (no task type, lora_alpha 32)
+with the pooler trained too, as our training command does by default. The JSON records the head in
+``peft_settings``.
+
     python -m scripts.studies.peft_baseline --config configs/movie.py:sentiment --out docs/peft_baseline.json
     python -m scripts.studies.peft_baseline --config configs/movie.py:subjectivity --peft-style common --seed 1
+    python -m scripts.studies.peft_baseline --peft-style common --trained-head pooler-classifier --seed 0
 """
 
 from __future__ import annotations
@@ -40,28 +47,38 @@ BERT_TARGETS = (
     r".*encoder\.layer\.\d+\."
     r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 )
-# How PEFT is set up: lora_alpha (None: the config's alpha), task type, the head modules trained in full.
+# The head modules trained in full beside the adapters (``--trained-head``), by name.
+TRAINED_HEADS = {"classifier": ["classifier"], "pooler-classifier": ["classifier", "pooler"]}
+# How PEFT is set up: lora_alpha (None: the config's alpha), task type, the head trained in full (its default).
 # task_type matters: with SEQ_CLS, PeftModelForSequenceClassification.forward goes through
 # AdaLoraModel.forward, which adds γ · orthogonal regularisation to the loss; without a task type,
 # PeftModel.forward calls the transformers model directly and the regulariser is silently skipped.
 PEFT_STYLES = {
-    "ours": {"lora_alpha": None, "task_type": "SEQ_CLS", "modules_to_save": ["classifier", "pooler"]},
-    "common": {"lora_alpha": 32.0, "task_type": None, "modules_to_save": ["classifier"]},
+    "ours": {"lora_alpha": None, "task_type": "SEQ_CLS", "trained_head": "pooler-classifier"},
+    "common": {"lora_alpha": 32.0, "task_type": None, "trained_head": "classifier"},
 }
 
 
-def peft_style_settings(style: str, adalora) -> dict:
-    """The style's PEFT settings with ``lora_alpha`` filled in, and whether PEFT applies the regulariser."""
+def peft_style_settings(style: str, adalora, trained_head: str | None = None) -> dict:
+    """The style's PEFT settings with ``lora_alpha`` filled in, the trained head (``trained_head``, a key of
+    ``TRAINED_HEADS``; ``None``: the style's own) and its modules, and whether PEFT applies the regulariser."""
     settings = dict(PEFT_STYLES[style])
     settings["lora_alpha"] = settings["lora_alpha"] or float(adalora.alpha)
-    settings["modules_to_save"] = list(settings["modules_to_save"])  # PEFT appends to the list it is given
+    settings["trained_head"] = trained_head or settings["trained_head"]
+    if settings["trained_head"] not in TRAINED_HEADS:
+        raise ValueError(f"trained head {settings['trained_head']!r}: expected one of {', '.join(TRAINED_HEADS)}")
+    # a copy: PEFT appends to the list it is given
+    settings["modules_to_save"] = list(TRAINED_HEADS[settings["trained_head"]])
     regularised = settings["task_type"] is not None and adalora.orth_reg_weight > 0
     return {**settings, "orth_reg_applied": regularised}
 
 
-def build_peft_model(model, adalora, *, style: str, total_steps: int, target_modules=BERT_TARGETS):
-    """``get_peft_model`` of a transformers model, set up as ``style`` (a key of ``PEFT_STYLES``)."""
-    settings = peft_style_settings(style, adalora)
+def build_peft_model(
+    model, adalora, *, style: str, total_steps: int, target_modules=BERT_TARGETS, trained_head: str | None = None
+):
+    """``get_peft_model`` of a transformers model, set up as ``style`` (a key of ``PEFT_STYLES``), training
+    ``trained_head`` (a key of ``TRAINED_HEADS``; ``None``: the style's own) beside the adapters."""
+    settings = peft_style_settings(style, adalora, trained_head)
     peft_config = peft_adalora_config(
         dataclasses.replace(adalora, alpha=settings["lora_alpha"]),
         total_steps=total_steps,
@@ -81,6 +98,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.0, help="override the config's learning rate")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--peft-style", choices=list(PEFT_STYLES), default="ours", help="see the docstring")
+    parser.add_argument(
+        "--trained-head",
+        choices=list(TRAINED_HEADS),
+        default=None,
+        help="head modules trained in full beside the adapters (default: the style's own; see the docstring)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     overrides = load_config_file(args.config)
@@ -111,7 +134,7 @@ def main() -> None:
     )
     train_iter = BatchIterator(data.train, t.batch_size, shuffle=True, seed=t.seed)
     total = t.epochs * train_iter.steps_per_epoch
-    model = build_peft_model(model, a, style=args.peft_style, total_steps=total)
+    model = build_peft_model(model, a, style=args.peft_style, total_steps=total, trained_head=args.trained_head)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay
@@ -162,12 +185,13 @@ def main() -> None:
                 logits = model(**inputs).logits.numpy()
                 outs.append(logits[np.asarray(batch["example_mask"]).astype(bool)])
             results[split_name] = data.evaluate(split_name, np.concatenate(outs))
+    settings = peft_style_settings(args.peft_style, a, args.trained_head)
     pattern = model.peft_config["default"].rank_pattern or {}
     kept = int(sum(sum(v) for v in pattern.values())) if pattern else None
     report = {
         "implementation": "peft AdaLoRA (transformers PyTorch)",
         "peft_style": args.peft_style,
-        "peft_settings": peft_style_settings(args.peft_style, a),
+        "peft_settings": settings,
         "config": run.to_dict(),
         "results": results,
         "total_steps": total,
@@ -178,6 +202,7 @@ def main() -> None:
     }
     summary = {
         "peft_style": args.peft_style,
+        "trained_head": settings["trained_head"],
         "results": results,
         "train_seconds": report["train_seconds"],
         "kept": kept,
