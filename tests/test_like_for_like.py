@@ -100,7 +100,7 @@ def test_the_earlier_runs_are_imported_with_their_source_and_not_planned_to_run(
     "name", ["ours-sensitivity-lr2e-3-pc", "ours-sensitivity-lr1e-3-pc", "ours-sensitivity-lr1e-3-c"]
 )
 def test_an_imported_run_of_ours_had_the_settings_the_study_runs_with(name, tmp_path):
-    from jax_adalora.run_config import parse_args
+    from jax_adalora.cli.run_config import parse_args
 
     cell = next(c for c in study.grid_cells() if c.name == name)
     imported = study.imported_records([0])[study.run_key(cell, 0)]["command"].split("  (")[0]
@@ -259,7 +259,7 @@ def tiny_bert(tmp_path_factory):
 def _trained_head(tiny_bert, style, trained_head):
     from transformers import AutoModelForSequenceClassification
 
-    from jax_adalora.run_config import build_run_config
+    from jax_adalora.cli.run_config import build_run_config
 
     adalora = build_run_config({"r_init": 4, "r_target": 2}).adalora
     model = peft_baseline.build_peft_model(
@@ -286,7 +286,7 @@ def test_common_style_with_the_pooler_trained_too(tiny_bert):
 
 
 def test_the_trained_head_is_recorded_with_the_style_settings():
-    from jax_adalora.run_config import build_run_config
+    from jax_adalora.cli.run_config import build_run_config
 
     adalora = build_run_config({}).adalora
     settings = peft_baseline.peft_style_settings("common", adalora, "pooler-classifier")
