@@ -22,10 +22,10 @@ the score study's (``--reuse-runs``, checked field by field), not made again. Th
 Outputs in ``--out``: ``REPORT.md``, ``results.json``, ``agreement_<score>_<task>.png`` (Spearman and
 Jaccard over steps) and ``rank_patterns_<task>.png`` (final rank patterns side by side).
 
-    # the committed results (docs/compare_stats_full), after the score study's runs in /tmp/score_study_full:
+    # the committed results (docs/studies/compare_stats_full), after the score study's runs in /tmp/score_study_full:
     python -m scripts.studies.compare_stats --max-train-examples 0 --epochs 1 --max-seq-length 48 --delta-t 5 \
         --final-fraction 0.202 --timing-repeats 5 --alpha 16 --orth-reg-weight 0.1 --learning-rate 0.001 \
-        --reuse-runs /tmp/score_study_full --scratch /tmp/compare_stats_full --out docs/compare_stats_full
+        --reuse-runs /tmp/score_study_full --scratch /tmp/compare_stats_full --out docs/studies/compare_stats_full
     # a smoke test:
     python -m scripts.studies.compare_stats --max-train-examples 64 --epochs 1 --timing-repeats 1 \
         --scratch /tmp/cs_smoke --out /tmp/cs_smoke/out
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="/tmp/score_study",
         help="the score study's scratch folder: a per-example run there with the identical config is reused",
     )
-    parser.add_argument("--out", default="docs/compare_stats")
+    parser.add_argument("--out", default="docs/studies/compare_stats")
     return parser.parse_args(argv)
 
 

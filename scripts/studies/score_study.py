@@ -17,13 +17,13 @@ and the report rewritten in seconds. A finished run folder in ``--scratch`` is r
 share one ``--out`` (e.g. one per seed, each pinned to a core with ``taskset``); the last invocation over all
 seeds writes the report. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
-    # the committed results (docs/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1,
+    # the committed results (docs/studies/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1,
     # lr 1e-3; docs/results.md has the paper-length study's command too):
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
         --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 --alpha 16 --orth-reg-weight 0.1 \
-        --learning-rate 0.001 --scratch /tmp/score_study_full --out docs/score_study_full
+        --learning-rate 0.001 --scratch /tmp/score_study_full --out docs/studies/score_study_full
     # which runs of a study are recorded so far (its flags plus --list):
-    python -m scripts.studies.score_study --tasks movie-sentiment --seeds 0 1 --out docs/score_study_full --list
+    python -m scripts.studies.score_study --tasks movie-sentiment --seeds 0 1 --out docs/studies/score_study_full --list
     # a smoke test:
     python -m scripts.studies.score_study --max-train-examples 64 --epochs 1 --seeds 0 --scratch /tmp/ss_smoke \
         --out /tmp/ss_smoke/out
@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     helpers.add_scale_arguments(parser)
     helpers.add_adapter_arguments(parser)
     parser.add_argument("--scratch", default="/tmp/score_study", help="run directories (outside the repo)")
-    parser.add_argument("--out", default="docs/score_study", help="where the summaries go")
+    parser.add_argument("--out", default="docs/studies/score_study", help="where the summaries go")
     parser.add_argument("--list", action="store_true", help="print the plan and which runs are recorded; train nothing")
     return parser.parse_args(argv)
 
