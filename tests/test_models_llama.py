@@ -25,7 +25,7 @@ from jax_adalora.models.llama import (
     read_gguf,
     to_hf_state_dict,
 )
-from jax_adalora.models.llama.modeling import choose_token
+from jax_adalora.models.llama.generation import choose_token
 from jax_adalora.models.llama.weights import (
     build_abstract,
     hf_weight_map,

@@ -2,7 +2,8 @@
 generation, and loading from Hugging Face directories, GGUF files and packaged short names."""
 
 from jax_adalora.models.llama.config import LlamaConfig, RopeScaling
-from jax_adalora.models.llama.modeling import KVCache, LlamaForCausalLM, generate, init_cache
+from jax_adalora.models.llama.generation import generate
+from jax_adalora.models.llama.modeling import KVCache, LlamaForCausalLM, init_cache
 from jax_adalora.models.llama.packaged import PACKAGED_CHECKPOINTS, packaged_model_path
 from jax_adalora.models.llama.weights import (
     from_pretrained,
