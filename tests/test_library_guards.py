@@ -1,0 +1,85 @@
+"""Library misuse that used to go unnoticed (issue 36, "Nothing silent"): each case ends in a correct result or
+one clear error line, as early as it can be told."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jax_adalora as jal
+
+CONFIG = jal.AdaLoRAConfig(r_init=4, r_target=2, t_init=1, t_final=2, delta_t=1)
+BATCH = {"x": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6), "y": jnp.arange(4) % 3}
+
+
+class Net(nnx.Module):
+    def __init__(self, rngs, extra=None):
+        self.hidden = nnx.Linear(6, 8, rngs=rngs)
+        self.extra = extra
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.hidden(x)
+        if self.extra is not None:
+            h = self.extra(h)
+        return self.head(jnp.tanh(h))
+
+
+def losses(model, batch):
+    return optax.softmax_cross_entropy_with_integer_labels(model(batch["x"]), batch["y"])
+
+
+def _net(extra=None):
+    net = Net(nnx.Rngs(0), extra)
+    jal.inject(net, CONFIG, targets="hidden", rngs=nnx.Rngs(1))
+    return net
+
+
+def _train(model, tx, steps, wrt=jal.AdaLoRAParam):
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+    for _ in range(steps):
+        _, grads, moments = jal.value_grad_and_moments(losses, model, BATCH, wrt=wrt)
+        optimizer.update(model, grads, moments=moments)
+    return optimizer
+
+
+# ---- 1. the allocator before the optimizer ---------------------------------------------------------------
+
+
+def test_an_allocator_before_the_optimizer_is_refused_at_the_first_update():
+    tx = optax.chain(jal.rank_allocator(CONFIG, 10), optax.adamw(1e-2))
+    with pytest.raises(ValueError, match="rank_allocator must be the last transform") as err:
+        _train(_net(), tx, 1)
+    assert "\n" not in str(err.value)
+
+
+def test_an_allocator_whose_update_is_changed_after_it_is_refused_once_it_masks():
+    """Something after the allocator rescales its -λ (here a scale, which the first-update check cannot see)."""
+    tx = optax.chain(optax.adam(1e-2), jal.rank_allocator(CONFIG, 10), optax.scale(0.5))
+    with pytest.raises(ValueError, match="masked at the previous update are not 0"):
+        _train(_net(), tx, 10)
+
+
+def test_under_jit_the_order_check_is_opt_in():
+    model = _net()
+    optimizer = nnx.Optimizer(model, optax.chain(jal.rank_allocator(CONFIG, 10, check_order=True), optax.adam(1e-2)),
+                              wrt=jal.AdaLoRAParam)  # fmt: skip
+
+    @nnx.jit
+    def step(model, optimizer):
+        _, grads, moments = jal.value_grad_and_moments(losses, model, BATCH)
+        optimizer.update(model, grads, moments=moments)
+
+    with pytest.raises(Exception, match="rank_allocator must be the last transform"):
+        step(model, optimizer)
+        jax.block_until_ready(nnx.state(model))
+
+
+def test_the_allocator_last_trains_to_the_budget_with_pruned_lambdas_zero():
+    model = _net()
+    optimizer = _train(model, optax.chain(optax.adamw(1e-2), jal.rank_allocator(CONFIG, 10)), 10)
+    kept = np.asarray(jal.rank_pattern(optimizer)["hidden"])
+    assert kept.sum() == 2
+    assert np.all(np.asarray(model.hidden.lam[...])[~kept] == 0.0)
