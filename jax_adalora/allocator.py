@@ -310,10 +310,51 @@ def rank_pattern(state) -> dict[str, list[bool]]:
     format), from a :class:`RankAllocatorState`, an optax state holding one, or an ``nnx.Optimizer``.
 
     Each layer of a stacked adapter (created under ``nnx.vmap``) has its own entry, ``"<module path>[i]"``
-    (:func:`jax_adalora.adapters.layer_name`), e.g. ``"layers.attn.q_proj[3]"``."""
+    (:func:`jax_adalora.adapters.layer_name`), e.g. ``"layers.attn.q_proj[3]"``.
+
+    Before ``T - t_final`` the pattern is an intermediate one, above the target budget: see
+    :func:`allocation_status`."""
     if not isinstance(state, RankAllocatorState):
         state = find_allocator_state(state)
     return {path: [bool(v) for v in np.asarray(keep)] for path, keep in per_layer(state.keep).items()}
+
+
+class AllocationStatus(NamedTuple):
+    """Where the rank allocation of a run stands (:func:`allocation_status`)."""
+
+    step: int  # updates applied so far
+    final_step: int  # T - t_final: the step from which the pattern is frozen at the target budget
+    kept: int  # triplets kept by the current pattern
+    target: int  # the target budget, r_target x adapted matrices
+    done: bool  # step >= final_step: the pattern is final and holds the target budget
+
+    def __str__(self) -> str:
+        if self.done:
+            return (
+                f"rank allocation done: {self.kept} triplets kept (target {self.target}) since step {self.final_step}"
+            )
+        return (
+            f"rank allocation not done: step {self.step} of the schedule's {self.final_step}, {self.kept} triplets "
+            f"kept, target {self.target}; the pattern is final from step {self.final_step} on"
+        )
+
+
+def allocation_status(state, config: AdaLoRAConfig, total_steps: int) -> AllocationStatus:
+    """Whether the allocator has reached its target budget: a run stopped before ``T - t_final`` keeps more
+    triplets than the budget, and :func:`rank_pattern` (which says what the pattern *is*) does not tell.
+
+    Args:
+      state: an ``nnx.Optimizer``, an optax state holding a :class:`RankAllocatorState`, or that state.
+      config, total_steps: the two arguments given to :func:`rank_allocator` (the optimizer state holds no
+        schedule).
+    """
+    if not isinstance(state, RankAllocatorState):
+        state = find_allocator_state(state)
+    final_step = total_steps - config.for_run(total_steps).t_final
+    step = int(state.count)
+    kept = int(sum(int(np.sum(np.asarray(keep))) for keep in state.keep.values()))
+    target = config.r_target * sum(matrix_count(keep.shape) for keep in state.keep.values())
+    return AllocationStatus(step, final_step, kept, target, step >= final_step)
 
 
 def ranks(state) -> dict[str, int]:

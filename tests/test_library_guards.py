@@ -83,3 +83,21 @@ def test_the_allocator_last_trains_to_the_budget_with_pruned_lambdas_zero():
     kept = np.asarray(jal.rank_pattern(optimizer)["hidden"])
     assert kept.sum() == 2
     assert np.all(np.asarray(model.hidden.lam[...])[~kept] == 0.0)
+
+
+# ---- 2. a run stopped before the final phase ---------------------------------------------------------------
+
+
+def test_allocation_status_says_a_run_stopped_early_is_above_its_budget():
+    config = jal.AdaLoRAConfig(r_init=4, r_target=2, t_init=3, t_final=2, delta_t=1)
+    model = _net()
+    optimizer = _train(model, optax.chain(optax.adamw(1e-2), jal.rank_allocator(config, 20)), 4)
+    status = jal.allocation_status(optimizer, config, 20)
+    assert (status.step, status.final_step, status.target, status.done) == (4, 18, 2, False)
+    assert status.kept > status.target
+    assert str(status).startswith("rank allocation not done: step 4 of the schedule's 18")
+    for _ in range(16):
+        _, grads, moments = jal.value_grad_and_moments(losses, model, BATCH)
+        optimizer.update(model, grads, moments=moments)
+    status = jal.allocation_status(optimizer, config, 20)
+    assert status.done and status.kept == status.target == 2
