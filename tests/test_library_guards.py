@@ -1,6 +1,8 @@
 """Library misuse that used to go unnoticed (issue 36, "Nothing silent"): each case ends in a correct result or
 one clear error line, as early as it can be told."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,3 +103,48 @@ def test_allocation_status_says_a_run_stopped_early_is_above_its_budget():
         optimizer.update(model, grads, moments=moments)
     status = jal.allocation_status(optimizer, config, 20)
     assert status.done and status.kept == status.target == 2
+
+
+# ---- 3. saving a trained model ---------------------------------------------------------------------------------
+
+
+HEAD_TOO = nnx.Any(jal.AdaLoRAParam, nnx.PathContains("head"))
+
+
+def _trained_with_head(steps=10):
+    model = _net()
+    optimizer = _train(model, optax.chain(optax.adamw(1e-2), jal.rank_allocator(CONFIG, 10)), steps, wrt=HEAD_TOO)
+    return model, optimizer
+
+
+def test_saving_a_pruned_model_without_its_pattern_is_refused(tmp_path):
+    model, _ = _trained_with_head()
+    with pytest.raises(ValueError, match="2 of the 4 λ of adapter hidden are exactly 0 .* rank_pattern=optimizer"):
+        jal.save_adapters(tmp_path / "a.safetensors", model)
+    assert not (tmp_path / "a.safetensors").exists()
+    jal.save_adapters(tmp_path / "a.safetensors", model, rank_pattern="model")  # asked for: the masks as they are
+
+
+def test_the_guide_save_example_reloads_the_trained_model(tmp_path):
+    """docs/guides/own-model.md trains a head through wrt=; its save example stores it with include=wrt."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "own-model.md").read_text()
+    assert (
+        "rank_pattern=optimizer, include=wrt)" in text and "fresh_model_with_the_same_injection, include=wrt)" in text
+    )
+    model, optimizer = _trained_with_head()
+    wrt = HEAD_TOO
+    path = jal.save_adapters(tmp_path / "adapters.safetensors", model, rank_pattern=optimizer, include=wrt)
+    fresh = _net()
+    jal.load_adapters(path, fresh, include=wrt)
+    np.testing.assert_array_equal(np.asarray(fresh(BATCH["x"])), np.asarray(model(BATCH["x"])))
+    np.testing.assert_array_equal(np.asarray(fresh.hidden.mask[...]), np.asarray(jal.rank_pattern(optimizer)["hidden"]))
+    without_head = _net()
+    jal.load_adapters(jal.save_adapters(tmp_path / "b.safetensors", model, rank_pattern=optimizer), without_head)
+    assert not np.allclose(np.asarray(without_head(BATCH["x"])), np.asarray(model(BATCH["x"])))
+
+
+def test_a_pattern_that_masks_regrown_lambdas_is_refused(tmp_path):
+    model, optimizer = _trained_with_head()
+    model.hidden.lam.set_value(model.hidden.lam[...] + 0.1)  # what a step between masking steps can do
+    with pytest.raises(ValueError, match="masks 2 triplets of adapter hidden whose λ is not 0"):
+        jal.save_adapters(tmp_path / "a.safetensors", model, rank_pattern=optimizer)
