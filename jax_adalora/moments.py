@@ -131,7 +131,9 @@ def value_grad_and_moments(
       score: the score the moments are for (a name or a :class:`jax_adalora.scores.Score`): when given, a score
         that reads only the gradient gets ``"batch"`` whatever ``statistics`` says
         (:func:`jax_adalora.scores.statistics_for`).
-      wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``).
+      wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``),
+        or the ``nnx.Optimizer`` the gradient is for (its own ``wrt``): the two must agree, since an optimizer whose
+        ``wrt`` holds more than the gradient fails inside optax, before any of this library's code can say so.
       mask: (B,) weights, 1 for real examples and 0 for padding rows; ``None`` means all real.
       microbatch_size: differentiate in microbatches of this many examples (a divisor of B; ``None`` or 0
         for the whole batch): same results, smaller working set.
@@ -160,6 +162,8 @@ def value_grad_and_moments(
     """
     if statistics not in STATISTICS:
         raise ValueError(f"statistics={statistics!r}: expected one of {STATISTICS}")
+    if isinstance(wrt, nnx.Optimizer):
+        wrt = wrt.wrt
     if score is not None:
         statistics = statistics_for(score, statistics)
     if (statistics == "running") != (running is not None):

@@ -148,3 +148,32 @@ def test_a_pattern_that_masks_regrown_lambdas_is_refused(tmp_path):
     model.hidden.lam.set_value(model.hidden.lam[...] + 0.1)  # what a step between masking steps can do
     with pytest.raises(ValueError, match="masks 2 triplets of adapter hidden whose λ is not 0"):
         jal.save_adapters(tmp_path / "a.safetensors", model, rank_pattern=optimizer)
+
+
+# ---- 4. raw errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ({"temperature": jnp.asarray(0.5)}, r"batch leaf \['temperature'\] is a scalar: .* leading example axis B"),
+        ({"name": "abc"}, r"batch leaf \['name'\] is a str \('abc'\), not an array"),
+        ({"z": jnp.ones((3, 2))}, r"got leading sizes \['3', '4'\] \(3: \['z'\]; 4: \['x'\], \['y'\]\)"),
+    ],
+)
+def test_a_batch_leaf_without_the_example_axis_is_named(extra, needle):
+    with pytest.raises(ValueError, match=needle) as err:
+        jal.value_grad_and_moments(losses, _net(), {**BATCH, **extra})
+    assert "\n" not in str(err.value)
+
+
+def test_the_optimizer_gives_its_own_wrt_to_the_statistics():
+    """An optimizer over every nnx.Param with the statistics' default wrt failed in optax (a pytree structure
+    error); wrt=optimizer makes the two agree."""
+    model = _net()
+    tx = optax.chain(optax.adamw(1e-2), jal.rank_allocator(CONFIG, 10))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    head = np.asarray(model.head.kernel[...])
+    _, grads, moments = jal.value_grad_and_moments(losses, model, BATCH, wrt=optimizer)
+    optimizer.update(model, grads, moments=moments)
+    assert not np.array_equal(np.asarray(model.head.kernel[...]), head)
