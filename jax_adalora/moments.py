@@ -123,8 +123,13 @@ def value_grad_and_moments(
 
     Args:
       losses_fn: ``losses_fn(model, batch) -> (B,)`` per-example losses. It is called on a copy of
-        ``model``; state it mutates (e.g. ``nnx.Rngs`` counters) is not written back, so pass randomness
-        in ``batch`` (per-example keys make dropout the same on every path).
+        ``model``, whose state it mutates is not written back: a model holding state that training mutates is
+        refused with one line naming the module (an ``nnx.BatchNorm`` with ``use_running_average=False``, an
+        ``nnx.Dropout`` holding its own ``rngs``, not deterministic), since its running statistics would never
+        move and its dropout mask would repeat every step. Pass randomness in ``batch`` instead (per-example
+        keys make dropout the same on every path: ``Dropout(rate, rngs=None)``, called with ``rngs=`` a key from
+        the batch) and use ``use_running_average=True`` (or ``nnx.LayerNorm``). Any other state ``losses_fn``
+        mutates is not written back either.
       model: a Flax NNX model with adapters (:func:`jax_adalora.adapters.inject_adapters`).
       batch: a pytree whose leaves share the leading example axis B.
       statistics: ``"per_example"``, ``"running"`` or ``"batch"`` (see the module docstring).
@@ -164,6 +169,7 @@ def value_grad_and_moments(
         raise ValueError(f"statistics={statistics!r}: expected one of {STATISTICS}")
     if isinstance(wrt, nnx.Optimizer):
         wrt = wrt.wrt
+    _refuse_mutable_state(model)
     if score is not None:
         statistics = statistics_for(score, statistics)
     if (statistics == "running") != (running is not None):
@@ -199,6 +205,23 @@ def value_grad_and_moments(
         return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=False)
     moments = batch_gradient_moments(nnx.to_pure_dict(task_grads), jnp.sum(weights))
     return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=True)
+
+
+def _refuse_mutable_state(model: nnx.Module) -> None:
+    """One line naming the first module whose state the differentiation would mutate on a copy and drop."""
+    for path, module in nnx.iter_modules(model):
+        name = ".".join(str(part) for part in path) or "the model"
+        if isinstance(module, nnx.BatchNorm) and not module.use_running_average:
+            raise ValueError(
+                f"value_grad_and_moments: {name} is an nnx.BatchNorm with use_running_average=False, whose batch "
+                "statistics it would update on a copy and drop: set use_running_average=True (or use nnx.LayerNorm)"
+            )
+        if isinstance(module, nnx.Dropout) and module.rngs is not None and not module.deterministic and module.rate:
+            raise ValueError(
+                f"value_grad_and_moments: {name} is an nnx.Dropout holding its own rngs, whose counter it would "
+                "advance on a copy and drop (the same mask every step): build it with rngs=None and pass a key "
+                "from the batch, dropout(x, rngs=batch_key)"
+            )
 
 
 def _placeholder_moments(grad: PyTree) -> tuple[PyTree, PyTree, PyTree]:

@@ -177,3 +177,45 @@ def test_the_optimizer_gives_its_own_wrt_to_the_statistics():
     _, grads, moments = jal.value_grad_and_moments(losses, model, BATCH, wrt=optimizer)
     optimizer.update(model, grads, moments=moments)
     assert not np.array_equal(np.asarray(model.head.kernel[...]), head)
+
+
+# ---- 5. models with state that training mutates -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("statistics", ["per_example", "running", "batch"])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (lambda: nnx.BatchNorm(8, use_running_average=False, rngs=nnx.Rngs(0)), "extra is an nnx.BatchNorm with use"),
+        (lambda: nnx.Dropout(0.5, rngs=nnx.Rngs(3)), "extra is an nnx.Dropout holding its own rngs"),
+    ],
+)
+def test_state_that_would_be_dropped_is_refused_naming_the_module(extra, needle, statistics):
+    model = _net(extra())
+    running = jal.RunningMoments(model) if statistics == "running" else None
+    with pytest.raises(ValueError, match=needle) as err:
+        jal.value_grad_and_moments(losses, model, BATCH, statistics=statistics, running=running)
+    assert "\n" not in str(err.value)
+
+
+def test_the_ways_the_refusal_suggests_work():
+    """use_running_average=True; dropout with rngs=None and a key from the batch (the mask changes with the key)."""
+    model = _net(nnx.BatchNorm(8, use_running_average=True, rngs=nnx.Rngs(0)))
+    jal.value_grad_and_moments(losses, model, BATCH)
+
+    class WithDropout(Net):
+        def __call__(self, x, key):
+            return self.head(jnp.tanh(self.extra(self.hidden(x), rngs=key)))
+
+    model = WithDropout(nnx.Rngs(0), nnx.Dropout(0.5, rngs=None))
+    jal.inject(model, CONFIG, targets="hidden", rngs=nnx.Rngs(1))
+
+    def dropout_losses(m, b):
+        logits = jax.vmap(lambda x, k: m(x[None], k)[0])(b["x"], b["key"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, b["y"])
+
+    def loss_with(seed):
+        keys = jax.random.split(jax.random.key(seed), 4)
+        return jal.value_grad_and_moments(dropout_losses, model, {**BATCH, "key": keys})[0]
+
+    assert loss_with(0) != loss_with(1)
