@@ -219,3 +219,42 @@ def test_the_ways_the_refusal_suggests_work():
         return jal.value_grad_and_moments(dropout_losses, model, {**BATCH, "key": keys})[0]
 
     assert loss_with(0) != loss_with(1)
+
+
+# ---- 6. losses that couple the examples ------------------------------------------------------------------------
+
+
+def info_nce(model, batch):
+    """In-batch negatives: example i's loss reads every example's embedding."""
+    z = model(batch["x"])
+    logits = z @ z.T
+    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(z.shape[0]))
+
+
+def _trained_lambdas(model):
+    model.hidden.lam.set_value(jnp.asarray([0.5, -0.3, 0.2, 0.1]))  # λ = 0 would leave P's and Q's gradients 0
+    return model
+
+
+def test_the_per_example_check_fires_on_an_in_batch_negatives_loss():
+    model = _trained_lambdas(_net())
+    jal.value_grad_and_moments(info_nce, model, BATCH)  # silently the moments of something else
+    with pytest.raises(ValueError, match=r"check_per_example=True\): .* differ from each example .* InfoNCE") as err:
+        jal.value_grad_and_moments(info_nce, model, BATCH, check_per_example=True)
+    assert "\n" not in str(err.value)
+
+
+def test_the_per_example_check_passes_an_ordinary_loss_and_is_opt_in():
+    model = _trained_lambdas(_net())
+    checked = jal.value_grad_and_moments(losses, model, BATCH, check_per_example=True)
+    plain = jal.value_grad_and_moments(losses, model, BATCH)
+    np.testing.assert_allclose(checked[0], plain[0])
+    with pytest.raises(ValueError, match="checks statistics='per_example', not 'batch'"):
+        jal.value_grad_and_moments(losses, model, BATCH, statistics="batch", check_per_example=True)
+
+
+def test_under_jit_the_per_example_check_raises_through_a_callback():
+    model = _trained_lambdas(_net())
+    step = nnx.jit(lambda m, b: jal.value_grad_and_moments(info_nce, m, b, check_per_example=True)[0])
+    with pytest.raises(Exception, match="check_per_example=True"):
+        jax.block_until_ready(step(model, BATCH))
