@@ -9,7 +9,8 @@ The public API, in the order a training loop uses it::
     tx = optax.chain(..., jal.rank_allocator(config, total_steps))
     optimizer = nnx.Optimizer(model, tx, wrt=jal.AdaLoRAParam)
     optimizer.update(model, grads, moments=moments)         # AdamW step, then pruning to the budget
-    jal.rank_pattern(optimizer); jal.save_adapters(path, model); jal.merge(model)
+    jal.allocation_status(optimizer, config, total_steps)  # done: the pattern holds the target budget
+    jal.rank_pattern(optimizer); jal.save_adapters(path, model, rank_pattern=optimizer); jal.merge(model)
 
 The same step in functional form, to jit with your own shardings (what the training command runs):
 ``jal.FunctionalModel``, ``jal.adalora_optimizer``, ``jal.init_train_state``, ``jal.train_step_fn``.
@@ -20,7 +21,7 @@ from jax_adalora.adapter_files import load_adapters, save_adapters
 from jax_adalora.adapters import AdaLoRALinear, AdaLoRAParam, rank_spec
 from jax_adalora.adapters import inject_adapters as inject
 from jax_adalora.adapters import merge_adapters as merge
-from jax_adalora.allocator import rank_allocator, rank_pattern
+from jax_adalora.allocator import AllocationStatus, allocation_status, rank_allocator, rank_pattern
 from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.moments import RunningMoments, value_grad_and_moments
 from jax_adalora.regularization import orthogonal_regularization_of_model as orthogonal_regularization
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaLoRAConfig",
+    "AllocationStatus",
     "AdaLoRALinear",
     "AdaLoRAParam",
     "FunctionalModel",
@@ -39,6 +41,7 @@ __all__ = [
     "RunningMoments",
     "TrainState",
     "adalora_optimizer",
+    "allocation_status",
     "init_train_state",
     "inject",
     "load_adapters",

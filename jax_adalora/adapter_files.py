@@ -31,34 +31,63 @@ def save_adapters(
     path: str | os.PathLike,
     model: nnx.Module,
     *,
-    rank_pattern: Mapping[str, Sequence[bool]] | None = None,
+    rank_pattern: Mapping[str, Sequence[bool]] | Any = None,
     include: Any = None,
 ) -> Path:
     """Writes every adapter of ``model`` (and the variables ``include`` selects) to ``path``, atomically.
 
+    Training leaves the model's own masks all ones (the allocator prunes by setting λ to 0), so the rank pattern
+    comes from the optimizer. The file must give back the model as it is: the loaded model's outputs equal this
+    one's, or the call refuses with one line.
+
     Args:
       path: the ``.safetensors`` file to write (its folder must exist).
       model: a model with adapters.
-      rank_pattern: ``{module_path: [kept, ...]}`` (e.g. :func:`jax_adalora.allocator.rank_pattern` of the
-        optimizer, whose entries of a stacked adapter name its layers, ``"path[i]"``) stored as the masks;
-        ``None`` stores the model's own masks.
-      include: an NNX filter of further variables to store, e.g. ``nnx.PathContains("classifier")``.
+      rank_pattern: the rank pattern stored as the masks: the ``nnx.Optimizer`` (or optax state) holding the
+        :func:`jax_adalora.rank_allocator`, or ``{module_path: [kept, ...]}`` (:func:`jax_adalora.rank_pattern`,
+        whose entries of a stacked adapter name its layers, ``"path[i]"``); ``"model"`` stores the model's own
+        masks. ``None`` does too, but refuses a model whose adapters look pruned (some λ exactly 0, others not,
+        under an all-ones mask): the pattern would be lost.
+      include: an NNX filter of further variables to store, e.g. ``nnx.PathContains("classifier")``; anything
+        trained besides the adapters (the ``wrt`` of training, e.g. a task head) belongs here, or the loaded
+        model keeps its untrained values.
+
+    Raises:
+      ValueError: ``rank_pattern=None`` on a pruned-looking model; a pattern without an entry for an adapter;
+        a pattern that masks triplets whose λ is not 0 (training stopped between masking steps, see
+        :func:`jax_adalora.allocation_status`): the loaded model would differ from this one.
 
     Returns:
       The path written.
     """
     path = Path(path)
+    rank_pattern = _pattern_of(rank_pattern)
     tensors: dict[str, np.ndarray] = {}
     scales = {}
     for module_path, module in adapter_modules(model).items():
         for name in FACTORS:
             tensors[f"{module_path}.{name}"] = np.asarray(getattr(module, name)[...])
-        if rank_pattern is not None:
+        mask, lam = tensors[f"{module_path}.mask"], tensors[f"{module_path}.lam"]
+        if rank_pattern is None and _looks_pruned(mask, lam):
+            raise ValueError(
+                f"save_adapters: {int(np.sum(lam == 0))} of the {lam.size} λ of adapter {module_path} are exactly 0 "
+                "(pruned by the rank allocator?) but the model's mask keeps them, so the file would lose the rank "
+                "pattern: pass rank_pattern=optimizer (or jal.rank_pattern(optimizer)), or rank_pattern='model' to "
+                "store the model's masks as they are"
+            )
+        if isinstance(rank_pattern, Mapping):
             kept = stacked_entry(module_path, module.stack_shape, rank_pattern)
             if kept is None:
                 raise ValueError(f"rank_pattern has no entry for adapter {module_path}")
-            mask = tensors[f"{module_path}.mask"]
-            tensors[f"{module_path}.mask"] = np.asarray(kept, mask.dtype).reshape(mask.shape)
+            kept = np.asarray(kept, mask.dtype).reshape(mask.shape)
+            regrown = int(np.sum((kept == 0) & (mask != 0) & (lam != 0)))
+            if regrown:
+                raise ValueError(
+                    f"save_adapters: rank_pattern masks {regrown} triplets of adapter {module_path} whose λ is not 0 "
+                    "(the allocator had not finished: see jal.allocation_status), so the loaded model would differ "
+                    "from this one: save after the final phase, or pass rank_pattern='model' to keep these outputs"
+                )
+            tensors[f"{module_path}.mask"] = kept
         scales[module_path] = module.scaling
     for key, value in _included(model, include).items():
         tensors[key] = np.asarray(value)
@@ -118,6 +147,23 @@ def load_adapters(path: str | os.PathLike, model: nnx.Module, *, include: Any = 
             for key_path, variable in nnx.to_flat_state(nnx.state(model, _not_adapter(include)))
         ]
         nnx.update(model, nnx.from_flat_state(flat))
+
+
+def _pattern_of(rank_pattern: Any) -> Mapping[str, Sequence[bool]] | str | None:
+    if rank_pattern is None or isinstance(rank_pattern, Mapping):
+        return rank_pattern
+    if isinstance(rank_pattern, str):
+        if rank_pattern != "model":
+            raise ValueError(f"rank_pattern={rank_pattern!r}: expected 'model', a mapping or the optimizer")
+        return rank_pattern
+    from jax_adalora.allocator import rank_pattern as pattern_of_state  # an optimizer or an optax state
+
+    return pattern_of_state(rank_pattern)
+
+
+def _looks_pruned(mask: np.ndarray, lam: np.ndarray) -> bool:
+    """Some λ exactly 0 and others not under an all-ones mask: what the allocator leaves (a fresh λ is all 0)."""
+    return bool(np.all(mask == 1) and np.any(lam == 0) and np.any(lam != 0))
 
 
 def _joined(key_path) -> str:

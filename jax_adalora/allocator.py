@@ -129,7 +129,9 @@ class RankAllocatorState(NamedTuple):
     budget: jax.Array  # shape=(), int32: the budget of the latest mask
 
 
-def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTransformationExtraArgs:
+def rank_allocator(
+    config: AdaLoRAConfig, total_steps: int, *, check_order: bool | None = None
+) -> optax.GradientTransformationExtraArgs:
     """AdaLoRA's rank allocator, to be placed last in an ``optax.chain``.
 
     Each update: (1) forms the post-step adapter weights ``w = params + updates`` (the reference scores
@@ -147,13 +149,24 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
     passes through. So it works on the
     ``nnx.State`` that ``nnx.Optimizer(model, tx, wrt=...)`` hands to optax, and on plain nested dicts.
 
+    Placed anywhere but last (``optax.chain(rank_allocator(...), optax.adamw(...))``), the ``-λ`` it emits would
+    be rescaled by the optimizer after it: the pattern it reports would keep triplets whose λ is not 0. It checks
+    this from what it sees: at the first update, updates for λ that are the raw gradient (``moments.mean``) mean
+    that no optimizer ran before it; from ``T - t_final`` on, a λ it masked at the previous update that is not
+    exactly 0 in ``params`` means that something after it changed its update. Either is an error, one line.
+
     Args:
       config: the AdaLoRA config (score, smoothing, β1, β2, r_target, schedule fields, gsnr_eps).
       total_steps: T, the total number of optimizer steps of the run.
+      check_order: ``None`` (default): the check above raises when ``update`` runs outside ``jit`` (concrete
+        values, free); inside ``jit`` nothing is checked. ``True``: inside ``jit`` too, through a host callback
+        (a host round trip each step; the error then reaches you as a ``JaxRuntimeError`` carrying the line).
+        ``False``: never.
 
     Raises:
       ValueError: the score reads second moments and ``config.statistics`` is ``"batch"`` (here), or the
-        moments passed to ``update`` carry none (at the first update).
+        moments passed to ``update`` carry none (at the first update), or the allocator is not last in the chain
+        (see ``check_order``).
 
     Returns:
       A ``GradientTransformationExtraArgs`` whose ``update(updates, state, params, *, moments,
@@ -199,6 +212,8 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
                 "statistics='per_example' or 'running'), or pass score= and it chooses"
             )
         grads = Moments(*(None if tree is None else find_triplets(tree) for tree in moments[:3]), count=moments.count)
+        if check_order is not False:
+            _check_last_in_chain(triplets, triplet_updates, grads.mean, state, freeze_step, traced_too=check_order)
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
         scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
@@ -236,6 +251,39 @@ def rank_allocator(config: AdaLoRAConfig, total_steps: int) -> optax.GradientTra
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+ORDER_MESSAGE = (
+    "rank_allocator must be the last transform of the optax chain (e.g. optax.chain(optax.adamw(...), "
+    "jal.rank_allocator(...))): {why}, so the rank pattern it reports is not the model's"
+)
+
+
+def _check_last_in_chain(triplets, triplet_updates, grad_mean, state, freeze_step, *, traced_too) -> None:
+    """Raises one line when the updates show that the allocator is not last in the chain (see rank_allocator)."""
+    first = state.count == 0
+    raw = [
+        jnp.all(triplet_updates[p]["lam"] == grad_mean[p]["lam"]) & jnp.any(grad_mean[p]["lam"] != 0)
+        for p in triplets
+        if p in grad_mean and p in triplet_updates
+    ]
+    raw_gradient = first & (jnp.all(jnp.stack(raw)) if raw else False)
+    masked_left = [jnp.any(~state.keep[p] & (triplets[p]["lam"] != 0)) for p in triplets if p in state.keep]
+    regrown = (state.count >= freeze_step) & jnp.any(jnp.stack(masked_left))
+
+    def report(raw_gradient, regrown):
+        if raw_gradient:
+            raise ValueError(ORDER_MESSAGE.format(why="its first update received the raw gradient of λ"))
+        if regrown:
+            raise ValueError(
+                ORDER_MESSAGE.format(why="λ of triplets it masked at the previous update are not 0 in params")
+            )
+
+    if isinstance(raw_gradient, jax.core.Tracer) or isinstance(regrown, jax.core.Tracer):
+        if traced_too:
+            jax.debug.callback(report, raw_gradient, regrown)
+        return
+    report(bool(raw_gradient), bool(regrown))
+
+
 def _schedule_for(config: AdaLoRAConfig, triplets: PyTree, total_steps: int) -> BudgetSchedule:
     # A stacked adapter (λ of shape (L, r)) is L adapted matrices, each r_target triplets of the target budget.
     init_budget = sum(int(t["lam"].size) for t in triplets.values())
@@ -262,10 +310,51 @@ def rank_pattern(state) -> dict[str, list[bool]]:
     format), from a :class:`RankAllocatorState`, an optax state holding one, or an ``nnx.Optimizer``.
 
     Each layer of a stacked adapter (created under ``nnx.vmap``) has its own entry, ``"<module path>[i]"``
-    (:func:`jax_adalora.adapters.layer_name`), e.g. ``"layers.attn.q_proj[3]"``."""
+    (:func:`jax_adalora.adapters.layer_name`), e.g. ``"layers.attn.q_proj[3]"``.
+
+    Before ``T - t_final`` the pattern is an intermediate one, above the target budget: see
+    :func:`allocation_status`."""
     if not isinstance(state, RankAllocatorState):
         state = find_allocator_state(state)
     return {path: [bool(v) for v in np.asarray(keep)] for path, keep in per_layer(state.keep).items()}
+
+
+class AllocationStatus(NamedTuple):
+    """Where the rank allocation of a run stands (:func:`allocation_status`)."""
+
+    step: int  # updates applied so far
+    final_step: int  # T - t_final: the step from which the pattern is frozen at the target budget
+    kept: int  # triplets kept by the current pattern
+    target: int  # the target budget, r_target x adapted matrices
+    done: bool  # step >= final_step: the pattern is final and holds the target budget
+
+    def __str__(self) -> str:
+        if self.done:
+            return (
+                f"rank allocation done: {self.kept} triplets kept (target {self.target}) since step {self.final_step}"
+            )
+        return (
+            f"rank allocation not done: step {self.step} of the schedule's {self.final_step}, {self.kept} triplets "
+            f"kept, target {self.target}; the pattern is final from step {self.final_step} on"
+        )
+
+
+def allocation_status(state, config: AdaLoRAConfig, total_steps: int) -> AllocationStatus:
+    """Whether the allocator has reached its target budget: a run stopped before ``T - t_final`` keeps more
+    triplets than the budget, and :func:`rank_pattern` (which says what the pattern *is*) does not tell.
+
+    Args:
+      state: an ``nnx.Optimizer``, an optax state holding a :class:`RankAllocatorState`, or that state.
+      config, total_steps: the two arguments given to :func:`rank_allocator` (the optimizer state holds no
+        schedule).
+    """
+    if not isinstance(state, RankAllocatorState):
+        state = find_allocator_state(state)
+    final_step = total_steps - config.for_run(total_steps).t_final
+    step = int(state.count)
+    kept = int(sum(int(np.sum(np.asarray(keep))) for keep in state.keep.values()))
+    target = config.r_target * sum(matrix_count(keep.shape) for keep in state.keep.values())
+    return AllocationStatus(step, final_step, kept, target, step >= final_step)
 
 
 def ranks(state) -> dict[str, int]:

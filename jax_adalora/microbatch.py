@@ -20,14 +20,30 @@ PyTree = Any
 
 
 def batch_size_of(batch: PyTree) -> int:
-    """The leading axis that every leaf of ``batch`` shares; a clear error if they differ."""
-    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(batch)}
-    if len(sizes) != 1 or None in sizes:
-        got = sorted(map(str, sizes))
+    """The leading axis that every leaf of ``batch`` shares; one line naming the leaf that has none or differs."""
+    sizes: dict[int, list[str]] = {}
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        key = jax.tree_util.keystr(key_path) or "(the batch itself)"
+        if isinstance(leaf, (str, bytes)) or not (
+            hasattr(leaf, "shape") or isinstance(leaf, (bool, int, float, complex))
+        ):
+            raise ValueError(
+                f"batch leaf {key} is a {type(leaf).__name__} ({str(leaf)[:40]!r}), not an array: every batch leaf "
+                "needs the leading example axis B; keep other values out of the batch (e.g. in losses_fn's closure)"
+            )
+        if jnp.ndim(leaf) == 0:
+            raise ValueError(
+                f"batch leaf {key} is a scalar: every batch leaf needs the leading example axis B (shape (B, ...)); "
+                "keep values shared by the batch out of it (e.g. in losses_fn's closure)"
+            )
+        sizes.setdefault(int(jnp.shape(leaf)[0]), []).append(key)
+    if len(sizes) != 1:
+        where = "; ".join(f"{size}: {', '.join(keys[:3])}" for size, keys in sorted(sizes.items()))
         raise ValueError(
-            f"every batch (and per-example) leaf needs the same leading (example) axis; got leading sizes {got}"
+            "every batch (and per-example) leaf needs the same leading (example) axis; got leading sizes "
+            f"{sorted(map(str, sizes))}" + (f" ({where})" if where else " (the batch has no leaves)")
         )
-    return sizes.pop()
+    return next(iter(sizes))
 
 
 def check_microbatch_size(microbatch_size: int | None, batch_size: int) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_adalora.adapters import (
@@ -118,20 +119,28 @@ def value_grad_and_moments(
     microbatch_size: int | None = None,
     running: RunningMoments | None = None,
     penalty_fn: Callable[[nnx.Module], jax.Array] | None = None,
+    check_per_example: bool = False,
 ) -> tuple[jax.Array, nnx.State, Moments]:
     """``(loss, grads, moments)`` of the mean per-example loss over the real examples of ``batch``.
 
     Args:
       losses_fn: ``losses_fn(model, batch) -> (B,)`` per-example losses. It is called on a copy of
-        ``model``; state it mutates (e.g. ``nnx.Rngs`` counters) is not written back, so pass randomness
-        in ``batch`` (per-example keys make dropout the same on every path).
+        ``model``, whose state it mutates is not written back: a model holding state that training mutates is
+        refused with one line naming the module (an ``nnx.BatchNorm`` with ``use_running_average=False``, an
+        ``nnx.Dropout`` holding its own ``rngs``, not deterministic), since its running statistics would never
+        move and its dropout mask would repeat every step. Pass randomness in ``batch`` instead (per-example
+        keys make dropout the same on every path: ``Dropout(rate, rngs=None)``, called with ``rngs=`` a key from
+        the batch) and use ``use_running_average=True`` (or ``nnx.LayerNorm``). Any other state ``losses_fn``
+        mutates is not written back either.
       model: a Flax NNX model with adapters (:func:`jax_adalora.adapters.inject_adapters`).
       batch: a pytree whose leaves share the leading example axis B.
       statistics: ``"per_example"``, ``"running"`` or ``"batch"`` (see the module docstring).
       score: the score the moments are for (a name or a :class:`jax_adalora.scores.Score`): when given, a score
         that reads only the gradient gets ``"batch"`` whatever ``statistics`` says
         (:func:`jax_adalora.scores.statistics_for`).
-      wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``).
+      wrt: filter of the variables to differentiate (e.g. ``nnx.Any(AdaLoRAParam, nnx.PathContains("head"))``),
+        or the ``nnx.Optimizer`` the gradient is for (its own ``wrt``): the two must agree, since an optimizer whose
+        ``wrt`` holds more than the gradient fails inside optax, before any of this library's code can say so.
       mask: (B,) weights, 1 for real examples and 0 for padding rows; ``None`` means all real.
       microbatch_size: differentiate in microbatches of this many examples (a divisor of B; ``None`` or 0
         for the whole batch): same results, smaller working set.
@@ -141,6 +150,16 @@ def value_grad_and_moments(
         enters ``moments.mean`` only with ``statistics="batch"`` (sensitivity and movement score the training
         gradient, as AdaLoRA does); exact and running moments are the task loss's, since a term without
         sampling noise is no gradient statistic.
+
+      check_per_example: with ``statistics="per_example"``, also differentiate each example alone (``jax.vmap``)
+        and raise one line when its moments differ from the batch pass's (relative difference above 1e-3). Off
+        by default: it costs a second, per-example differentiation. Outside ``jit`` it raises a ``ValueError``;
+        inside, a host callback does (the error then reaches you as a ``JaxRuntimeError`` carrying the line).
+
+    Per-example statistics assume that each example's loss depends on that example alone, and that the leading
+    axis of every batch leaf is the example axis. A loss that couples examples (in-batch negatives, InfoNCE, a
+    loss normalised over the batch) or a time-major ``(T, B, ...)`` batch gives ``E[g²]`` and ``Var[g]`` of
+    something else, without any error; ``check_per_example=True`` tells, once, on a real batch.
 
     Returns:
       ``loss`` (scalar), ``grads`` (``nnx.State`` of the ``wrt`` variables) and ``moments``
@@ -160,8 +179,13 @@ def value_grad_and_moments(
     """
     if statistics not in STATISTICS:
         raise ValueError(f"statistics={statistics!r}: expected one of {STATISTICS}")
+    if isinstance(wrt, nnx.Optimizer):
+        wrt = wrt.wrt
+    _refuse_mutable_state(model)
     if score is not None:
         statistics = statistics_for(score, statistics)
+    if check_per_example and statistics != "per_example":
+        raise ValueError(f"check_per_example=True checks statistics='per_example', not {statistics!r}")
     if (statistics == "running") != (running is not None):
         raise ValueError("statistics='running' takes running=RunningMoments(model, wrt=...), and only it does")
     batch_size = batch_size_of(batch)
@@ -175,9 +199,15 @@ def value_grad_and_moments(
     if statistics == "per_example" and adapters:
         try:
             loss, adapter_moments, other_grads = _probe_pass(parts, adapters, others, data, microbatch_size)
+            if check_per_example:
+                alone = _vmap_pass(parts, adapters, others, data, microbatch_size)[1]
+                _check_agreement(adapter_moments[:3], alone[:3], ("E[g]", "E[g²]", "Var[g]"))
         except ProbeBatchAxisError as err:
             log.warning("value_grad_and_moments: %s; differentiating each example with jax.vmap instead", err)
             loss, adapter_moments, other_grads = _vmap_pass(parts, adapters, others, data, microbatch_size)
+            if check_per_example:
+                batch_grads = find_triplets(_batch_pass(parts, adapters, others, data, microbatch_size)[1])
+                _check_agreement((adapter_moments.mean,), (batch_grads,), ("E[g]",))
         grads = _merged(_with_values(adapters, adapter_moments.mean), other_grads)
         other_moments = _placeholder_moments(nnx.to_pure_dict(other_grads))
         moments = Moments(
@@ -195,6 +225,56 @@ def value_grad_and_moments(
         return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=False)
     moments = batch_gradient_moments(nnx.to_pure_dict(task_grads), jnp.sum(weights))
     return _with_penalty(parts, penalty_fn, adapters, others, loss, task_grads, moments, mean_too=True)
+
+
+PER_EXAMPLE_TOLERANCE = 1e-3
+
+
+def _check_agreement(got: tuple, alone: tuple, names: tuple) -> None:
+    """One line when two computations of the per-example moments differ (see ``check_per_example``)."""
+    labels, diffs = [], []
+    for name, a_tree, b_tree in zip(names, got, alone, strict=True):
+        for path in a_tree:
+            for leaf in a_tree[path]:
+                a, b = a_tree[path][leaf], b_tree[path][leaf]
+                scale = jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b)))
+                diffs.append(jnp.max(jnp.abs(a - b)) / jnp.maximum(scale, jnp.finfo(scale.dtype).tiny))
+                labels.append(f"{name} of {path}.{leaf}")
+    diffs = jnp.stack(diffs)
+
+    def report(diffs):
+        worst = int(np.argmax(diffs))
+        if diffs[worst] > PER_EXAMPLE_TOLERANCE:
+            raise ValueError(
+                "value_grad_and_moments(check_per_example=True): the batch pass's per-example gradients differ "
+                f"from each example differentiated alone (relative difference {float(diffs[worst]):.3g} in "
+                f"{labels[worst]}): an example's loss depends on other examples (in-batch negatives, InfoNCE, batch "
+                "normalisation) or the batch's leading axis is not the example axis (time-major?); per-example "
+                "statistics assume neither: use statistics='batch' (a score that reads the gradient alone) or "
+                "put the example axis first"
+            )
+
+    if isinstance(diffs, jax.core.Tracer):
+        jax.debug.callback(report, diffs)
+    else:
+        report(np.asarray(diffs))
+
+
+def _refuse_mutable_state(model: nnx.Module) -> None:
+    """One line naming the first module whose state the differentiation would mutate on a copy and drop."""
+    for path, module in nnx.iter_modules(model):
+        name = ".".join(str(part) for part in path) or "the model"
+        if isinstance(module, nnx.BatchNorm) and not module.use_running_average:
+            raise ValueError(
+                f"value_grad_and_moments: {name} is an nnx.BatchNorm with use_running_average=False, whose batch "
+                "statistics it would update on a copy and drop: set use_running_average=True (or use nnx.LayerNorm)"
+            )
+        if isinstance(module, nnx.Dropout) and module.rngs is not None and not module.deterministic and module.rate:
+            raise ValueError(
+                f"value_grad_and_moments: {name} is an nnx.Dropout holding its own rngs, whose counter it would "
+                "advance on a copy and drop (the same mask every step): build it with rngs=None and pass a key "
+                "from the batch, dropout(x, rngs=batch_key)"
+            )
 
 
 def _placeholder_moments(grad: PyTree) -> tuple[PyTree, PyTree, PyTree]:

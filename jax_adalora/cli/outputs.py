@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jax_adalora.adapter_files import load_adapters, save_adapters
-from jax_adalora.adapters import set_masks, trainable_filter
+from jax_adalora.adapters import adapter_modules, per_layer, set_masks, trainable_filter
 from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.cli.inference import predict_file
 from jax_adalora.cli.mesh import is_writer, sync
@@ -23,7 +24,16 @@ def save_trained_adapters(path: Path, functional: FunctionalModel, state) -> Non
     if not is_writer():
         return
     model = functional.model(jax.device_get(state.params))
-    save_adapters(path, model, rank_pattern=rank_pattern(state.opt_state), include=functional.trainable)
+    save_adapters(path, model, rank_pattern=_pattern_with_regrown(model, state), include=functional.trainable)
+
+
+def _pattern_with_regrown(model, state) -> dict[str, list[bool]]:
+    """The allocator's pattern, with the triplets it masked whose λ regrew since (a save between masking steps,
+    e.g. the best adapters mid-run) kept: the saved adapters are the model that was evaluated. From the final
+    phase on no masked λ is non-zero, and this is the allocator's pattern."""
+    nonzero = per_layer({path: np.asarray(m.lam[...]) != 0 for path, m in adapter_modules(model).items()})
+    return {path: [k or bool(n) for k, n in zip(kept, np.ravel(nonzero[path]), strict=True)]
+            for path, kept in rank_pattern(state.opt_state).items()}  # fmt: skip
 
 
 def finish_run(run: RunConfig, data, functional, state, eval_step, sharding, progress: dict, **timing) -> dict:
