@@ -17,8 +17,8 @@ and the report rewritten in seconds. A finished run folder in ``--scratch`` is r
 share one ``--out`` (e.g. one per seed, each pinned to a core with ``taskset``); the last invocation over all
 seeds writes the report. The "Reading" of the report is ``reading.md`` in ``--out``, written by hand.
 
-    # the committed results (docs/studies/score_study_full), the built-in run's scale at the former defaults (α 16, γ 0.1,
-    # lr 1e-3; docs/results.md has the paper-length study's command too):
+    # the committed results (docs/studies/score_study_full), the built-in run's scale at the former defaults
+    # (α 16, γ 0.1, lr 1e-3; docs/results.md has the paper-length study's command too):
     python -m scripts.studies.score_study --tasks movie-sentiment --max-train-examples 0 --epochs 1 \
         --max-seq-length 48 --delta-t 5 --final-fraction 0.202 --seeds 0 1 2 3 4 --alpha 16 --orth-reg-weight 0.1 \
         --learning-rate 0.001 --scratch /tmp/score_study_full --out docs/studies/score_study_full
