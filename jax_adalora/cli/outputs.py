@@ -56,7 +56,13 @@ def finish_run(run: RunConfig, data, functional, state, eval_step, sharding, pro
     save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task_label}: {run.adalora.score} ranks")
     atomic_write_json(out_dir / "final_metrics.json", final)
     save_trained_adapters(out_dir / "final_adapters.safetensors", functional, state)
-    if t.export:
+    if t.export and data.spec.kind == "causal_lm":
+        print(
+            "--export: not yet for causal LMs; skipped (the adapters are in final_adapters.safetensors; "
+            "pass --no-export to silence this)",
+            flush=True,
+        )
+    elif t.export:
         trained = functional.model(jax.device_get(state.params))
         set_masks(trained, rank_pattern(alloc))
         _export(trained, out_dir, run, alloc, timing["steps"], label_names=data.spec.label_names)

@@ -362,3 +362,48 @@ def instruction_split(task: str, rows, label_names: Sequence[str], tokenizer, *,
         origin=origin,
         locate=lambda row: f"{origin}, row {row}",
     )
+
+
+# ---- a training run's task -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class CausalLMTask:
+    """Own causal-LM data as the training command reads it: ``spec`` (kind ``causal_lm``), the ``train`` split
+    and ``evals`` (``{"validation": split}``), each a :class:`CausalLMSplit`, and the ``tokenizer`` (to decode
+    generations). The main metric is ``exact_match`` of greedy completions when the dev data has prompts
+    (prompt/completion or messages), else ``loss`` (lower is better: the command selects by its negative)."""
+
+    spec: object
+    train: CausalLMSplit
+    evals: dict[str, CausalLMSplit]
+    tokenizer: object
+
+
+def load_causal_lm_task(
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike,
+    tokenizer,
+    *,
+    max_seq_length: int,
+    generate: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> CausalLMTask:
+    """Both files tokenised (:func:`load_causal_lm_file`) and the task's spec; ``generate`` (``--max-new-tokens``
+    above 0) adds exact match to the metrics when the dev file has prompts."""
+    from jax_adalora.tasks.registry import TaskSpec
+    from jax_adalora.tasks.text_dataset import data_name
+
+    train = load_causal_lm_file(train_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)
+    dev = load_causal_lm_file(validation_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)
+    with_match = generate and bool(dev.prompts)
+    metrics = ("loss", "perplexity", "exact_match") if with_match else ("loss", "perplexity")
+    spec = TaskSpec(
+        name=data_name(train_file),
+        kind="causal_lm",
+        source="causal_lm",
+        text_keys=dict(zip(FORMS, (("messages",), ("prompt", "completion"), ("text",)), strict=True))[train.form],
+        metrics=metrics,
+        main_metric="exact_match" if with_match else "loss",
+    )
+    return CausalLMTask(spec, train, {"validation": dev}, tokenizer)
