@@ -67,14 +67,59 @@ def train_args(model, train, dev, out, *extra):
 def test_each_form_trains_and_evaluates(tmp_path, llama_dir, form, capsys):
     data = write_jsonl(tmp_path / "train.jsonl", FORMS[form] * 2)
     out = tmp_path / "run"
-    assert train_cli.main(train_args(llama_dir, data, data, out)) == 0
+    extra = ("--export",) if form == "text" else ()
+    assert train_cli.main(train_args(llama_dir, data, data, out, *extra)) == 0
     final = json.loads((out / "final_metrics.json").read_text())
     metrics = final["final"]
     assert metrics["loss"] > 0 and metrics["perplexity"] > 1
     assert ("exact_match" in metrics) == (form != "text")
-    if form == "text":
-        assert final["best_main_metric"] == pytest.approx(-max(h["loss"] for h in [metrics]), rel=1) or True
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval"] for r in evals if "eval" in r}
+    if form == "text":  # no exact match: the best is the lowest loss, reported negated (higher is better)
+        assert final["best_main_metric"] == pytest.approx(max(-e["loss"] for e in evals.values()))
+        assert "--export: not yet for causal LMs; skipped" in capsys.readouterr().out
+        assert not (out / "merged").exists()
+    else:
+        assert final["best_main_metric"] == pytest.approx(max(e["exact_match"] for e in evals.values()))
     assert final["total_budget"] == final["target_budget"]
     assert (out / "final_adapters.safetensors").is_file() and (out / "best_adapters.safetensors").is_file()
     config = json.loads((out / "config.json").read_text())
     assert config["task"]["kind"] == "causal_lm"
+
+
+def test_resume_matches_uninterrupted_and_predict_generates(tmp_path, llama_dir, capsys):
+    data = write_jsonl(tmp_path / "train.jsonl", FORMS["prompt-completion"] * 2)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_cli.main(train_args(llama_dir, data, data, whole)) == 0
+    assert train_cli.main(train_args(llama_dir, data, data, parts, "--stop-after-steps", "2")) == 0
+    assert not (parts / "final_adapters.safetensors").exists()
+    assert train_cli.main(train_args(llama_dir, data, data, parts, "--resume")) == 0
+    final = "final_adapters.safetensors"
+    assert (whole / final).read_bytes() == (parts / final).read_bytes()
+
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": "the movie is good :"}, {"prompt": "hello world :", "id": 7}, {"prompt": "good review :"}],
+    )
+    capsys.readouterr()
+    assert predict_cli.main(["--run-dir", str(whole), "--input-file", str(prompts), "--max-new-tokens", "3"]) == 0
+    written = whole / "prompts.predictions.jsonl"
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["the movie is good :", "hello world :", "good review :"]
+    assert rows[1]["id"] == 7 and all(isinstance(r["generation"], str) for r in rows)
+    assert json.loads(capsys.readouterr().out)["rows"] == 3
+    # a second prediction to the same default file is refused, in one line
+    assert predict_cli.main(["--run-dir", str(whole), "--input-file", str(prompts)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": "hello world"}]}])
+    assert predict_cli.main(["--run-dir", str(whole), "--input-file", str(chats), "--max-new-tokens", "2"]) == 0
+    assert len((whole / "chats.predictions.jsonl").read_text().splitlines()) == 1
+
+
+def test_bad_data_is_one_line(tmp_path, llama_dir, capsys):
+    good = write_jsonl(tmp_path / "good.jsonl", FORMS["text"] * 2)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hello"}])
+    assert train_cli.main(train_args(llama_dir, bad, good, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'prompt' column needs a 'completion' column" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -165,9 +165,7 @@ def generate_texts(model, tokenizer, prompts, *, batch_size: int, max_new_tokens
     texts = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_padded(prompts[start : start + batch_size], int(pad))
-        new = generate(
-            model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=ends, **sampling
-        )
+        new = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=ends, **sampling)
         texts.extend(decode_completions(tokenizer, jax.device_get(new), ends))
     return texts
 

@@ -407,3 +407,45 @@ def load_causal_lm_task(
         main_metric="exact_match" if with_match else "loss",
     )
     return CausalLMTask(spec, train, {"validation": dev}, tokenizer)
+
+
+# ---- prompts to continue -------------------------------------------------------------------------------------
+
+PROMPT_COLUMNS = ("messages", "prompt", "text")
+
+
+def read_prompts(
+    path: str | os.PathLike, tokenizer, *, cache_dir: str | os.PathLike | None = None
+) -> tuple[list[dict], list[list[int]]]:
+    """The rows of a file of prompts to continue (``predict``), and each row's prompt token ids, encoded as
+    training encodes prompts: a ``messages`` column (chat turns, trailing assistant turns dropped, rendered with
+    the generation prompt), else ``prompt``, else ``text`` (tokenised with the tokenizer's special tokens).
+    Other columns (a ``completion``, ids) are kept in the rows."""
+    rows = read_file(path, cache_dir=cache_dir, as_text=True)
+    origin = str(path)
+    column = next((c for c in PROMPT_COLUMNS if c in rows.column_names), None)
+    if column is None:
+        raise TaskDataError(
+            f"{origin}: expected a 'messages', 'prompt' or 'text' column of prompts; columns: "
+            f"{', '.join(rows.column_names) or 'none'}"
+        )
+    locate = row_locator(origin)
+    records, prompts = rows.to_list(), []
+    for i, record in enumerate(records):
+        value = record[column]
+        if column != "messages":
+            prompts.append(tokenizer(_text(value, column, locate(i)), add_special_tokens=True)["input_ids"])
+            continue
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskDataError(f"{origin}: a 'messages' column needs a tokenizer with a chat template")
+        turns = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t for t in turns):
+            raise TaskDataError(f"{locate(i)}: 'messages' must be a list of {{role, content}} turns")
+        while turns and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+        if not turns:
+            raise TaskDataError(f"{locate(i)}: 'messages' has no turn before the assistant's")
+        prompts.append(tokenizer(_render(tokenizer, turns, True), add_special_tokens=False)["input_ids"])
+    if not prompts:
+        raise TaskDataError(f"{origin}: no rows")
+    return records, prompts
