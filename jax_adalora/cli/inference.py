@@ -187,7 +187,7 @@ def evaluate_causal_lm(eval_step, params, frozen, data, run, sharding, functiona
         if "exact_match" in data.spec.metrics and split.prompts:
             if functional is None:
                 raise ValueError("evaluate: exact match of a causal LM's generations needs the functional model")
-            model = functional.model(jax.device_get(params), jax.device_get(frozen))
+            model = functional.model(params, frozen)  # the weights stay where they are (replicated)
             generated = generate_texts(
                 model, data.tokenizer, split.prompts, batch_size=t.eval_batch_size, max_new_tokens=t.max_new_tokens
             )

