@@ -5,7 +5,7 @@ offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every
 (``--model`` a llama/qwen2/mistral directory, a ``.gguf`` file or ``smollm2-135m-instruct``; :func:`is_causal_lm`)
 trains on own ``--train-file``/``--validation-file`` causal-LM data instead (docs/guides/llm.md): the loss is each
 sequence's mean next-token loss, evaluation reports loss, perplexity and, with prompts, exact match of greedy
-completions, and ``--export`` is skipped with one line.
+completions, and ``--export`` writes the merged model and (from a transformers directory) a PEFT adapter.
 
 Outputs in ``--output-dir``: ``config.json``, ``metrics.jsonl`` (one line per log/eval), TensorBoard
 events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``, ``final_adapters.safetensors``,
@@ -257,7 +257,7 @@ def _bytes_needed(run: RunConfig, state, frozen) -> int:
     nbytes = lambda tree: sum(int(x.nbytes) for x in jax.tree.leaves(tree))  # sizes only: nothing is copied
     state_bytes, param_bytes = nbytes(state), nbytes(state.params)
     needed = (run.train.keep_checkpoints + 1) * state_bytes + 2 * param_bytes + 16 * 2**20
-    if run.train.export and not is_causal_lm(run.train.model):
+    if run.train.export:
         needed += nbytes(frozen) + 2 * param_bytes
     return needed
 
