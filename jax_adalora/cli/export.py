@@ -6,6 +6,8 @@
   with ``rank_pattern``, ``adapter_model.safetensors`` with A/E/B sliced to the kept ranks, and the
   trained head as ``modules_to_save``), by filling a PEFT model with our values and calling PEFT's own
   ``save_pretrained``; ``peft.PeftModel.from_pretrained`` then loads it on the transformers model.
+* :func:`save_merged_causal_lm` and :func:`save_peft_causal_lm_adapter`: the same two for a Llama-family causal
+  LM (``AutoModelForCausalLM``; PEFT's ``task_type="CAUSAL_LM"``).
 
 The map from our module paths to transformers' module names comes from the model's own weight map
 (``model.hf_weight_map()``), the one used for loading, so the two directions cannot drift apart.
@@ -156,6 +158,81 @@ def save_peft_adapter(
     try:
         peft_model.save_pretrained(str(staging))
         base.config.to_json_file(str(staging / "base_config.json"))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+# ---- causal LMs --------------------------------------------------------------------------------------------
+
+
+def save_merged_causal_lm(model, directory: str | Path, *, tokenizer=None) -> Path:
+    """A Llama-family model with its adapters folded in, as a transformers directory (``config.json``,
+    ``model.safetensors``, the tokenizer's files if given), atomically; ``AutoModelForCausalLM`` loads it."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from jax_adalora.models.llama import to_hf_state_dict
+
+    merged = merge_adapters(model)
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        save_file(to_hf_state_dict(merged), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(merged.config.to_hf_config(), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def save_peft_causal_lm_adapter(model, directory: str | Path, *, run, rank_pattern, total_steps: int) -> Path:
+    """A PEFT AdaLoRA adapter (``task_type="CAUSAL_LM"``) of a Llama-family model whose base is a transformers
+    directory, written by PEFT's own ``save_pretrained`` as :func:`save_peft_adapter` does; adapted layers keep
+    transformers' module names (``model.layers.0.self_attn.q_proj``)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from jax_adalora.models.llama.weights import resolve_checkpoint
+
+    base_dir = resolve_checkpoint(run.train.model)
+    if base_dir.is_file():
+        raise ValueError(f"PEFT export needs a transformers directory as the base model, not {base_dir.name}")
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    adapters = adapter_modules(model)
+    config = peft_adalora_config(
+        run.adalora, total_steps=total_steps, target_modules=sorted(adapters), task_type="CAUSAL_LM"
+    )
+    config.base_model_name_or_path = str(base_dir)
+    peft_model = get_peft_model(base, config)
+    inner = peft_model.base_model.model
+    with torch.no_grad():
+        for path, adapter in adapters.items():
+            layer = inner.get_submodule(path)
+            layer.lora_A["default"].copy_(torch.from_numpy(np.array(adapter.Q[...], np.float32)))
+            layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...], np.float32))[:, None])
+            layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...], np.float32)))
+    peft_model.peft_config["default"].rank_pattern = {
+        f"{path}.lora_E.default": [bool(k) for k in kept] for path, kept in rank_pattern.items()
+    }
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        peft_model.save_pretrained(str(staging))
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)

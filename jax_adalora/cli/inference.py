@@ -104,8 +104,11 @@ def predict_file(
     return result
 
 
-def evaluate(eval_step, params, frozen, data, run, sharding) -> dict[str, float]:
-    """Every dev split, all examples (the last partial batch is padded and masked, never dropped)."""
+def evaluate(eval_step, params, frozen, data, run, sharding, functional=None) -> dict[str, float]:
+    """Every dev split, all examples (the last partial batch is padded and masked, never dropped). A causal-LM
+    task (kind ``causal_lm``) gets :func:`evaluate_causal_lm`, which needs ``functional`` to generate."""
+    if data.spec.kind == "causal_lm":
+        return evaluate_causal_lm(eval_step, params, frozen, data, run, sharding, functional)
     results: dict[str, float] = {}
     for split_name, split in data.evals.items():
         outputs = split_outputs(
@@ -124,9 +127,71 @@ def evaluate(eval_step, params, frozen, data, run, sharding) -> dict[str, float]
 
 
 def main_metric(data, metrics: dict[str, float]) -> float:
-    """The task's main metric (``data.spec.main_metric``) among ``metrics``, whichever split prefixes it."""
+    """The task's main metric (``data.spec.main_metric``) among ``metrics``, whichever split prefixes it;
+    higher is better, so a loss (a causal LM's without exact match) comes back negated."""
     name = data.spec.main_metric
     for key, value in metrics.items():
         if key == name or key.endswith("/" + name):
-            return value
+            return -value if name == "loss" else value
     raise KeyError(f"main metric {name!r} not in {sorted(metrics)}")
+
+
+# ---- causal language models --------------------------------------------------------------------------------
+
+
+def causal_lm_losses_of(eval_step, params, frozen, split, *, batch_size: int, pad_to_multiple_of: int, sharding):
+    """Per-sequence losses (N,) of a :class:`jax_adalora.tasks.causal_lm.CausalLMSplit`, in split order, from an
+    eval step made with ``kind="causal_lm"``."""
+    from jax_adalora.tasks.causal_lm import CausalLMBatchIterator
+
+    losses = []
+    batches = CausalLMBatchIterator(split, batch_size, shuffle=False, seed=0, pad_to_multiple_of=pad_to_multiple_of)
+    for batch in batches:
+        out = jax.device_get(host_local(eval_step(params, frozen, device_batch(batch, sharding))))
+        losses.append(np.asarray(out, np.float32)[np.asarray(batch["example_mask"]).astype(bool)])
+    return np.concatenate(losses)
+
+
+def generate_texts(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int, **sampling) -> list[str]:
+    """Completions of token-id ``prompts`` by :func:`jax_adalora.models.llama.generate` (KV cache, prompts
+    padded on the left, stopping at the model's and the tokenizer's end tokens), decoded without special tokens.
+    ``sampling``: ``temperature``, ``top_p``, ``rng``."""
+    from jax_adalora.models.llama import generate
+    from jax_adalora.tasks.causal_lm import left_padded
+    from jax_adalora.tasks.causal_lm_metrics import decode_completions
+
+    ends = sorted({*(int(t) for t in np.atleast_1d(model.config.eos_token_ids)), int(tokenizer.eos_token_id)})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = left_padded(prompts[start : start + batch_size], int(pad))
+        new = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=ends, **sampling)
+        texts.extend(decode_completions(tokenizer, jax.device_get(new), ends))
+    return texts
+
+
+def evaluate_causal_lm(eval_step, params, frozen, data, run, sharding, functional) -> dict[str, float]:
+    """``loss`` (the mean per-sequence loss, as training minimises it) and ``perplexity`` (exp of the
+    token-weighted mean) over the dev split, and with prompts and ``--max-new-tokens`` the ``exact_match`` of
+    greedy completions against the references."""
+    from jax_adalora.tasks.causal_lm_metrics import exact_match, lm_metrics
+
+    t = run.train
+    results: dict[str, float] = {}
+    for split_name, split in data.evals.items():
+        losses = causal_lm_losses_of(
+            eval_step, params, frozen, split,
+            batch_size=t.eval_batch_size, pad_to_multiple_of=t.pad_to_multiple_of, sharding=sharding,
+        )  # fmt: skip
+        metrics = lm_metrics(losses, split.loss_mask.sum(axis=1))
+        if "exact_match" in data.spec.metrics and split.prompts:
+            if functional is None:
+                raise ValueError("evaluate: exact match of a causal LM's generations needs the functional model")
+            model = functional.model(params, frozen)  # the weights stay where they are (replicated)
+            generated = generate_texts(
+                model, data.tokenizer, split.prompts, batch_size=t.eval_batch_size, max_new_tokens=t.max_new_tokens
+            )
+            metrics["exact_match"] = exact_match(generated, split.references)
+        prefix = "" if len(data.evals) == 1 else f"{split_name}/"
+        results.update({f"{prefix}{k}": float(v) for k, v in metrics.items()})
+    return results

@@ -108,7 +108,7 @@ class StepReader:
 
 def evaluate_and_keep_best(run, data, functional, state, frozen, eval_step, sharding, progress, log, step) -> None:
     """Every dev split; the adapters are saved as the best when the main metric is the best so far."""
-    results = evaluate(eval_step, state.params, frozen, data, run, sharding)
+    results = evaluate(eval_step, state.params, frozen, data, run, sharding, functional)
     score = main_metric(data, results)
     progress["history"].append({"step": step, **results})
     log.eval_line(step, results)

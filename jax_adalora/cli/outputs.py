@@ -66,7 +66,11 @@ def finish_run(run: RunConfig, data, functional, state, eval_step, sharding, pro
     save_rank_heatmap(final_ranks, out_dir / "rank_heatmap.png", title=f"{t.task_label}: {run.adalora.score} ranks")
     atomic_write_json(out_dir / "final_metrics.json", final)
     save_trained_adapters(out_dir / "final_adapters.safetensors", functional, state)
-    if t.export:
+    if t.export and data.spec.kind == "causal_lm":
+        trained = functional.model(jax.device_get(state.params))
+        set_masks(trained, rank_pattern(alloc))
+        _export_causal_lm(trained, out_dir, run, alloc, timing["steps"], tokenizer=data.tokenizer)
+    elif t.export:
         trained = functional.model(jax.device_get(state.params))
         set_masks(trained, rank_pattern(alloc))
         _export(trained, out_dir, run, alloc, timing["steps"], label_names=data.spec.label_names)
@@ -113,4 +117,19 @@ def _export(model, out_dir: Path, run: RunConfig, alloc, total_steps: int, *, la
         rank_pattern=rank_pattern(alloc),
         total_steps=total_steps,
         label_names=label_names,
+    )
+
+
+def _export_causal_lm(model, out_dir: Path, run: RunConfig, alloc, total_steps: int, *, tokenizer) -> None:
+    """The merged model (with the tokenizer) and, when the base is a transformers directory, the PEFT adapter;
+    a GGUF or packaged base gets the merged model only, and one line saying so."""
+    from jax_adalora.cli import export
+    from jax_adalora.models.llama.weights import resolve_checkpoint
+
+    export.save_merged_causal_lm(model, out_dir / "merged", tokenizer=tokenizer)
+    if resolve_checkpoint(run.train.model).is_file():
+        print(f"--export: {run.train.model} is no transformers directory; wrote merged/ but no PEFT adapter")
+        return
+    export.save_peft_causal_lm_adapter(
+        model, out_dir / "peft_adapter", run=run, rank_pattern=rank_pattern(alloc), total_steps=total_steps
     )

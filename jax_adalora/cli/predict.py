@@ -11,6 +11,10 @@ jsonl or parquet; SQuAD's official JSON comes back one question per row). The ou
 written beside under another name: the command stops naming it, and ``--output-file`` picks another). When the
 input has the task's label column (SQuAD: answers), the task's metrics on it are printed too. Errors are one line
 naming the flag or file, exit status 2 (1 for a failure at run time).
+
+On a causal-LM run, the rows' ``messages``, ``prompt`` or ``text`` are continued by generation with the adapted
+model (KV cache; ``--max-new-tokens``, ``--temperature``, ``--top-p``, ``--seed``; stopping at EOS), and written
+as JSON lines (the row plus ``generation``) to ``RUN/<input stem>.predictions.jsonl`` by default.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adapters", choices=tuple(ADAPTER_FILES), default="best", help="which adapters to use")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default: 64)")
+    llm = parser.add_argument_group("causal LMs (a run on a Llama-family model): generation")
+    llm.add_argument(
+        "--max-new-tokens", type=int, default=64, help="tokens to generate per prompt at most (default: 64)"
+    )
+    llm.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples")
+    llm.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling's probability mass (default: 1.0)")
+    llm.add_argument("--seed", type=int, default=0, help="the sampling key's seed (default: 0)")
     parser.add_argument("--debug", action="store_true", help="on an error, print the traceback as well")
     return parser
 
@@ -79,8 +90,11 @@ def predict(
     adapters: str = "best",
     batch_size: int = 64,
     text_columns: tuple[str, ...] = (),
+    **generation,
 ):
-    """Labels ``input_file`` with the run in ``run_dir``; returns the summary printed by the command."""
+    """Labels ``input_file`` with the run in ``run_dir``; returns the summary printed by the command. For a
+    causal-LM run, generates instead (``generation``: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``;
+    see :func:`_generate`)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -104,11 +118,15 @@ def predict(
     if not adapter_file.is_file():
         raise FileNotFoundError(f"--run-dir {run_path}: no {adapter_file.name} (has the run finished an evaluation?)")
     require_file(input_file, "--input-file")
+    # A causal LM's generations are always JSON lines: RUN/<stem>.predictions.jsonl by default.
+    default_input = Path(input_file).with_suffix(".jsonl") if spec.kind == "causal_lm" else input_file
     if output_file:
         out = check_output_file(output_file)
     else:
-        out = default_output_file(run_path, input_file, numbered=False)
+        out = default_output_file(run_path, default_input, numbered=False)
     t = run.train
+    if spec.kind == "causal_lm":
+        return _generate(run, spec, adapter_file, input_file, out, batch_size=batch_size, **generation)
     head = "qa" if spec.kind == "qa" else "classification"
     dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
     model = from_pretrained(t.model, head=head, num_labels=max(spec.num_labels, 1), dtype=dtype, seed=t.seed)
@@ -136,6 +154,41 @@ def predict(
     return {"task": spec.name, "adapters": str(adapter_file), **summary}
 
 
+def _generate(run, spec, adapter_file: Path, input_file: str, out: Path, *, batch_size: int, **generation) -> dict:
+    """A causal-LM run continues each prompt of ``input_file`` (:func:`jax_adalora.tasks.causal_lm.read_prompts`)
+    with its adapters (KV cache, stopping at EOS) and writes ``out`` as JSON lines: the input row plus
+    ``generation``."""
+    import jax
+    from flax import nnx
+
+    from jax_adalora.adapter_files import load_adapters
+    from jax_adalora.adapters import inject_adapters, trainable_filter
+    from jax_adalora.cli.inference import generate_texts
+    from jax_adalora.cli.report import atomic_write_bytes
+    from jax_adalora.models.llama import from_pretrained, load_tokenizer
+    from jax_adalora.tasks.causal_lm import read_prompts
+
+    max_new_tokens, temperature = generation.get("max_new_tokens", 64), generation.get("temperature", 0.0)
+    top_p = generation.get("top_p", 1.0)
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: expected >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"--temperature {temperature} / --top-p {top_p}: expected >= 0 and in (0, 1]")
+    t = run.train
+    tokenizer = load_tokenizer(t.model)
+    rows, prompts = read_prompts(input_file, tokenizer, cache_dir=t.datasets_cache_dir or None)
+    model = from_pretrained(t.model, dtype=t.dtype)
+    inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
+    load_adapters(adapter_file, model, include=trainable_filter(t.head_pattern))
+    sampling = {"temperature": temperature, "top_p": top_p}
+    if temperature > 0:
+        sampling["rng"] = jax.random.key(generation.get("seed", 0))
+    texts = generate_texts(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, **sampling)
+    lines = [json.dumps({**row, "generation": text}, ensure_ascii=False) for row, text in zip(rows, texts, strict=True)]
+    atomic_write_bytes(out, "".join(line + "\n" for line in lines).encode())
+    return {"task": spec.name, "adapters": str(adapter_file), "rows": len(rows), "output_file": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: returns the exit status (0; 2 for a usage error; 1 for a failure at run time)."""
     from jax_adalora.cli.errors import error_line
@@ -152,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             adapters=args.adapters,
             batch_size=args.batch_size,
             text_columns=tuple(c.strip() for c in args.text_columns.split(",") if c.strip()),
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
         )
     except Exception as err:
         if args.debug:

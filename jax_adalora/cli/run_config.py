@@ -69,6 +69,8 @@ class TrainConfig:
       datasets_cache_dir: where ``datasets`` caches Arrow files and tokenised features ("": its default,
         ``$HF_DATASETS_CACHE``).
       stop_after_steps: stop early after this many steps (for tests of resumption; 0 = never).
+      max_new_tokens: a causal LM's evaluation: greedy completions of at most this many tokens for the dev
+        prompts' exact match (0 = loss and perplexity only).
       pad_to_multiple_of: round every padded batch width up to a multiple of this (8 suits tensor cores and
         TPU lanes; 1 keeps the bucket widths). Padding is masked: results do not depend on it.
       remat: recompute each encoder layer's activations in the backward pass (less memory, more time).
@@ -115,6 +117,7 @@ class TrainConfig:
     task_type: str = "auto"
     datasets_cache_dir: str = ""
     stop_after_steps: int = 0
+    max_new_tokens: int = 16
     pad_to_multiple_of: int = 8
     remat: bool = False
     compilation_cache_dir: str = ""
@@ -140,6 +143,7 @@ class TrainConfig:
             "max_eval_examples",
             "stop_after_steps",
             "microbatch_size",
+            "max_new_tokens",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected >= 0")

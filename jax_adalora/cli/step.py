@@ -26,6 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax_adalora.cli.runtime import step_compiler_options
 from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.dropout import dropout_keys
+from jax_adalora.models.llama import LlamaForCausalLM
+from jax_adalora.tasks.causal_lm_metrics import causal_lm_losses
 from jax_adalora.training import FunctionalModel, train_step_fn
 
 PyTree = Any
@@ -33,7 +35,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def model_outputs(model: nnx.Module, inputs: dict, keys=None):
-    """The model's outputs (logits, or (start, end) logits for QA)."""
+    """The model's outputs (logits, or (start, end) logits for QA; a causal LM's (B, T, V) next-token logits,
+    without dropout: it has none)."""
+    if isinstance(model, LlamaForCausalLM):
+        return model(inputs["input_ids"], inputs.get("attention_mask"))
     return model(*(inputs.get(k) for k in MODEL_INPUTS), dropout_keys=keys)
 
 
@@ -46,7 +51,10 @@ def apply_model(functional: FunctionalModel, params: PyTree, frozen: PyTree, inp
 
 
 def task_loss(kind: str, outputs, batch: dict) -> jax.Array:
-    """Per-example losses (B,) for ``kind`` in classification | regression | qa."""
+    """Per-example losses (B,) for ``kind`` in classification | regression | qa | causal_lm (each sequence's
+    mean next-token loss over its ``loss_mask``, :func:`jax_adalora.tasks.causal_lm_metrics.causal_lm_losses`)."""
+    if kind == "causal_lm":
+        return causal_lm_losses(outputs, batch)
     if kind == "classification":
         logits = outputs.astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
@@ -61,7 +69,7 @@ def task_loss(kind: str, outputs, batch: dict) -> jax.Array:
         start_loss = optax.softmax_cross_entropy_with_integer_labels(start_logits, start)
         end_loss = optax.softmax_cross_entropy_with_integer_labels(end_logits, end)
         return 0.5 * (start_loss + end_loss)
-    raise ValueError(f"unknown task kind {kind!r}: expected classification, regression or qa")
+    raise ValueError(f"unknown task kind {kind!r}: expected classification, regression, qa or causal_lm")
 
 
 def task_losses_fn(kind: str, step_key, *, dropout: bool = True) -> Callable:
@@ -116,15 +124,17 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options, **shardings)
 
 
-def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None) -> Callable:
-    """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted.
+def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None, kind: str = "") -> Callable:
+    """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted; for
+    ``kind="causal_lm"`` the per-sequence losses (B,) instead of the (B, T, V) logits.
 
     ``mesh`` (with a ``data`` axis) fixes the shardings: weights replicated, batch and outputs split along
     their first axis. Without it, the shardings follow the arguments.
     """
 
     def eval_step(params, frozen, batch):
-        return apply_model(functional, params, frozen, batch)
+        outputs = apply_model(functional, params, frozen, batch)
+        return causal_lm_losses(outputs, batch) if kind == "causal_lm" else outputs
 
     if mesh is None:
         return jax.jit(eval_step)

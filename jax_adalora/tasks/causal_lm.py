@@ -362,3 +362,90 @@ def instruction_split(task: str, rows, label_names: Sequence[str], tokenizer, *,
         origin=origin,
         locate=lambda row: f"{origin}, row {row}",
     )
+
+
+# ---- a training run's task -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class CausalLMTask:
+    """Own causal-LM data as the training command reads it: ``spec`` (kind ``causal_lm``), the ``train`` split
+    and ``evals`` (``{"validation": split}``), each a :class:`CausalLMSplit`, and the ``tokenizer`` (to decode
+    generations). The main metric is ``exact_match`` of greedy completions when the dev data has prompts
+    (prompt/completion or messages), else ``loss`` (lower is better: the command selects by its negative)."""
+
+    spec: object
+    train: CausalLMSplit
+    evals: dict[str, CausalLMSplit]
+    tokenizer: object
+
+
+def load_causal_lm_task(
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike,
+    tokenizer,
+    *,
+    max_seq_length: int,
+    generate: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> CausalLMTask:
+    """Both files tokenised (:func:`load_causal_lm_file`) and the task's spec; ``generate`` (``--max-new-tokens``
+    above 0) adds exact match to the metrics when the dev file has prompts."""
+    from jax_adalora.tasks.registry import TaskSpec
+    from jax_adalora.tasks.text_dataset import data_name
+
+    train = load_causal_lm_file(train_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)
+    dev = load_causal_lm_file(validation_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)
+    with_match = generate and bool(dev.prompts)
+    metrics = ("loss", "perplexity", "exact_match") if with_match else ("loss", "perplexity")
+    spec = TaskSpec(
+        name=data_name(train_file),
+        kind="causal_lm",
+        source="causal_lm",
+        text_keys=dict(zip(FORMS, (("messages",), ("prompt", "completion"), ("text",)), strict=True))[train.form],
+        metrics=metrics,
+        main_metric="exact_match" if with_match else "loss",
+    )
+    return CausalLMTask(spec, train, {"validation": dev}, tokenizer)
+
+
+# ---- prompts to continue -------------------------------------------------------------------------------------
+
+PROMPT_COLUMNS = ("messages", "prompt", "text")
+
+
+def read_prompts(
+    path: str | os.PathLike, tokenizer, *, cache_dir: str | os.PathLike | None = None
+) -> tuple[list[dict], list[list[int]]]:
+    """The rows of a file of prompts to continue (``predict``), and each row's prompt token ids, encoded as
+    training encodes prompts: a ``messages`` column (chat turns, trailing assistant turns dropped, rendered with
+    the generation prompt), else ``prompt``, else ``text`` (tokenised with the tokenizer's special tokens).
+    Other columns (a ``completion``, ids) are kept in the rows."""
+    rows = read_file(path, cache_dir=cache_dir, as_text=True)
+    origin = str(path)
+    column = next((c for c in PROMPT_COLUMNS if c in rows.column_names), None)
+    if column is None:
+        raise TaskDataError(
+            f"{origin}: expected a 'messages', 'prompt' or 'text' column of prompts; columns: "
+            f"{', '.join(rows.column_names) or 'none'}"
+        )
+    locate = row_locator(origin)
+    records, prompts = rows.to_list(), []
+    for i, record in enumerate(records):
+        value = record[column]
+        if column != "messages":
+            prompts.append(tokenizer(_text(value, column, locate(i)), add_special_tokens=True)["input_ids"])
+            continue
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskDataError(f"{origin}: a 'messages' column needs a tokenizer with a chat template")
+        turns = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t for t in turns):
+            raise TaskDataError(f"{locate(i)}: 'messages' must be a list of {{role, content}} turns")
+        while turns and turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+        if not turns:
+            raise TaskDataError(f"{locate(i)}: 'messages' has no turn before the assistant's")
+        prompts.append(tokenizer(_render(tokenizer, turns, True), add_special_tokens=False)["input_ids"])
+    if not prompts:
+        raise TaskDataError(f"{origin}: no rows")
+    return records, prompts

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-KINDS = ("classification", "regression", "qa")
+KINDS = ("classification", "regression", "qa", "causal_lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,8 @@ class TaskSpec:
 
     Attributes:
       name: the task name used on the command line (``sst2``, ``squad_v2``, ``movie-rating``).
-      kind: ``classification`` | ``regression`` | ``qa``.
+      kind: ``classification`` | ``regression`` | ``qa`` | ``causal_lm`` (own causal-LM data, the training
+        command's decoder runs).
       source: where its data comes from: ``glue`` | ``squad`` | ``movie`` | ``subjectivity``.
       text_keys: column names of the one or two input texts (QA: question, context).
       label_names: class names in label-id order (empty for regression and QA).
