@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,17 +161,21 @@ def train_loop(
     reader = StepReader(checkpointer, progress.get("loss_window", []))
     run_ahead = jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD
     started = last_checkpoint = time.time()
+    before_step = None  # the data position before the step in flight (None between steps)
+    ctrl_c = DeferredInterrupt()
     try:
         while step < total_steps:
+            before_step = train_iter.state()
             batch = train_iter.next_batch()
-            with jax.transfer_guard(STEP_TRANSFER_GUARD):  # every copy to the device below is explicit
+            with jax.transfer_guard(STEP_TRANSFER_GUARD), ctrl_c.deferred():  # copies to the device are explicit
                 step_key = jax.random.fold_in(base_key, jax.device_put(np.uint32(step), replicated))
                 state, step_metrics = train_step(state, frozen, device_batch(batch, batch_sharding), step_key)
-            step += 1
-            # Running ahead, the host does not wait for the step it has just dispatched: it reads the step before
-            # (finished by now) while this one runs, and this one's numbers only at a step that logs, evaluates
-            # or saves. In lockstep (CPU) it reads every step as soon as it is done.
-            reader.push(step, step_metrics)
+                step += 1
+                before_step = None
+                # Running ahead, the host does not wait for the step it has just dispatched: it reads the step
+                # before (finished by now) while this one runs, and this one's numbers only at a step that logs,
+                # evaluates or saves. In lockstep (CPU) it reads every step as soon as it is done.
+                reader.push(step, step_metrics)
             stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
             logs = step % t.log_every == 0 or step == total_steps
             if not run_ahead or logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
@@ -193,13 +200,81 @@ def train_loop(
                     f"{step} in {checkpointer.directory}; continue with --resume"
                 )
                 return {}
+    except KeyboardInterrupt:
+        log.close()
+        if before_step is not None:  # the step in flight never finished: its batch is read again on resume
+            train_iter.restore(before_step)
+        raise KeyboardInterrupt(
+            save_on_interrupt(checkpointer, step, state, progress, train_iter, reader, log)
+        ) from None
     finally:
+        ctrl_c.close()
         log.close()
     elapsed = round(time.time() - started, 2)
     return finish_run(
         run, data, functional, state, eval_step, batch_sharding, progress,
         steps=total_steps, train_seconds_this_process=elapsed,
     )  # fmt: skip
+
+
+class DeferredInterrupt:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt at once, except inside :meth:`deferred`, where it waits for the
+    block's end: the step donates the old state's buffers, so an interrupt between its dispatch and the
+    assignment of the new state would leave no state to checkpoint. Installed in the main thread only."""
+
+    def __init__(self):
+        self.inside = self.pending = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        if not self.inside:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
+
+
+def save_on_interrupt(checkpointer: Checkpointer, step: int, state, progress, train_iter, reader, log) -> str:
+    """Checkpoints the last finished step after Ctrl-C; returns the line that says where the run's progress is
+    (or what was lost)."""
+    if checkpointer.latest_step() == step:
+        return f"interrupted at step {step}; checkpoint in {checkpointer.directory / str(step)}; continue with --resume"
+    try:
+        if jax.process_count() > 1:
+            raise RuntimeError("a checkpoint is saved by every process together, and only this one was interrupted")
+        while reader.pending:  # a finished step's loss not read yet
+            reader.read()
+        checkpoint(checkpointer, step, state, progress, train_iter, reader, log)
+    except (Exception, KeyboardInterrupt) as err:
+        last = checkpointer.latest_step()
+        kept = (
+            f"the last checkpoint, {checkpointer.directory / str(last)}, is kept: continue from it with --resume"
+            if last is not None
+            else "no checkpoint was saved before: the run's progress is lost"
+        )
+        reason = " ".join(str(err).split()) or type(err).__name__
+        return f"interrupted at step {step}; could not save a checkpoint ({reason}); {kept}"
+    return (
+        f"interrupted at step {step}; saved a checkpoint of it in {checkpointer.directory / str(step)}; "
+        "continue with --resume"
+    )
 
 
 def minutes_since(start: float) -> float:

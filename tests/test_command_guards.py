@@ -1,0 +1,73 @@
+"""The command's guards of issue 36: Ctrl-C keeps the run's progress, a plug-in score's output is checked,
+divergence advice that works, checksummed checkpoints, and data files that must not change under a resume."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from test_reliability import _cli
+from test_train import _flags
+from tiny_assets import make_sst2_dir, make_tiny_bert
+
+from jax_adalora.cli import train as train_module
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return make_tiny_bert(root / "tiny-bert"), make_sst2_dir(root / "sst2")
+
+
+@pytest.fixture(scope="module")
+def straight(assets, tmp_path_factory):
+    """An uninterrupted run of the settings the interrupted runs use: two 8-step epochs, the first checkpoint
+    at step 8 (the first evaluation)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert train_module.main([str(a) for a in _flags(assets, out, *COMMON)]) == 0
+    return out
+
+
+COMMON = ["--score", "sensitivity", "--no-export", "--checkpoint-minutes", "0"]
+
+
+def _interrupt_at(monkeypatch, call: int, how: str) -> None:
+    """The ``call``-th training step is interrupted: by SIGINT as it is dispatched (what Ctrl-C sends), or by a
+    KeyboardInterrupt raised before it runs."""
+    real = train_module.make_train_step
+
+    def make(*args, **kwargs):
+        step, calls = real(*args, **kwargs), [0]
+
+        def interrupted(*a, **k):
+            calls[0] += 1
+            if calls[0] == call:
+                if how == "signal":
+                    signal.raise_signal(signal.SIGINT)
+                else:
+                    raise KeyboardInterrupt
+            return step(*a, **k)
+
+        return interrupted
+
+    monkeypatch.setattr(train_module, "make_train_step", make)
+
+
+@pytest.mark.parametrize("how, saved_step", [("signal", 3), ("raise", 2)])
+def test_ctrl_c_before_the_first_checkpoint_keeps_the_progress(
+    assets, straight, tmp_path, capsys, monkeypatch, how, saved_step
+):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, 3, how)
+    status, errors, _ = _cli(_flags(assets, out, *COMMON), capsys)
+    assert status == 130 and len(errors) == 1, errors
+    assert (
+        f"interrupted at step {saved_step}; saved a checkpoint of it in {out / 'checkpoints' / str(saved_step)}"
+        in errors[0]
+    )
+    assert "--resume" in errors[0]
+    monkeypatch.undo()
+    status, errors, stdout = _cli([*_flags(assets, out, *COMMON), "--resume"], capsys)
+    assert status == 0 and not errors and f"resumed from step {saved_step}" in stdout
+    for name in ("final_adapters.safetensors", "best_adapters.safetensors", "rank_pattern.json", "metrics.jsonl"):
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
