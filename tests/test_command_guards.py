@@ -71,3 +71,39 @@ def test_ctrl_c_before_the_first_checkpoint_keeps_the_progress(
     assert status == 0 and not errors and f"resumed from step {saved_step}" in stdout
     for name in ("final_adapters.safetensors", "best_adapters.safetensors", "rank_pattern.json", "metrics.jsonl"):
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+# ---- a plug-in score's output ------------------------------------------------------------------------
+
+BAD_SCORES = {
+    "nan_score": "jax.tree.map(lambda w: w * jnp.nan, params)",
+    "scalar_score": "jax.tree.map(lambda w: jnp.sum(w**2), params)",
+    "shape_score": "jax.tree.map(lambda w: w.T, params)",
+    "tree_score": "jax.tree.leaves(params)",
+}
+
+
+@pytest.mark.parametrize(
+    "score, status, needles",
+    [
+        ("nan_score", 1, ["the score 'nan_score' gave NaN or infinite importance at a re-allocation"]),
+        ("scalar_score", 2, ["the score 'scalar_score' returned shape () for ", "expected (32, 4)"]),
+        ("shape_score", 2, ["the score 'shape_score' returned shape (4, 32) for ", "expected (32, 4)"]),
+        ("tree_score", 2, ["the score 'tree_score' returned a tree of another structure"]),
+    ],
+)
+def test_a_plug_in_score_that_gives_nan_or_the_wrong_shapes_is_refused(
+    assets, tmp_path, capsys, score, status, needles
+):
+    module = tmp_path / f"{score}.py"  # one module per score: a name is registered once per process
+    module.write_text(
+        "import jax\nimport jax.numpy as jnp\nfrom jax_adalora.scores import register_score\n\n"
+        f"register_score({score!r}, lambda params, moments: {BAD_SCORES[score]}, reads='gradient')\n"
+    )
+    out = tmp_path / "run"
+    argv = _flags(assets, out, "--score-module", module, "--score", score, "--epochs", "1", "--no-export")
+    got, errors, _ = _cli(argv, capsys)
+    assert got == status and len(errors) == 1, errors
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not (out / "final_metrics.json").exists()

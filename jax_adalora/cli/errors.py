@@ -12,6 +12,10 @@ class TrainingDiverged(RuntimeError):
     """The loss, the gradient or the parameters became NaN or infinite; the last good checkpoint is kept."""
 
 
+class BadScore(RuntimeError):
+    """The importance score gave NaN or infinite triplet scores at a re-allocation; the run stops."""
+
+
 # Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
 # re.error (a bad pattern a user gave) is one too: its type name, 'error', would otherwise be printed after 'error:'.
 USAGE_ERRORS = (ValueError, re.error, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
@@ -36,7 +40,7 @@ def error_line(err: BaseException) -> tuple[int, str]:
     text = flag_names(" ".join(str(err).split()))
     if isinstance(err, USAGE_ERRORS):
         return 2, text
-    if isinstance(err, TrainingDiverged):
+    if isinstance(err, (TrainingDiverged, BadScore)):
         return 1, text
     return 1, f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
 

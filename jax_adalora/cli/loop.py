@@ -23,9 +23,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jax_adalora.allocator import find_allocator_state
+from jax_adalora.allocator import NON_FINITE_SCORES, find_allocator_state
 from jax_adalora.cli.checkpoint import Checkpointer, NonFiniteState
-from jax_adalora.cli.errors import TrainingDiverged
+from jax_adalora.cli.errors import BadScore, TrainingDiverged
 from jax_adalora.cli.inference import evaluate, main_metric
 from jax_adalora.cli.mesh import device_batch, is_writer
 from jax_adalora.cli.outputs import finish_run, save_trained_adapters
@@ -81,8 +81,9 @@ class StepReader:
     """Reads a dispatched step's loss and gradient norm (one transfer), checks them, and keeps the losses since
     the last log line. Running ahead, at most one step waits to be read."""
 
-    def __init__(self, checkpointer: Checkpointer, loss_window: list[float]):
+    def __init__(self, checkpointer: Checkpointer, loss_window: list[float], score: str = ""):
         self.checkpointer = checkpointer
+        self.score = score  # the importance score's name, for the messages
         self.loss_window = list(loss_window)
         self.pending: list[tuple[int, dict]] = []
 
@@ -122,6 +123,7 @@ def evaluate_and_keep_best(run, data, functional, state, frozen, eval_step, shar
 
 def checkpoint(checkpointer: Checkpointer, step: int, state, progress: dict, train_iter, reader, log) -> None:
     """Saves the state with the data position and the unlogged losses, so that a resumed run continues exactly."""
+    check_scores_finite(find_allocator_state(state.opt_state), reader.score, step)
     progress["iterator"] = train_iter.state()
     progress["loss_window"] = list(reader.loss_window)  # so that a resumed run logs the same mean losses
     try:
@@ -158,7 +160,7 @@ def train_loop(
     start_step = step = int(state.step)
     print(header, flush=True)
     log = RunLog(run.output_dir, total_steps=total_steps, start_step=start_step, resuming=resuming)
-    reader = StepReader(checkpointer, progress.get("loss_window", []))
+    reader = StepReader(checkpointer, progress.get("loss_window", []), run.adalora.score)
     run_ahead = jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD
     started = last_checkpoint = time.time()
     before_step = None  # the data position before the step in flight (None between steps)
@@ -182,6 +184,7 @@ def train_loop(
                 grad_norm = reader.read()
             if logs:
                 alloc = find_allocator_state(state.opt_state)
+                check_scores_finite(alloc, reader.score, step)
                 budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
                 log.train_line(step, reader.mean_loss(), budget, grad_norm)
             log.bar.update(1)
@@ -275,6 +278,17 @@ def save_on_interrupt(checkpointer: Checkpointer, step: int, state, progress, tr
         f"interrupted at step {step}; saved a checkpoint of it in {checkpointer.directory / str(step)}; "
         "continue with --resume"
     )
+
+
+def check_scores_finite(alloc, score: str, step: int) -> None:
+    """Raises :class:`BadScore` when a re-allocation up to ``step`` met NaN or infinite triplet scores (the
+    allocator then keeps the pattern it had and marks its budget; one scalar is read)."""
+    if int(jax.device_get(alloc.budget)) == NON_FINITE_SCORES:
+        raise BadScore(
+            f"the score {score!r} gave NaN or infinite importance at a re-allocation (by step {step}); refusing "
+            "to prune on it (it would remove every adapter). Fix the score (--score-module) or choose another "
+            "--score; no checkpoint was written after it"
+        )
 
 
 def minutes_since(start: float) -> float:
