@@ -3,11 +3,13 @@ divergence advice that works, checksummed checkpoints, and data files that must 
 
 from __future__ import annotations
 
+import json
 import signal
 
+import jax.numpy as jnp
 import pytest
 from test_reliability import _cli
-from test_train import _flags
+from test_train import _flags, _main_in_process
 from tiny_assets import make_sst2_dir, make_tiny_bert
 
 from jax_adalora.cli import train as train_module
@@ -107,3 +109,61 @@ def test_a_plug_in_score_that_gives_nan_or_the_wrong_shapes_is_refused(
     for needle in needles:
         assert needle in errors[0], errors[0]
     assert not (out / "final_metrics.json").exists()
+
+
+# ---- divergence ------------------------------------------------------------------------------------------
+
+
+def _diverge_at(monkeypatch, call: int) -> None:
+    """The ``call``-th training step reports a NaN loss (as a diverging run's would)."""
+    real = train_module.make_train_step
+
+    def make(*args, **kwargs):
+        step, calls = real(*args, **kwargs), [0]
+
+        def diverging(*a, **k):
+            calls[0] += 1
+            state, metrics = step(*a, **k)
+            if calls[0] == call:
+                metrics = {**metrics, "loss": jnp.float32(jnp.nan)}
+            return state, metrics
+
+        return diverging
+
+    monkeypatch.setattr(train_module, "make_train_step", make)
+
+
+def test_a_diverged_run_resumes_with_the_lower_learning_rate_its_advice_names(assets, tmp_path, capsys, monkeypatch):
+    """A run that diverges at step 5 (checkpoint at 4): the advice (--resume with a lower --learning-rate)
+    works, and config.json records the change; without a divergence the learning rate may not change."""
+    out = tmp_path / "run"
+    common = ["--checkpoint-every", "2", "--epochs", "1", "--no-export"]
+    _diverge_at(monkeypatch, 5)
+    got, errors, _ = _cli(_flags(assets, out, *common, "--max-grad-norm", "5"), capsys)
+    assert got == 1 and len(errors) == 1, errors
+    assert "at step 5" in errors[0] and f"Last good checkpoint: {out / 'checkpoints' / '4'} (step 4)" in errors[0]
+    assert "Continue from it with --resume and a lower --learning-rate or --max-grad-norm" in errors[0]
+    monkeypatch.undo()
+    got, errors, stdout = _cli([*_flags(assets, out, *common, "--learning-rate", "1e-3"), "--resume"], capsys)
+    assert got == 0 and not errors and "resumed from step 4" in stdout, (errors, stdout[-2000:])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["optim"]["learning_rate"] == 1e-3 and saved["optim"]["max_grad_norm"] == 1.0
+    assert saved["changed_on_resume"] == [
+        {"diverged_at_step": 5, "learning_rate": [5e-3, 1e-3], "max_grad_norm": [5.0, 1.0]}
+    ]
+    assert not (out / "diverged.json").exists()
+    # without a divergence the learning rate may not change on resume
+    got, errors, _ = _cli([*_flags(assets, out, *common, "--learning-rate", "2e-3"), "--resume"], capsys)
+    assert got == 2 and "--learning-rate 0.002 (checkpointed: 0.001)" in errors[0]
+
+
+def test_a_loss_that_grows_a_hundredfold_warns_once(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, err, _ = _main_in_process(
+        _flags(assets, out, "--learning-rate", "300", "--epochs", "1", "--no-export"), capsys
+    )
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert status == 0 and max(losses) > 1e4, losses
+    warnings = [line for line in err.splitlines() if "warning: the training loss has grown" in line]
+    assert len(warnings) == 1 and "times the first step's" in warnings[0] and "--learning-rate" in warnings[0]
+    assert "Traceback" not in err

@@ -29,7 +29,7 @@ from jax_adalora.cli.errors import BadScore, TrainingDiverged
 from jax_adalora.cli.inference import evaluate, main_metric
 from jax_adalora.cli.mesh import device_batch, is_writer
 from jax_adalora.cli.outputs import finish_run, save_trained_adapters
-from jax_adalora.cli.run_dir import truncate_metrics
+from jax_adalora.cli.run_dir import record_divergence, truncate_metrics
 
 # The transfer guard around each training step's dispatch; the tests set "disallow", so that an implicit copy
 # between host and device (a hidden synchronisation) in the step loop fails them.
@@ -40,6 +40,9 @@ STEP_TRANSFER_GUARD = "allow"
 # the device is the host's own cores, so it gains no time, and it keeps a second step's buffers alive (more
 # memory for the same wall time). The tests set True to check the run-ahead path on CPU.
 RUN_AHEAD: bool | None = None
+
+# The logged loss this many times the first logged loss gives a warning (once per run).
+LOSS_GROWTH_WARNING = 100.0
 
 
 class RunLog:
@@ -84,6 +87,7 @@ class StepReader:
     def __init__(self, checkpointer: Checkpointer, loss_window: list[float], score: str = ""):
         self.checkpointer = checkpointer
         self.score = score  # the importance score's name, for the messages
+        self.first_loss: float | None = None  # the run's first step's (before any update), for warn_if_loss_grows
         self.loss_window = list(loss_window)
         self.pending: list[tuple[int, dict]] = []
 
@@ -102,6 +106,8 @@ class StepReader:
                 diverged_message(f"the loss ({loss}) or gradient norm ({grad_norm})", done, self.checkpointer)
             )
         self.loss_window.append(loss)
+        if self.first_loss is None:
+            self.first_loss = loss
         return grad_norm
 
     def mean_loss(self) -> float:
@@ -186,7 +192,11 @@ def train_loop(
                 alloc = find_allocator_state(state.opt_state)
                 check_scores_finite(alloc, reader.score, step)
                 budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
-                log.train_line(step, reader.mean_loss(), budget, grad_norm)
+                if progress.get("first_loss") is None:
+                    progress["first_loss"] = reader.first_loss
+                mean_loss = reader.mean_loss()
+                log.train_line(step, mean_loss, budget, grad_norm)
+                warn_if_loss_grows(progress, mean_loss, step, log)
             log.bar.update(1)
             if step % eval_every == 0 or step == total_steps:
                 evaluate_and_keep_best(
@@ -203,6 +213,10 @@ def train_loop(
                     f"{step} in {checkpointer.directory}; continue with --resume"
                 )
                 return {}
+    except TrainingDiverged:
+        if is_writer() and checkpointer.latest_step() is not None:
+            record_divergence(run.output_dir, step, checkpointer.latest_step())
+        raise
     except KeyboardInterrupt:
         log.close()
         if before_step is not None:  # the step in flight never finished: its batch is read again on resume
@@ -280,6 +294,22 @@ def save_on_interrupt(checkpointer: Checkpointer, step: int, state, progress, tr
     )
 
 
+def warn_if_loss_grows(progress: dict, loss: float, step: int, log: RunLog) -> None:
+    """Warns once (one line) when the logged loss grows past :data:`LOSS_GROWTH_WARNING` times the loss of
+    the run's first step (kept in ``progress``): a run that is diverging without (yet) reaching NaN."""
+    first = progress.get("first_loss")
+    if first is None:
+        return
+    if not progress.get("warned_loss") and first > 0 and loss > LOSS_GROWTH_WARNING * first:
+        progress["warned_loss"] = step
+        log.bar.write(
+            f"warning: the training loss has grown to {loss:.4g} at step {step}, {loss / first:.0f} times the first "
+            f"step's ({first:.4g}): the run is probably diverging; consider a lower --learning-rate or "
+            "--max-grad-norm",
+            file=sys.stderr,
+        )
+
+
 def check_scores_finite(alloc, score: str, step: int) -> None:
     """Raises :class:`BadScore` when a re-allocation up to ``step`` met NaN or infinite triplet scores (the
     allocator then keeps the pattern it had and marks its budget; one scalar is read)."""
@@ -304,10 +334,15 @@ def minutes_since(start: float) -> float:
 
 def diverged_message(what: str, step: int, checkpointer: Checkpointer) -> str:
     last = checkpointer.latest_step()
-    where = f"{checkpointer.directory / str(last)} (step {last})" if last is not None else "none yet"
+    if last is None:
+        return (
+            f"{what} became NaN or infinite at step {step}, before the first checkpoint; stopping. Run again with "
+            "a lower --learning-rate or --max-grad-norm"
+        )
     return (
-        f"{what} became NaN or infinite at step {step}; stopping. Last good checkpoint: {where}. "
-        "Lower --learning-rate or --max-grad-norm and --resume"
+        f"{what} became NaN or infinite at step {step}; stopping. Last good checkpoint: "
+        f"{checkpointer.directory / str(last)} (step {last}). Continue from it with --resume and a lower "
+        "--learning-rate or --max-grad-norm (a resume after a divergence may change them)"
     )
 
 

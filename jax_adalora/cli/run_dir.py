@@ -45,6 +45,9 @@ RESUMABLE_FIELDS = (
     "test_file",
     "datasets_cache_dir",
 )
+# Written when a run diverges; a resume of it may change these settings (the advice the divergence gives).
+DIVERGED = "diverged.json"
+AFTER_DIVERGENCE_FIELDS = ("learning_rate", "max_grad_norm")
 # Our outputs besides the manifest; a fresh start in our own directory removes these stale ones.
 _OUTPUTS = (
     "config.json",
@@ -58,6 +61,7 @@ _OUTPUTS = (
     "final_metrics.json",
     "merged",
     "peft_adapter",
+    DIVERGED,
 )
 _SECTIONS = ("train", "adalora", "optim")
 
@@ -129,18 +133,51 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
     saved = read_saved_config(directory)
     if saved is None:
         raise ValueError(f"--resume: {directory / 'config.json'} is missing or unreadable; cannot check the settings")
-    differences = resume_differences(saved, run_dict)
+    diverged = (directory / DIVERGED).is_file()
+    differences = resume_differences(saved, run_dict, also=AFTER_DIVERGENCE_FIELDS if diverged else ())
     if differences:
+        may_change = [f for f in RESUMABLE_FIELDS if f not in ("output_dir", "resume")]
+        may_change += list(AFTER_DIVERGENCE_FIELDS) if diverged else []
         raise ValueError(
             f"--resume: {directory} was trained with other settings: {'; '.join(differences)}. Pass the "
             "checkpointed values, or choose another --output-dir for a new run (may change on resume: "
-            f"{', '.join(_flag(f) for f in RESUMABLE_FIELDS if f not in ('output_dir', 'resume'))})"
+            f"{', '.join(_flag(f) for f in may_change)}"
+            + ("" if diverged else f"; after a divergence also {', '.join(map(_flag, AFTER_DIVERGENCE_FIELDS))}")
+            + ")"
         )
     return True
 
 
-def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any]) -> list[str]:
-    """``--flag NEW (checkpointed: OLD)`` for every setting outside :data:`RESUMABLE_FIELDS` that differs.
+def record_divergence(directory: Path, step: int, last_checkpoint: int | None) -> None:
+    """Marks the run in ``directory`` as diverged at ``step``: its resume may change
+    :data:`AFTER_DIVERGENCE_FIELDS`."""
+    atomic_write_json(directory / DIVERGED, {"diverged_at_step": step, "last_checkpoint": last_checkpoint})
+
+
+def note_changes_after_divergence(directory: Path, run_dict: dict[str, Any]) -> None:
+    """Adds to ``run_dict`` (the config a resume writes) the settings changed since the divergence, with the
+    history the saved config already holds: ``changed_on_resume: [{"diverged_at_step", "learning_rate": [old,
+    new], ...}]``."""
+    saved = read_saved_config(directory) or {}
+    history = list(saved.get("changed_on_resume", []))
+    marker = directory / DIVERGED
+    if marker.is_file():
+        try:
+            entry = {"diverged_at_step": json.loads(marker.read_text(encoding="utf-8"))["diverged_at_step"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            entry = {}
+        for name in AFTER_DIVERGENCE_FIELDS:
+            old, new = saved.get("optim", {}).get(name), run_dict["optim"].get(name)
+            if old != new:
+                entry[name] = [old, new]
+        history.append(entry)
+    if history:
+        run_dict["changed_on_resume"] = history
+
+
+def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """``--flag NEW (checkpointed: OLD)`` for every setting outside :data:`RESUMABLE_FIELDS` (and ``also``) that
+    differs.
 
     A field the saved config lacks (added since that run) counts as unchanged when it holds its default.
     """
@@ -148,7 +185,7 @@ def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any]) -> list[
     for section in _SECTIONS:
         old_section = saved.get(section, {})
         for name, new in run_dict[section].items():
-            if name in RESUMABLE_FIELDS or name not in old_section:
+            if name in RESUMABLE_FIELDS or name in also or name not in old_section:
                 continue
             old = old_section[name]
             if old != new:
@@ -176,7 +213,10 @@ def start_output_dir(directory: Path, run_dict: dict[str, Any], *, resuming: boo
         atomic_write_json(manifest, {"jax_adalora_run": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if not resuming:
         remove_outputs(directory)
+    else:
+        note_changes_after_divergence(directory, run_dict)
     atomic_write_json(directory / "config.json", run_dict)
+    (directory / DIVERGED).unlink(missing_ok=True)
 
 
 def remove_outputs(directory: Path) -> None:
