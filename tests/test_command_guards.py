@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -167,3 +168,57 @@ def test_a_loss_that_grows_a_hundredfold_warns_once(assets, tmp_path, capsys):
     warnings = [line for line in err.splitlines() if "warning: the training loss has grown" in line]
     assert len(warnings) == 1 and "times the first step's" in warnings[0] and "--learning-rate" in warnings[0]
     assert "Traceback" not in err
+
+
+# ---- checkpoints: checksums, truncation, nothing readable ---------------------------------------------------
+
+
+def _biggest_file(directory: Path) -> Path:
+    return max(
+        (p for p in directory.rglob("*") if p.is_file() and p.name != "checksums.json"), key=lambda p: p.stat().st_size
+    )
+
+
+def test_a_checkpoint_changed_in_place_is_found_by_its_checksum(assets, straight, tmp_path, capsys, caplog):
+    """A checkpoint file overwritten at the same size is refused before it is read (the one before is used,
+    and the run ends as a straight one); a truncated one is one warning line, not orbax's tracebacks."""
+    out = tmp_path / "run"
+    common = [*COMMON, "--checkpoint-every", "2"]
+    status, _, _ = _cli(_flags(assets, out, *common, "--stop-after-steps", "6"), capsys)
+    assert status == 0
+    changed = _biggest_file(out / "checkpoints" / "6")
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    changed.write_bytes(bytes(data))  # same size, one byte changed
+    status, errors, stdout = _main_in_process([*_flags(assets, out, *common), "--resume"], capsys)
+    assert status == 0 and "resumed from step 4" in stdout, errors
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"{changed} has changed since it was saved (checksum mismatch)" in warned[0]
+    assert "Traceback" not in errors
+    for name in ("final_adapters.safetensors", "best_adapters.safetensors", "rank_pattern.json", "metrics.jsonl"):
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_unreadable_checkpoints_are_one_line_each_and_never_deleted_by_a_fresh_start(assets, tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    common = [*COMMON, "--checkpoint-every", "2"]
+    assert _cli(_flags(assets, out, *common, "--stop-after-steps", "6"), capsys)[0] == 0
+    for step in (4, 6):  # truncated: without the checksum, orbax logs a traceback per array
+        (out / "checkpoints" / str(step) / "checksums.json").unlink()
+        victim = _biggest_file(out / "checkpoints" / str(step))
+        victim.write_bytes(victim.read_bytes()[:10])
+    status, err, _ = _main_in_process([*_flags(assets, out, *common), "--resume"], capsys)
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert status == 1 and "Traceback" not in err and len(lines) == 1, lines
+    assert "error: no checkpoint in" in lines[-1] and "can be read" in lines[-1]
+    logged = [r for r in caplog.records if r.levelno >= 30]
+    assert len(logged) == 2 and all("cannot be read" in r.getMessage() and not r.exc_info for r in logged), [
+        r.getMessage()[:300] for r in logged
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["corrupt-4", "corrupt-6"]
+    # the second --resume (or a run without it) refuses instead of starting afresh and deleting them
+    for extra in (["--resume"], []):
+        status, errors, _ = _cli([*_flags(assets, out, *common), *extra], capsys)
+        assert status == 2 and len(errors) == 1 and "holds only checkpoints that could not be read" in errors[0]
+        assert "corrupt-4, corrupt-6" in errors[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["corrupt-4", "corrupt-6"]

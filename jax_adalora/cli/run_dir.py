@@ -74,6 +74,14 @@ def checkpoint_steps(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+def corrupt_checkpoints(directory: Path) -> list[str]:
+    """Names of the unreadable checkpoints a resume moved aside (``checkpoints/corrupt-<step>``)."""
+    checkpoints = directory / "checkpoints"
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("corrupt-"))
+
+
 def is_our_run(directory: Path) -> bool:
     """Whether ``directory`` holds a run of ours: our manifest, or (runs made before the manifest existed)
     a ``config.json`` with our three sections next to a ``checkpoints/`` directory."""
@@ -120,6 +128,13 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
             "refusing to write into it: choose a new or empty directory"
         )
     has_progress = bool(checkpoint_steps(directory)) or (directory / "final_metrics.json").exists()
+    corrupt = corrupt_checkpoints(directory)
+    if corrupt and not checkpoint_steps(directory):
+        raise FileExistsError(
+            f"--output-dir {directory} holds only checkpoints that could not be read, moved aside by an earlier "
+            f"--resume ({', '.join(corrupt)} in {directory / 'checkpoints'}); refusing to start over and delete "
+            "them: move them out (or delete them) to start afresh, or choose another --output-dir"
+        )
     if not has_progress:
         return False
     if not resume:
