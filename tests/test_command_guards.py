@@ -4,6 +4,7 @@ divergence advice that works, checksummed checkpoints, and data files that must 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -222,3 +223,30 @@ def test_unreadable_checkpoints_are_one_line_each_and_never_deleted_by_a_fresh_s
         assert status == 2 and len(errors) == 1 and "holds only checkpoints that could not be read" in errors[0]
         assert "corrupt-4, corrupt-6" in errors[0]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["corrupt-4", "corrupt-6"]
+
+
+# ---- data that changed under a resume ------------------------------------------------------------------------
+
+
+def test_a_resume_on_a_data_file_edited_at_the_same_path_is_refused(assets, tmp_path, capsys):
+    model_dir, data_dir = assets
+    own_data = tmp_path / "sst2"
+    shutil.copytree(data_dir, own_data)
+    out = tmp_path / "run"
+    common = [*COMMON, "--checkpoint-every", "2"]
+    flags = [*_flags((model_dir, own_data), out, *common)]
+    assert _cli([*flags, "--stop-after-steps", "4"], capsys)[0] == 0
+    saved = json.loads((out / "config.json").read_text())["data_files"]
+    train_file = next(own_data / name for name in sorted(p.name for p in own_data.iterdir()) if "train" in name)
+    assert str(train_file) in saved
+    original = train_file.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    train_file.write_text("".join([lines[0], *reversed(lines[1:])]))  # the same rows, in another order
+    before = (out / "config.json").read_bytes()
+    status, errors, _ = _cli([*flags, "--resume"], capsys)
+    assert status == 2 and len(errors) == 1, errors
+    assert f"--resume: {train_file} has changed since {out} was trained on it" in errors[0]
+    assert (out / "config.json").read_bytes() == before
+    train_file.write_bytes(original)  # restored: the resume goes on
+    status, errors, stdout = _cli([*flags, "--resume"], capsys)
+    assert status == 0 and not errors and "resumed from step 4" in stdout

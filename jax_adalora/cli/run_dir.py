@@ -11,6 +11,7 @@ before its first checkpoint) is started afresh: its stale outputs are removed, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -148,6 +149,13 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
     saved = read_saved_config(directory)
     if saved is None:
         raise ValueError(f"--resume: {directory / 'config.json'} is missing or unreadable; cannot check the settings")
+    changed = changed_data_file(saved.get("data_files"), run_dict)
+    if changed:
+        raise ValueError(
+            f"--resume: {changed} has changed since {directory} was trained on it (its content hash differs from "
+            "the one in config.json); resuming would continue on other data. Restore the file, or start a new run "
+            "in another --output-dir"
+        )
     diverged = (directory / DIVERGED).is_file()
     differences = resume_differences(saved, run_dict, also=AFTER_DIVERGENCE_FIELDS if diverged else ())
     if differences:
@@ -161,6 +169,49 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
             + ")"
         )
     return True
+
+
+def data_files(run_dict: dict[str, Any]) -> list[Path]:
+    """The local data files a run reads: ``--train-file``, ``--validation-file`` and every file under
+    ``--data-dir`` (hidden ones aside). A dataset from the hub is not among them."""
+    t = run_dict.get("train", {})
+    files = [Path(t[k]) for k in ("train_file", "validation_file") if t.get(k)]
+    if t.get("data_dir") and Path(t["data_dir"]).is_dir():
+        root = Path(t["data_dir"])
+        out = Path(t["output_dir"]).absolute() if t.get("output_dir") else None
+        files += [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and not (out is not None and p.absolute().is_relative_to(out))  # the run's own outputs
+        ]
+    return files
+
+
+def data_hashes(run_dict: dict[str, Any]) -> dict[str, str]:
+    """``{path: sha256 of its content}`` of :func:`data_files`, for ``config.json``'s ``data_files``."""
+    out = {}
+    for path in data_files(run_dict):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(path)] = digest.hexdigest()
+    return out
+
+
+def changed_data_file(saved: dict[str, str] | None, run_dict: dict[str, Any]) -> str | None:
+    """The first data file whose content (or presence) differs from ``saved`` (config.json's ``data_files``;
+    None for a run saved before they were recorded: nothing to compare)."""
+    if not isinstance(saved, dict):
+        return None
+    now = data_hashes(run_dict)
+    for name in sorted(set(saved) | set(now)):
+        if saved.get(name) != now.get(name):
+            return name if name in now else f"{name} (no longer there)"
+    return None
 
 
 def record_divergence(directory: Path, step: int, last_checkpoint: int | None) -> None:
@@ -230,6 +281,7 @@ def start_output_dir(directory: Path, run_dict: dict[str, Any], *, resuming: boo
         remove_outputs(directory)
     else:
         note_changes_after_divergence(directory, run_dict)
+    run_dict["data_files"] = data_hashes(run_dict)  # a resume refuses data that changed since
     atomic_write_json(directory / "config.json", run_dict)
     (directory / DIVERGED).unlink(missing_ok=True)
 
