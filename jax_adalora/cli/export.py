@@ -167,7 +167,8 @@ def save_peft_adapter(
     head_modules = sorted({key.rsplit(".", 1)[0] for key in head_state})  # e.g. classifier, bert.pooler.dense
 
     # A matrix pruned to rank 0 adds nothing: it is left out of the adapter (PEFT warns about zero-sized tensors).
-    names = {path: name for path, name in hf_module_names(model).items() if any(rank_pattern.get(path, [True]))}
+    every = hf_module_names(model)
+    names = {path: name for path, name in every.items() if any(rank_pattern.get(path, [True]))} or every
     config = peft_adalora_config(
         run.adalora,
         total_steps=total_steps,
