@@ -126,7 +126,31 @@ class RankAllocatorState(NamedTuple):
     count: jax.Array  # shape=(), int32: updates applied so far (the next step is count + 1)
     smoothing: scores_lib.SmoothingState  # smoothed element scores, triplet-shaped
     keep: dict[str, jax.Array]  # the current rank pattern {path: bool (r,)}; frozen after T - t_final
-    budget: jax.Array  # shape=(), int32: the budget of the latest mask
+    budget: jax.Array  # shape=(), int32: the budget of the latest mask; NON_FINITE_SCORES after NaN/inf scores
+
+
+# RankAllocatorState.budget once a re-allocation met NaN or infinite triplet scores (the pattern is left as it was).
+NON_FINITE_SCORES = -1
+
+
+def check_score_output(name: str, element_scores: PyTree, weights: PyTree) -> None:
+    """Raises ``ValueError`` naming the score when its output is not a tree of the weights' structure and shapes
+    (one score per element of P, λ and Q); runs on abstract values, at tracing."""
+    got, want = jax.tree.structure(element_scores), jax.tree.structure(weights)
+    if got != want:
+        raise ValueError(
+            f"the score {name!r} returned a tree of another structure than the adapter weights it was given "
+            f"({got.num_leaves} leaves, expected {want.num_leaves}: one per P, lam and Q of each adapted matrix); "
+            "return a tree of the same structure and shapes, e.g. with jax.tree.map"
+        )
+    for (key_path, out), w in zip(
+        jax.tree_util.tree_leaves_with_path(element_scores), jax.tree.leaves(weights), strict=True
+    ):
+        if jnp.shape(out) != jnp.shape(w):
+            raise ValueError(
+                f"the score {name!r} returned shape {tuple(jnp.shape(out))} for {jax.tree_util.keystr(key_path)}, "
+                f"expected {tuple(jnp.shape(w))} (one score per element of the weight)"
+            )
 
 
 def rank_allocator(
@@ -217,10 +241,12 @@ def rank_allocator(
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
         scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
+        element_scores = score(new_weights, grads)
+        check_score_output(score.name, element_scores, new_weights)  # at tracing: once per compilation
         smoothed = scores_lib.smooth(
             config.smoothing,
             state.smoothing,
-            score(new_weights, grads),
+            element_scores,
             beta1=config.beta1,
             beta2=config.beta2,
         )
@@ -230,6 +256,11 @@ def rank_allocator(
         reallocate = (mask_now & scoring) | (step == freeze_step)
         importance = scores_lib.triplet_importance(scores_lib.smoothed_score(config.smoothing, smoothing))
         fresh_keep = mask_to_budget(importance, budget)
+        # NaN or inf importance would mask every triplet: the pattern is kept instead and the state's budget
+        # becomes NON_FINITE_SCORES for good, for the caller to stop on (see RankAllocatorState.budget).
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in importance.values()]))
+        failed = (state.budget == NON_FINITE_SCORES) | (reallocate & ~finite)
+        reallocate = reallocate & ~failed
         keep = {path: jnp.where(reallocate, fresh_keep[path], state.keep[path]) for path in state.keep}
         apply_mask = reallocate | (step > freeze_step)
 
@@ -244,7 +275,7 @@ def rank_allocator(
             count=step,
             smoothing=smoothing,
             keep=keep,
-            budget=jnp.where(reallocate, budget, state.budget).astype(jnp.int32),
+            budget=jnp.where(failed, NON_FINITE_SCORES, jnp.where(reallocate, budget, state.budget)).astype(jnp.int32),
         )
         return updates, new_state
 

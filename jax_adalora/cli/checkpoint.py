@@ -7,13 +7,18 @@ the seed and the step, so no RNG state needs saving. Orbax writes each checkpoin
 directory and renames it when complete, so a killed run never leaves a half-written checkpoint;
 the manager keeps the last ``keep`` of them.
 
-Only finite parameters are saved (a diverged state raises :class:`NonFiniteState` instead), and a
-checkpoint that cannot be read (a truncated file, a disk error) is reported by path, moved aside to
-``corrupt-<step>`` and the one before it is used.
+Only finite parameters are saved (a diverged state raises :class:`NonFiniteState` instead). Each checkpoint
+gets a SHA-256 of every file it holds (``checksums.json`` in its directory, written atomically once orbax has
+finished it), verified before it is restored, so a file changed in place (even at the same size) is found
+before it is read. A checkpoint that fails the check or cannot be read (a truncated file, a disk error) is
+reported in one line by path, moved aside to ``corrupt-<step>`` and the one before it is used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_adalora.cli.errors import RunStopped
+from jax_adalora.cli.report import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +37,65 @@ class NonFiniteState(FloatingPointError):
     """The state to checkpoint holds NaN or infinite parameters; it is never saved."""
 
 
-class NoUsableCheckpoint(RuntimeError):
+class NoUsableCheckpoint(RunStopped):
     """Every checkpoint in the directory failed to restore."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint's files do not match the checksums saved with it."""
+
+
+CHECKSUMS = "checksums.json"
+
+
+def file_checksums(directory: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` but the checksum file itself."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name == CHECKSUMS:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out[name] = digest.hexdigest()
+    return out
+
+
+def verify_checksums(directory: Path) -> None:
+    """Raises :class:`CorruptCheckpoint` naming the first file that changed, appeared or vanished since the
+    checkpoint was saved; a checkpoint saved without checksums (by an older version) passes."""
+    saved_file = directory / CHECKSUMS
+    if not saved_file.is_file():
+        return
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpoint(f"{saved_file} cannot be read ({type(err).__name__})") from None
+    now = file_checksums(directory)
+    for name in sorted(set(saved) | set(now)):
+        if name not in now:
+            raise CorruptCheckpoint(f"{directory / name} is missing")
+        if name not in saved:
+            raise CorruptCheckpoint(f"{directory / name} was not part of the checkpoint")
+        if now[name] != saved[name]:
+            raise CorruptCheckpoint(f"{directory / name} has changed since it was saved (checksum mismatch)")
+
+
+@contextlib.contextmanager
+def _quiet_restore_logs():
+    """A checkpoint that fails to restore makes orbax and tensorstore log a traceback per array (hundreds);
+    the caller reports the failure in one line instead."""
+    loggers = [logging.getLogger(name) for name in ("asyncio", "absl", "orbax", "orbax.checkpoint")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class Checkpointer:
@@ -58,17 +123,22 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardSave(host_state), progress=ocp.args.JsonSave(progress)),
         )
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            step_dir = self.directory / str(step)
+            atomic_write_json(step_dir / CHECKSUMS, {"sha256": True, "files": file_checksums(step_dir)})
 
     def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores into the structure (and shardings) of ``like_state``; the latest step by default."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to resume from")
+        verify_checksums(self.directory / str(step))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(like_state))
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
-        )
+        with _quiet_restore_logs():
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
+            )
         state = jax.tree.map(
             lambda new, like: jax.device_put(new, like.sharding) if isinstance(like, jax.Array) else new,
             restored["state"],
@@ -94,10 +164,15 @@ class Checkpointer:
                     if not aside.exists():
                         break
                     aside = self.directory / f"corrupt-{step}-{n}"
-                log.warning("checkpoint %s cannot be read (%s); moved to %s, trying the one before", path, err, aside)
+                log.warning(
+                    "checkpoint %s cannot be read (%s: %s); moved to %s, trying the one before",
+                    path, type(err).__name__, " ".join(str(err).split())[:200], aside,
+                )  # fmt: skip
                 path.rename(aside)
                 self.manager.reload()
-        raise NoUsableCheckpoint(f"no checkpoint in {self.directory} can be read (last: {failure})")
+        raise NoUsableCheckpoint(
+            f"no checkpoint in {self.directory} can be read (last: {failure}); each was moved to corrupt-<step>"
+        )
 
     def close(self) -> None:
         self.manager.close()

@@ -8,8 +8,16 @@ import re
 from jax_adalora.cli.run_config import flag_names
 
 
-class TrainingDiverged(RuntimeError):
+class RunStopped(RuntimeError):
+    """A failure at run time whose message says all there is to say: exit status 1, the message alone."""
+
+
+class TrainingDiverged(RunStopped):
     """The loss, the gradient or the parameters became NaN or infinite; the last good checkpoint is kept."""
+
+
+class BadScore(RunStopped):
+    """The importance score gave NaN or infinite triplet scores at a re-allocation; the run stops."""
 
 
 # Errors in what the user asked for (exit status 2); any other failure is one at run time (exit status 1).
@@ -36,7 +44,7 @@ def error_line(err: BaseException) -> tuple[int, str]:
     text = flag_names(" ".join(str(err).split()))
     if isinstance(err, USAGE_ERRORS):
         return 2, text
-    if isinstance(err, TrainingDiverged):
+    if isinstance(err, RunStopped):
         return 1, text
     return 1, f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
 

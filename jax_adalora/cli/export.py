@@ -15,8 +15,10 @@ The map from our module paths to transformers' module names comes from the model
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,40 @@ def peft_adalora_config(adalora, *, total_steps: int, target_modules, modules_to
     )
 
 
+def peft_rank_pattern_key(module_name: str) -> str:
+    """The ``rank_pattern`` key of ``module_name`` that PEFT both resizes by and matches on load.
+
+    PEFT resizes the module named by the key less its last dot-separated part, and on load it warns about every
+    key that, as a regular expression, matches no adapted module's name. Its own keys (``<module>.lora_E``) fail
+    that check; ``<module>.?`` passes both (``.?`` matches nothing), so the adapter loads without a warning."""
+    return f"{module_name}.?"
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Keeps the known noise of transformers and PEFT out of the command's output while we export: the load report
+    of the base model (its missing task head, replaced by ours), and deprecation warnings one library raises in
+    the other. Other warnings pass."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for message in _KNOWN_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+_KNOWN_WARNINGS = (
+    r"`is_gradient_checkpointing` is deprecated",
+    r".*LoRA tensor\(s\) have invalid shape",
+    r"The following rank_pattern keys did not match",
+)
+
+
 def save_peft_adapter(
     model,
     directory: str | Path,
@@ -123,7 +159,8 @@ def save_peft_adapter(
     if label_names and model.head_kind != "qa":
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
-    base = auto.from_pretrained(str(base_dir), **kwargs)
+    with quiet_third_party():  # its load report lists the head it lacks, which ours replaces below
+        base = auto.from_pretrained(str(base_dir), **kwargs)
     head_state = {k: torch.from_numpy(np.array(v)) for k, v in _head_state_dict(model, head_params).items()}
     missing = [k for k in head_state if k not in base.state_dict()]
     if missing:
@@ -131,7 +168,9 @@ def save_peft_adapter(
     base.load_state_dict(head_state, strict=False)
     head_modules = sorted({key.rsplit(".", 1)[0] for key in head_state})  # e.g. classifier, bert.pooler.dense
 
-    names = hf_module_names(model)
+    # A matrix pruned to rank 0 adds nothing: it is left out of the adapter (PEFT warns about zero-sized tensors).
+    every = hf_module_names(model)
+    names = {path: name for path, name in every.items() if any(rank_pattern.get(path, [True]))} or every
     config = peft_adalora_config(
         run.adalora,
         total_steps=total_steps,
@@ -140,23 +179,29 @@ def save_peft_adapter(
         task_type=PEFT_TASK_TYPES[model.head_kind],
     )
     config.base_model_name_or_path = str(base_dir)
-    peft_model = get_peft_model(base, config)
+    with quiet_third_party():
+        peft_model = get_peft_model(base, config)
     inner = peft_model.base_model.model
     with torch.no_grad():
         for path, adapter in adapter_modules(model).items():
+            if path not in names:
+                continue
             layer = inner.get_submodule(names[path])
             layer.lora_A["default"].copy_(torch.from_numpy(np.array(adapter.Q[...], np.float32)))
             layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...], np.float32))[:, None])
             layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...], np.float32)))
     peft_model.peft_config["default"].rank_pattern = {
-        f"{names[path]}.lora_E.default": [bool(k) for k in kept] for path, kept in rank_pattern.items()
+        peft_rank_pattern_key(names[path]): [bool(k) for k in kept]
+        for path, kept in rank_pattern.items()
+        if path in names
     }
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        peft_model.save_pretrained(str(staging))
+        with quiet_third_party():
+            peft_model.save_pretrained(str(staging))
         base.config.to_json_file(str(staging / "base_config.json"))
         if directory.exists():
             shutil.rmtree(directory)

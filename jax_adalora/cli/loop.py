@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,13 +23,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jax_adalora.allocator import find_allocator_state
+from jax_adalora.allocator import NON_FINITE_SCORES, find_allocator_state
 from jax_adalora.cli.checkpoint import Checkpointer, NonFiniteState
-from jax_adalora.cli.errors import TrainingDiverged
+from jax_adalora.cli.errors import BadScore, TrainingDiverged
 from jax_adalora.cli.inference import evaluate, main_metric
 from jax_adalora.cli.mesh import device_batch, is_writer
 from jax_adalora.cli.outputs import finish_run, save_trained_adapters
-from jax_adalora.cli.run_dir import truncate_metrics
+from jax_adalora.cli.run_dir import record_divergence, truncate_metrics
 
 # The transfer guard around each training step's dispatch; the tests set "disallow", so that an implicit copy
 # between host and device (a hidden synchronisation) in the step loop fails them.
@@ -37,6 +40,9 @@ STEP_TRANSFER_GUARD = "allow"
 # the device is the host's own cores, so it gains no time, and it keeps a second step's buffers alive (more
 # memory for the same wall time). The tests set True to check the run-ahead path on CPU.
 RUN_AHEAD: bool | None = None
+
+# The logged loss this many times the first logged loss gives a warning (once per run).
+LOSS_GROWTH_WARNING = 100.0
 
 
 class RunLog:
@@ -78,8 +84,10 @@ class StepReader:
     """Reads a dispatched step's loss and gradient norm (one transfer), checks them, and keeps the losses since
     the last log line. Running ahead, at most one step waits to be read."""
 
-    def __init__(self, checkpointer: Checkpointer, loss_window: list[float]):
+    def __init__(self, checkpointer: Checkpointer, loss_window: list[float], score: str = ""):
         self.checkpointer = checkpointer
+        self.score = score  # the importance score's name, for the messages
+        self.first_loss: float | None = None  # the run's first step's (before any update), for warn_if_loss_grows
         self.loss_window = list(loss_window)
         self.pending: list[tuple[int, dict]] = []
 
@@ -98,6 +106,8 @@ class StepReader:
                 diverged_message(f"the loss ({loss}) or gradient norm ({grad_norm})", done, self.checkpointer)
             )
         self.loss_window.append(loss)
+        if self.first_loss is None:
+            self.first_loss = loss
         return grad_norm
 
     def mean_loss(self) -> float:
@@ -119,6 +129,7 @@ def evaluate_and_keep_best(run, data, functional, state, frozen, eval_step, shar
 
 def checkpoint(checkpointer: Checkpointer, step: int, state, progress: dict, train_iter, reader, log) -> None:
     """Saves the state with the data position and the unlogged losses, so that a resumed run continues exactly."""
+    check_scores_finite(find_allocator_state(state.opt_state), reader.score, step)
     progress["iterator"] = train_iter.state()
     progress["loss_window"] = list(reader.loss_window)  # so that a resumed run logs the same mean losses
     try:
@@ -155,28 +166,37 @@ def train_loop(
     start_step = step = int(state.step)
     print(header, flush=True)
     log = RunLog(run.output_dir, total_steps=total_steps, start_step=start_step, resuming=resuming)
-    reader = StepReader(checkpointer, progress.get("loss_window", []))
+    reader = StepReader(checkpointer, progress.get("loss_window", []), run.adalora.score)
     run_ahead = jax.default_backend() != "cpu" if RUN_AHEAD is None else RUN_AHEAD
     started = last_checkpoint = time.time()
+    before_step = None  # the data position before the step in flight (None between steps)
+    ctrl_c = DeferredInterrupt()
     try:
         while step < total_steps:
+            before_step = train_iter.state()
             batch = train_iter.next_batch()
-            with jax.transfer_guard(STEP_TRANSFER_GUARD):  # every copy to the device below is explicit
+            with jax.transfer_guard(STEP_TRANSFER_GUARD), ctrl_c.deferred():  # copies to the device are explicit
                 step_key = jax.random.fold_in(base_key, jax.device_put(np.uint32(step), replicated))
                 state, step_metrics = train_step(state, frozen, device_batch(batch, batch_sharding), step_key)
-            step += 1
-            # Running ahead, the host does not wait for the step it has just dispatched: it reads the step before
-            # (finished by now) while this one runs, and this one's numbers only at a step that logs, evaluates
-            # or saves. In lockstep (CPU) it reads every step as soon as it is done.
-            reader.push(step, step_metrics)
+                step += 1
+                before_step = None
+                # Running ahead, the host does not wait for the step it has just dispatched: it reads the step
+                # before (finished by now) while this one runs, and this one's numbers only at a step that logs,
+                # evaluates or saves. In lockstep (CPU) it reads every step as soon as it is done.
+                reader.push(step, step_metrics)
             stopping = bool(t.stop_after_steps) and step >= start_step + t.stop_after_steps and step < total_steps
             logs = step % t.log_every == 0 or step == total_steps
             if not run_ahead or logs or stopping or step % eval_every == 0 or step % checkpoint_every == 0:
                 grad_norm = reader.read()
             if logs:
                 alloc = find_allocator_state(state.opt_state)
+                check_scores_finite(alloc, reader.score, step)
                 budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
-                log.train_line(step, reader.mean_loss(), budget, grad_norm)
+                if progress.get("first_loss") is None:
+                    progress["first_loss"] = reader.first_loss
+                mean_loss = reader.mean_loss()
+                log.train_line(step, mean_loss, budget, grad_norm)
+                warn_if_loss_grows(progress, mean_loss, step, log)
             log.bar.update(1)
             if step % eval_every == 0 or step == total_steps:
                 evaluate_and_keep_best(
@@ -193,13 +213,112 @@ def train_loop(
                     f"{step} in {checkpointer.directory}; continue with --resume"
                 )
                 return {}
+    except TrainingDiverged:
+        if is_writer() and checkpointer.latest_step() is not None:
+            record_divergence(run.output_dir, step, checkpointer.latest_step())
+        raise
+    except KeyboardInterrupt:
+        log.close()
+        if before_step is not None:  # the step in flight never finished: its batch is read again on resume
+            train_iter.restore(before_step)
+        raise KeyboardInterrupt(
+            save_on_interrupt(checkpointer, step, state, progress, train_iter, reader, log)
+        ) from None
     finally:
+        ctrl_c.close()
         log.close()
     elapsed = round(time.time() - started, 2)
     return finish_run(
         run, data, functional, state, eval_step, batch_sharding, progress,
         steps=total_steps, train_seconds_this_process=elapsed,
     )  # fmt: skip
+
+
+class DeferredInterrupt:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt at once, except inside :meth:`deferred`, where it waits for the
+    block's end: the step donates the old state's buffers, so an interrupt between its dispatch and the
+    assignment of the new state would leave no state to checkpoint. Installed in the main thread only."""
+
+    def __init__(self):
+        self.inside = self.pending = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        if not self.inside:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+            self.installed = False
+
+
+def save_on_interrupt(checkpointer: Checkpointer, step: int, state, progress, train_iter, reader, log) -> str:
+    """Checkpoints the last finished step after Ctrl-C; returns the line that says where the run's progress is
+    (or what was lost)."""
+    if checkpointer.latest_step() == step:
+        return f"interrupted at step {step}; checkpoint in {checkpointer.directory / str(step)}; continue with --resume"
+    try:
+        if jax.process_count() > 1:
+            raise RuntimeError("a checkpoint is saved by every process together, and only this one was interrupted")
+        while reader.pending:  # a finished step's loss not read yet
+            reader.read()
+        checkpoint(checkpointer, step, state, progress, train_iter, reader, log)
+    except (Exception, KeyboardInterrupt) as err:
+        last = checkpointer.latest_step()
+        kept = (
+            f"the last checkpoint, {checkpointer.directory / str(last)}, is kept: continue from it with --resume"
+            if last is not None
+            else "no checkpoint was saved before: the run's progress is lost"
+        )
+        reason = " ".join(str(err).split()) or type(err).__name__
+        return f"interrupted at step {step}; could not save a checkpoint ({reason}); {kept}"
+    return (
+        f"interrupted at step {step}; saved a checkpoint of it in {checkpointer.directory / str(step)}; "
+        "continue with --resume"
+    )
+
+
+def warn_if_loss_grows(progress: dict, loss: float, step: int, log: RunLog) -> None:
+    """Warns once (one line) when the logged loss grows past :data:`LOSS_GROWTH_WARNING` times the loss of
+    the run's first step (kept in ``progress``): a run that is diverging without (yet) reaching NaN."""
+    first = progress.get("first_loss")
+    if first is None:
+        return
+    if not progress.get("warned_loss") and first > 0 and loss > LOSS_GROWTH_WARNING * first:
+        progress["warned_loss"] = step
+        log.bar.write(
+            f"warning: the training loss has grown to {loss:.4g} at step {step}, {loss / first:.0f} times the first "
+            f"step's ({first:.4g}): the run is probably diverging; consider a lower --learning-rate or "
+            "--max-grad-norm",
+            file=sys.stderr,
+        )
+
+
+def check_scores_finite(alloc, score: str, step: int) -> None:
+    """Raises :class:`BadScore` when a re-allocation up to ``step`` met NaN or infinite triplet scores (the
+    allocator then keeps the pattern it had and marks its budget; one scalar is read)."""
+    if int(jax.device_get(alloc.budget)) == NON_FINITE_SCORES:
+        raise BadScore(
+            f"the score {score!r} gave NaN or infinite importance at a re-allocation (by step {step}); refusing "
+            "to prune on it (it would remove every adapter). Fix the score (--score-module) or choose another "
+            "--score; no checkpoint was written after it"
+        )
 
 
 def minutes_since(start: float) -> float:
@@ -215,10 +334,15 @@ def minutes_since(start: float) -> float:
 
 def diverged_message(what: str, step: int, checkpointer: Checkpointer) -> str:
     last = checkpointer.latest_step()
-    where = f"{checkpointer.directory / str(last)} (step {last})" if last is not None else "none yet"
+    if last is None:
+        return (
+            f"{what} became NaN or infinite at step {step}, before the first checkpoint; stopping. Run again with "
+            "a lower --learning-rate or --max-grad-norm"
+        )
     return (
-        f"{what} became NaN or infinite at step {step}; stopping. Last good checkpoint: {where}. "
-        "Lower --learning-rate or --max-grad-norm and --resume"
+        f"{what} became NaN or infinite at step {step}; stopping. Last good checkpoint: "
+        f"{checkpointer.directory / str(last)} (step {last}). Continue from it with --resume and a lower "
+        "--learning-rate or --max-grad-norm (a resume after a divergence may change them)"
     )
 
 

@@ -11,6 +11,7 @@ before its first checkpoint) is started afresh: its stale outputs are removed, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -45,6 +46,9 @@ RESUMABLE_FIELDS = (
     "test_file",
     "datasets_cache_dir",
 )
+# Written when a run diverges; a resume of it may change these settings (the advice the divergence gives).
+DIVERGED = "diverged.json"
+AFTER_DIVERGENCE_FIELDS = ("learning_rate", "max_grad_norm")
 # Our outputs besides the manifest; a fresh start in our own directory removes these stale ones.
 _OUTPUTS = (
     "config.json",
@@ -58,6 +62,7 @@ _OUTPUTS = (
     "final_metrics.json",
     "merged",
     "peft_adapter",
+    DIVERGED,
 )
 _SECTIONS = ("train", "adalora", "optim")
 
@@ -68,6 +73,14 @@ def checkpoint_steps(directory: Path) -> list[int]:
     if not checkpoints.is_dir():
         return []
     return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def corrupt_checkpoints(directory: Path) -> list[str]:
+    """Names of the unreadable checkpoints a resume moved aside (``checkpoints/corrupt-<step>``)."""
+    checkpoints = directory / "checkpoints"
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("corrupt-"))
 
 
 def is_our_run(directory: Path) -> bool:
@@ -116,6 +129,13 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
             "refusing to write into it: choose a new or empty directory"
         )
     has_progress = bool(checkpoint_steps(directory)) or (directory / "final_metrics.json").exists()
+    corrupt = corrupt_checkpoints(directory)
+    if corrupt and not checkpoint_steps(directory):
+        raise FileExistsError(
+            f"--output-dir {directory} holds only checkpoints that could not be read, moved aside by an earlier "
+            f"--resume ({', '.join(corrupt)} in {directory / 'checkpoints'}); refusing to start over and delete "
+            "them: move them out (or delete them) to start afresh, or choose another --output-dir"
+        )
     if not has_progress:
         return False
     if not resume:
@@ -129,18 +149,101 @@ def check_output_dir(directory: Path, run_dict: dict[str, Any], *, resume: bool)
     saved = read_saved_config(directory)
     if saved is None:
         raise ValueError(f"--resume: {directory / 'config.json'} is missing or unreadable; cannot check the settings")
-    differences = resume_differences(saved, run_dict)
+    changed = changed_data_file(saved.get("data_files"), run_dict)
+    if changed:
+        raise ValueError(
+            f"--resume: {changed} has changed since {directory} was trained on it (its content hash differs from "
+            "the one in config.json); resuming would continue on other data. Restore the file, or start a new run "
+            "in another --output-dir"
+        )
+    diverged = (directory / DIVERGED).is_file()
+    differences = resume_differences(saved, run_dict, also=AFTER_DIVERGENCE_FIELDS if diverged else ())
     if differences:
+        may_change = [f for f in RESUMABLE_FIELDS if f not in ("output_dir", "resume")]
+        may_change += list(AFTER_DIVERGENCE_FIELDS) if diverged else []
         raise ValueError(
             f"--resume: {directory} was trained with other settings: {'; '.join(differences)}. Pass the "
             "checkpointed values, or choose another --output-dir for a new run (may change on resume: "
-            f"{', '.join(_flag(f) for f in RESUMABLE_FIELDS if f not in ('output_dir', 'resume'))})"
+            f"{', '.join(_flag(f) for f in may_change)}"
+            + ("" if diverged else f"; after a divergence also {', '.join(map(_flag, AFTER_DIVERGENCE_FIELDS))}")
+            + ")"
         )
     return True
 
 
-def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any]) -> list[str]:
-    """``--flag NEW (checkpointed: OLD)`` for every setting outside :data:`RESUMABLE_FIELDS` that differs.
+def data_files(run_dict: dict[str, Any]) -> list[Path]:
+    """The local data files a run reads: ``--train-file``, ``--validation-file`` and every file under
+    ``--data-dir`` (hidden ones aside). A dataset from the hub is not among them."""
+    t = run_dict.get("train", {})
+    files = [Path(t[k]) for k in ("train_file", "validation_file") if t.get(k)]
+    if t.get("data_dir") and Path(t["data_dir"]).is_dir():
+        root = Path(t["data_dir"])
+        out = Path(t["output_dir"]).absolute() if t.get("output_dir") else None
+        files += [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and not (out is not None and p.absolute().is_relative_to(out))  # the run's own outputs
+        ]
+    return files
+
+
+def data_hashes(run_dict: dict[str, Any]) -> dict[str, str]:
+    """``{path: sha256 of its content}`` of :func:`data_files`, for ``config.json``'s ``data_files``."""
+    out = {}
+    for path in data_files(run_dict):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            out[str(path)] = digest.hexdigest()
+    return out
+
+
+def changed_data_file(saved: dict[str, str] | None, run_dict: dict[str, Any]) -> str | None:
+    """The first data file whose content (or presence) differs from ``saved`` (config.json's ``data_files``;
+    None for a run saved before they were recorded: nothing to compare)."""
+    if not isinstance(saved, dict):
+        return None
+    now = data_hashes(run_dict)
+    for name in sorted(set(saved) | set(now)):
+        if saved.get(name) != now.get(name):
+            return name if name in now else f"{name} (no longer there)"
+    return None
+
+
+def record_divergence(directory: Path, step: int, last_checkpoint: int | None) -> None:
+    """Marks the run in ``directory`` as diverged at ``step``: its resume may change
+    :data:`AFTER_DIVERGENCE_FIELDS`."""
+    atomic_write_json(directory / DIVERGED, {"diverged_at_step": step, "last_checkpoint": last_checkpoint})
+
+
+def note_changes_after_divergence(directory: Path, run_dict: dict[str, Any]) -> None:
+    """Adds to ``run_dict`` (the config a resume writes) the settings changed since the divergence, with the
+    history the saved config already holds: ``changed_on_resume: [{"diverged_at_step", "learning_rate": [old,
+    new], ...}]``."""
+    saved = read_saved_config(directory) or {}
+    history = list(saved.get("changed_on_resume", []))
+    marker = directory / DIVERGED
+    if marker.is_file():
+        try:
+            entry = {"diverged_at_step": json.loads(marker.read_text(encoding="utf-8"))["diverged_at_step"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            entry = {}
+        for name in AFTER_DIVERGENCE_FIELDS:
+            old, new = saved.get("optim", {}).get(name), run_dict["optim"].get(name)
+            if old != new:
+                entry[name] = [old, new]
+        history.append(entry)
+    if history:
+        run_dict["changed_on_resume"] = history
+
+
+def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """``--flag NEW (checkpointed: OLD)`` for every setting outside :data:`RESUMABLE_FIELDS` (and ``also``) that
+    differs.
 
     A field the saved config lacks (added since that run) counts as unchanged when it holds its default.
     """
@@ -148,7 +251,7 @@ def resume_differences(saved: dict[str, Any], run_dict: dict[str, Any]) -> list[
     for section in _SECTIONS:
         old_section = saved.get(section, {})
         for name, new in run_dict[section].items():
-            if name in RESUMABLE_FIELDS or name not in old_section:
+            if name in RESUMABLE_FIELDS or name in also or name not in old_section:
                 continue
             old = old_section[name]
             if old != new:
@@ -176,7 +279,11 @@ def start_output_dir(directory: Path, run_dict: dict[str, Any], *, resuming: boo
         atomic_write_json(manifest, {"jax_adalora_run": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if not resuming:
         remove_outputs(directory)
+    else:
+        note_changes_after_divergence(directory, run_dict)
+    run_dict["data_files"] = data_hashes(run_dict)  # a resume refuses data that changed since
     atomic_write_json(directory / "config.json", run_dict)
+    (directory / DIVERGED).unlink(missing_ok=True)
 
 
 def remove_outputs(directory: Path) -> None:

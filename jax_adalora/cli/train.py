@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if run.train.distributed:
             start_distributed()
         final = train_and_evaluate(run)
-    except KeyboardInterrupt:
-        print("error: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # the training loop's says where the progress is (or what was lost)
+        print(f"error: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:
         if "--debug" in argv:
