@@ -256,7 +256,8 @@ def save_peft_causal_lm_adapter(model, directory: str | Path, *, run, rank_patte
     base_dir = resolve_checkpoint(run.train.model)
     if base_dir.is_file():
         raise ValueError(f"PEFT export needs a transformers directory as the base model, not {base_dir.name}")
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    with quiet_third_party():
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     adapters = adapter_modules(model)
     config = peft_adalora_config(
         run.adalora, total_steps=total_steps, target_modules=sorted(adapters), task_type="CAUSAL_LM"
@@ -271,13 +272,14 @@ def save_peft_causal_lm_adapter(model, directory: str | Path, *, run, rank_patte
             layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...], np.float32))[:, None])
             layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...], np.float32)))
     peft_model.peft_config["default"].rank_pattern = {
-        f"{path}.lora_E.default": [bool(k) for k in kept] for path, kept in rank_pattern.items()
+        peft_rank_pattern_key(path): [bool(k) for k in kept] for path, kept in rank_pattern.items()
     }
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        peft_model.save_pretrained(str(staging))
+        with quiet_third_party():  # matrices pruned to rank 0 are zero-sized tensors, which PEFT warns about
+            peft_model.save_pretrained(str(staging))
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
