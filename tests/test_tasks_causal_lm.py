@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 
 from jax_adalora.tasks.causal_lm import (
-    CausalLMBatchIterator,
     encode_causal_lm,
     find_form,
-    instruction_rows,
-    instruction_split,
-    left_padded,
     load_causal_lm_file,
 )
+from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator, left_padded
+from jax_adalora.tasks.causal_lm_instructions import instruction_rows, instruction_split
 from jax_adalora.tasks.causal_lm_metrics import causal_lm_losses, decode_completions, exact_match, lm_metrics
 from jax_adalora.tasks.labelled_texts import LabelledRows
 from jax_adalora.tasks.sources import TaskDataError

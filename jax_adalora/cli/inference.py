@@ -142,7 +142,7 @@ def main_metric(data, metrics: dict[str, float]) -> float:
 def causal_lm_losses_of(eval_step, params, frozen, split, *, batch_size: int, pad_to_multiple_of: int, sharding):
     """Per-sequence losses (N,) of a :class:`jax_adalora.tasks.causal_lm.CausalLMSplit`, in split order, from an
     eval step made with ``kind="causal_lm"``."""
-    from jax_adalora.tasks.causal_lm import CausalLMBatchIterator
+    from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator
 
     losses = []
     batches = CausalLMBatchIterator(split, batch_size, shuffle=False, seed=0, pad_to_multiple_of=pad_to_multiple_of)
@@ -157,7 +157,7 @@ def generate_texts(model, tokenizer, prompts, *, batch_size: int, max_new_tokens
     padded on the left, stopping at the model's and the tokenizer's end tokens), decoded without special tokens.
     ``sampling``: ``temperature``, ``top_p``, ``rng``."""
     from jax_adalora.models.llama import generate
-    from jax_adalora.tasks.causal_lm import left_padded
+    from jax_adalora.tasks.causal_lm_batches import left_padded
     from jax_adalora.tasks.causal_lm_metrics import decode_completions
 
     ends = sorted({*(int(t) for t in np.atleast_1d(model.config.eos_token_ids)), int(tokenizer.eos_token_id)})

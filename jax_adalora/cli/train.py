@@ -181,7 +181,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
 
     from jax_adalora.tasks import BatchIterator
-    from jax_adalora.tasks.causal_lm import CausalLMBatchIterator
+    from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator
     from jax_adalora.tasks.text_dataset import spec_to_dict
 
     kind = data.spec.kind

@@ -25,7 +25,7 @@ and what was expected.
     >>> data = load_causal_lm_file("train.jsonl", tokenizer, max_seq_length=512)
     >>> data.form, len(data), data.truncated
     ('prompt-completion', 1200, 3)
-    >>> batch = CausalLMBatchIterator(data, 8, shuffle=True, seed=0).next_batch()  # input_ids, loss_mask, ...
+    >>> batch = causal_lm_batches.CausalLMBatchIterator(data, 8, shuffle=True, seed=0).next_batch()  # loss_mask, ...
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from jax_adalora.tasks.batching import BatchIterator, EncodedSplit, pad_rows
+from jax_adalora.tasks.batching import EncodedSplit, pad_rows
 from jax_adalora.tasks.labelled_texts import row_locator
 from jax_adalora.tasks.sources import TaskDataError
 from jax_adalora.tasks.text_dataset import read_file
@@ -286,82 +286,6 @@ def _encode_chats(chunk, tokenizer, max_seq_length, where):
 
 
 # ---- batches -------------------------------------------------------------------------------------------------
-
-
-class CausalLMBatchIterator(BatchIterator):
-    """:class:`BatchIterator` over a :class:`CausalLMSplit`: the same buckets, order and resumption; each batch
-    holds ``input_ids``, ``attention_mask``, ``loss_mask`` (B, W) int32, ``example_mask`` and ``example_index``
-    (no ``token_type_ids``: a causal LM reads none). Filler rows copy a real row, loss mask included."""
-
-    def __init__(self, data: CausalLMSplit, batch_size: int, **options):
-        super().__init__(data.split, batch_size, **options)
-        self.loss_mask = data.loss_mask
-
-    def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        batch = super().make_batch(rows)
-        del batch["token_type_ids"]
-        width = batch["input_ids"].shape[1]
-        mask = self.loss_mask[batch["example_index"], :width]
-        batch["loss_mask"] = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
-        return batch
-
-
-def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts as ``(input_ids, attention_mask)`` (B, T) int32, padded on the left, as generation wants them."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), np.int32)
-    for i, prompt in enumerate(prompts):
-        if len(prompt):
-            ids[i, width - len(prompt) :] = prompt
-            mask[i, width - len(prompt) :] = 1
-    return ids, mask
-
-
-# ---- built-in tasks as instructions --------------------------------------------------------------------------
-
-INSTRUCTION_TEMPLATES = {
-    "movie-sentiment": "Review: {text}\nSentiment:",
-    "subjectivity": "Sentence: {text}\nObjective or subjective:",
-}
-
-
-def instruction_rows(
-    task: str, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str]
-) -> dict[str, list[str]]:
-    """Labelled sentences as ``{"prompt": [...], "completion": [...]}``: the task's prompt template around each
-    text, and ``" " + label name`` as the completion (``"Review: <text>\\nSentiment:"`` -> ``" positive"``).
-
-    ``texts`` are a split's ``sentence`` column, ``labels`` its class ids, ``label_names`` the task's
-    (``TaskSpec.label_names``), as the movie and subjectivity tasks give them.
-    """
-    if task not in INSTRUCTION_TEMPLATES:
-        raise ValueError(f"no instruction form for task {task!r}; tasks with one: {', '.join(INSTRUCTION_TEMPLATES)}")
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    template = INSTRUCTION_TEMPLATES[task]
-    prompts = [template.format(text=" ".join(str(t).split())) for t in texts]
-    completions = []
-    for row, label in enumerate(labels):
-        if not 0 <= int(label) < len(label_names):
-            raise ValueError(f"row {row}: label {label!r} is not a class id of {task} ({', '.join(label_names)})")
-        completions.append(" " + label_names[int(label)])
-    return {"prompt": prompts, "completion": completions}
-
-
-def instruction_split(task: str, rows, label_names: Sequence[str], tokenizer, *, max_seq_length: int) -> CausalLMSplit:
-    """A built-in task's split (``LabelledRows``: ``rows.rows["sentence"]``, ``rows.labels``) tokenised in its
-    instruction form."""
-    columns = instruction_rows(task, list(rows.rows["sentence"]), rows.labels, label_names)
-    origin = f"{task} ({rows.origin})"
-    return encode_causal_lm(
-        columns,
-        "prompt-completion",
-        tokenizer,
-        max_seq_length=max_seq_length,
-        origin=origin,
-        locate=lambda row: f"{origin}, row {row}",
-    )
 
 
 # ---- a training run's task -----------------------------------------------------------------------------------
