@@ -181,6 +181,21 @@ def save_peft_adapter(
     config.base_model_name_or_path = str(base_dir)
     with quiet_third_party():
         peft_model = get_peft_model(base, config)
+    _fill_peft_adapter(peft_model, model, names, rank_pattern)
+
+    def write(staging: Path) -> None:
+        with quiet_third_party():
+            peft_model.save_pretrained(str(staging))
+        base.config.to_json_file(str(staging / "base_config.json"))
+
+    return _write_directory(directory, write)
+
+
+def _fill_peft_adapter(peft_model, model, names: dict[str, str], rank_pattern: dict[str, list[bool]]) -> None:
+    """Copies our trained P, λ, Q into PEFT's A, E, B of the modules ``names`` maps our paths to, and sets the rank
+    pattern PEFT resizes them by when it loads the adapter."""
+    import torch
+
     inner = peft_model.base_model.model
     with torch.no_grad():
         for path, adapter in adapter_modules(model).items():
@@ -196,13 +211,16 @@ def save_peft_adapter(
         if path in names
     }
 
+
+def _write_directory(directory: str | Path, write) -> Path:
+    """``write(staging)`` fills a fresh folder beside ``directory``, which then replaces ``directory`` whole; on
+    any failure the folder is removed and ``directory`` is left as it was."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
     try:
-        with quiet_third_party():
-            peft_model.save_pretrained(str(staging))
-        base.config.to_json_file(str(staging / "base_config.json"))
+        write(staging)
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -225,22 +243,14 @@ def save_merged_causal_lm(model, directory: str | Path, *, tokenizer=None) -> Pa
     from jax_adalora.models.llama import to_hf_state_dict
 
     merged = merge_adapters(model)
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+
+    def write(staging: Path) -> None:
         save_file(to_hf_state_dict(merged), str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(merged.config.to_hf_config(), indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return _write_directory(directory, write)
 
 
 def save_peft_causal_lm_adapter(model, directory: str | Path, *, run, rank_pattern, total_steps: int) -> Path:
@@ -264,26 +274,10 @@ def save_peft_causal_lm_adapter(model, directory: str | Path, *, run, rank_patte
     )
     config.base_model_name_or_path = str(base_dir)
     peft_model = get_peft_model(base, config)
-    inner = peft_model.base_model.model
-    with torch.no_grad():
-        for path, adapter in adapters.items():
-            layer = inner.get_submodule(path)
-            layer.lora_A["default"].copy_(torch.from_numpy(np.array(adapter.Q[...], np.float32)))
-            layer.lora_E["default"].copy_(torch.from_numpy(np.array(adapter.lam[...], np.float32))[:, None])
-            layer.lora_B["default"].copy_(torch.from_numpy(np.array(adapter.P[...], np.float32)))
-    peft_model.peft_config["default"].rank_pattern = {
-        peft_rank_pattern_key(path): [bool(k) for k in kept] for path, kept in rank_pattern.items()
-    }
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    _fill_peft_adapter(peft_model, model, {path: path for path in adapters}, rank_pattern)
+
+    def write(staging: Path) -> None:
         with quiet_third_party():  # matrices pruned to rank 0 are zero-sized tensors, which PEFT warns about
             peft_model.save_pretrained(str(staging))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return _write_directory(directory, write)
