@@ -29,6 +29,20 @@ ROPE_TYPES = ("linear", "llama3")  # besides plain RoPE (rope_scaling=None)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+# The tiny test configurations' shapes (a few kilobytes of weights): each family's tiny config adds its own traits.
+_TINY_SHAPES = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    eos_token_ids=(2,),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """How the checkpoint stretches RoPE's frequencies beyond its training length (transformers' fields).
@@ -144,19 +158,11 @@ class LlamaConfig:
         """A few-kilobyte model shaped like Llama 3.1 (grouped-query attention, llama3 RoPE scaling, untied
         embeddings), for tests and examples."""
         base = dict(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
+            _TINY_SHAPES,
             rms_norm_eps=1e-5,
             rope_theta=500000.0,
             rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, original_max_position_embeddings=32),
-            max_position_embeddings=256,
             bos_token_id=1,
-            eos_token_ids=(2,),
         )
         return cls(**{**base, **overrides})
 
@@ -164,19 +170,7 @@ class LlamaConfig:
     def qwen2_tiny(cls, **overrides) -> LlamaConfig:
         """A few-kilobyte model shaped like Qwen2 / Qwen2.5 (q/k/v biases, tied embeddings), for tests."""
         base = dict(
-            model_type="qwen2",
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            rope_theta=1000000.0,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            attention_bias=True,
-            eos_token_ids=(2,),
+            _TINY_SHAPES, model_type="qwen2", rope_theta=1000000.0, tie_word_embeddings=True, attention_bias=True
         )
         return cls(**{**base, **overrides})
 
