@@ -651,6 +651,17 @@ def machine_info(torch_device) -> dict:
     }
 
 
+def add_output_arguments(parser) -> None:
+    """``--out`` (the JSON file) and ``--malloc-tuning``, as every step benchmark takes them."""
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    parser.add_argument(
+        "--malloc-tuning",
+        choices=["on", "off"],
+        default="on",
+        help="on: jax_adalora.cli.runtime.keep_freed_memory() as the training command does (applies to torch too)",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="minilm")
@@ -670,13 +681,7 @@ def main() -> None:
         "e.g. DeBERTa-v3-base at batch 32, whose unchunked row would not fit beside the others in 24 GB",
     )
     parser.add_argument("--matmul-size", type=int, default=0, help="0: 2048 on CPU, 8192 on GPU")
-    parser.add_argument("--out", default="", help="write the results as JSON here")
-    parser.add_argument(
-        "--malloc-tuning",
-        choices=["on", "off"],
-        default="on",
-        help="on: jax_adalora.cli.runtime.keep_freed_memory() as the training command does (applies to torch too)",
-    )
+    add_output_arguments(parser)
     args = parser.parse_args()
     if args.vmap_chunk_size < 0:
         parser.error(

@@ -53,6 +53,7 @@ from scripts.benchmarks.bench import (
     SENSITIVITY,
     JaxStep,
     Row,
+    add_output_arguments,
     compile_jax,
     contention_warning,
     evaluate_targets,
@@ -225,13 +226,7 @@ def main() -> None:
         "--smoke", action="store_true", help="a quick check: llama3_tiny, batch 2 x 16, one repeat (overrides those)"
     )
     parser.add_argument("--matmul-size", type=int, default=2048, help="size of the matmul whose rate is measured")
-    parser.add_argument("--out", default="", help="write the results as JSON here")
-    parser.add_argument(
-        "--malloc-tuning",
-        choices=["on", "off"],
-        default="on",
-        help="on: jax_adalora.cli.runtime.keep_freed_memory() as the training command does (applies to torch too)",
-    )
+    add_output_arguments(parser)
     args = parser.parse_args()
     if args.smoke:
         args.batch_size, args.seq_len, args.repeats, args.matmul_size = 2, 16, 1, 256
