@@ -142,3 +142,37 @@ def test_bad_data_is_one_line(tmp_path, llama_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'prompt' column needs a 'completion' column" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_builtin_task_in_instruction_form(tmp_path, llama_dir, capsys):
+    """``--task movie-sentiment`` on a causal LM: the encoder task's sentences with the label word as the
+    completion; exact match of the greedy completion is the main metric."""
+    out = tmp_path / "run"
+    args = [
+        "--model", str(llama_dir), "--task", "movie-sentiment", "--output-dir", str(out), "--max-seq-length", "32",
+        "--batch-size", "8", "--eval-batch-size", "8", "--epochs", "1", "--max-train-examples", "16",
+        "--max-eval-examples", "8", "--r-init", "4", "--r-target", "2", "--t-init", "0", "--t-final", "0",
+        "--max-new-tokens", "2", "--no-export",
+    ]  # fmt: skip
+    assert train_cli.main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"]["kind"] == "causal_lm" and config["task"]["name"] == "movie-sentiment"
+    assert config["task"]["main_metric"] == "exact_match"
+    final = json.loads((out / "final_metrics.json").read_text())["final"]
+    assert 0 <= final["exact_match"] <= 1 and final["loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--task", "sst2"], "--task sst2: --model "),
+        (["--task", "movie-sentiment", "--max-seq-length", "65"], "--max-seq-length 65: "),
+        (["--task", "subjectivity", "--train-file", "x.jsonl", "--validation-file", "x.jsonl"], "--task subjectivity: "),
+    ],
+)
+def test_causal_lm_settings_are_one_line(tmp_path, llama_dir, capsys, extra, expected):
+    out = tmp_path / "run"
+    assert train_cli.main(["--model", str(llama_dir), "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()

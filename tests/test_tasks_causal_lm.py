@@ -244,3 +244,17 @@ def test_instruction_form_of_builtin_tasks(tok):
 def test_encode_rejects_unknown_form(tok):
     with pytest.raises(ValueError, match="form 'chat'"):
         encode_causal_lm({"text": ["hello"]}, "chat", tok, max_seq_length=8, origin="x")
+
+
+def test_instruction_form_cuts_long_sentences(tok):
+    """A sentence too long for the maximum length is cut so that the label word and EOS still fit (as the encoder
+    tasks truncate); the completion is never lost."""
+    import datasets
+
+    long = " ".join(["good"] * 40)
+    split = LabelledRows(datasets.Dataset.from_dict({"sentence": [long, "bad"]}), np.array([1, 0]), "dev")
+    data = instruction_split("movie-sentiment", split, ("negative", "positive"), tok, max_seq_length=16)
+    assert data.truncated == 1
+    first = data.split.input_ids[0, : data.split.lengths[0]].tolist()
+    assert len(first) <= 16 and first[-2:] == [VOCAB["positive"], EOS]
+    assert data.loss_mask[0].sum() == 2  # the label word and EOS

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ class NoUsableCheckpoint(RunStopped):
 
 class CorruptCheckpoint(RuntimeError):
     """A checkpoint's files do not match the checksums saved with it."""
+
+
+class CheckpointWriteFailed(RunStopped):
+    """A checkpoint could not be written (disk full, a file-size limit, a disk error); its partial files are
+    removed and the run stops, keeping the checkpoints before it."""
+
+
+# What tensorstore's messages say for the errors of a full disk or a file-size limit (it raises ValueError with
+# the absl status text, not OSError).
+_WRITE_ERRORS = (
+    ("no space left", "no space left on device"),
+    ("resource_exhausted", "no space left on device (RESOURCE_EXHAUSTED)"),
+    ("file too large", "a file would exceed the file-size limit (File too large)"),
+    ("disk quota", "disk quota exceeded"),
+)
 
 
 CHECKSUMS = "checksums.json"
@@ -84,9 +100,9 @@ def verify_checksums(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_restore_logs():
-    """A checkpoint that fails to restore makes orbax and tensorstore log a traceback per array (hundreds);
-    the caller reports the failure in one line instead."""
+def _quiet_orbax_logs():
+    """A checkpoint that fails to restore or to save makes orbax and tensorstore log a traceback per array
+    (hundreds); the caller reports the failure in one line instead."""
     loggers = [logging.getLogger(name) for name in ("asyncio", "absl", "orbax", "orbax.checkpoint")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -118,14 +134,42 @@ class Checkpointer:
         bad = non_finite_leaves(host_state.params if hasattr(host_state, "params") else host_state)
         if bad:
             raise NonFiniteState(f"parameters {', '.join(bad[:3])} hold NaN or inf at step {step}")
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(host_state), progress=ocp.args.JsonSave(progress)),
-        )
-        self.manager.wait_until_finished()
-        if jax.process_index() == 0:
-            step_dir = self.directory / str(step)
-            atomic_write_json(step_dir / CHECKSUMS, {"sha256": True, "files": file_checksums(step_dir)})
+        try:
+            with _quiet_orbax_logs():
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(host_state), progress=ocp.args.JsonSave(progress)
+                    ),
+                )
+                self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                step_dir = self.directory / str(step)
+                atomic_write_json(step_dir / CHECKSUMS, {"sha256": True, "files": file_checksums(step_dir)})
+        except Exception as err:  # tensorstore reports a full disk as ValueError, orbax wraps others
+            reason = write_failure_reason(err)
+            if reason is None:
+                raise
+            self._remove_partial(step)
+            earlier = [s for s in self.manager.all_steps() if s != step]
+            kept = f"the checkpoint of step {max(earlier)} is kept" if earlier else "no earlier checkpoint exists"
+            raise CheckpointWriteFailed(
+                f"cannot write the checkpoint of step {step} to {self.directory}: {reason}; its partial files were "
+                f"removed and {kept}. Free space (or raise the limit) and rerun the same command"
+                + (" with --resume" if earlier else "")
+            ) from err
+
+    def _remove_partial(self, step: int) -> None:
+        """Removes what a failed save left: orbax's temporary directories and an unfinished step directory."""
+        if jax.process_index() != 0:
+            return
+        for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(path, ignore_errors=True)
+        step_dir = self.directory / str(step)
+        if step_dir.is_dir() and not (step_dir / CHECKSUMS).is_file():
+            shutil.rmtree(step_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.manager.reload()
 
     def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores into the structure (and shardings) of ``like_state``; the latest step by default."""
@@ -134,7 +178,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to resume from")
         verify_checksums(self.directory / str(step))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(like_state))
-        with _quiet_restore_logs():
+        with _quiet_orbax_logs():
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()),
@@ -176,6 +220,27 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def write_failure_reason(err: BaseException) -> str | None:
+    """What a failed checkpoint write ran into, when it is the disk (full, a file-size or quota limit), from the
+    exception or any it was raised from; None for anything else."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return {
+                errno.ENOSPC: "no space left on device",
+                errno.EFBIG: "a file would exceed the file-size limit",
+            }.get(err.errno, "disk quota exceeded")
+        text = str(err).lower()
+        for needle, reason in _WRITE_ERRORS:
+            if needle in text:
+                return reason
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def non_finite_leaves(tree: Any) -> list[str]:

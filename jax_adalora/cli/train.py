@@ -75,31 +75,59 @@ def is_causal_lm(model: str) -> bool:
         return False  # the encoder loader names the problem
 
 
+def _check_position_limit(t) -> None:
+    """``--max-seq-length`` within the causal LM's positions (its config's ``max_position_embeddings``)."""
+    from jax_adalora.models.llama import load_config
+
+    limit = load_config(t.model).max_position_embeddings
+    if t.max_seq_length > limit:
+        raise ValueError(
+            f"--max-seq-length {t.max_seq_length}: {t.model} has positions for at most {limit} tokens; "
+            f"pass --max-seq-length {limit} or less"
+        )
+
+
 def _load_causal_lm(run: RunConfig):
     """A causal LM's tokenizer, its own data (text, prompt/completion or messages) and the adapted model."""
     from jax_adalora.models.llama import from_pretrained, load_tokenizer
     from jax_adalora.tasks.causal_lm import load_causal_lm_task
+    from jax_adalora.tasks.causal_lm_instructions import INSTRUCTION_TEMPLATES, load_instruction_task
 
     t = run.train
-    if t.task or not (t.train_file and t.validation_file):
+    if t.task and (t.task not in INSTRUCTION_TEMPLATES or t.train_file or t.validation_file):
         raise ValueError(
-            f"--model {t.model} is a causal LM: give its data as --train-file and --validation-file (text, "
-            "prompt/completion or messages), without --task"
+            f"--task {t.task}: --model {t.model} is a causal LM; it takes the built-in tasks in instruction form "
+            f"({', '.join(INSTRUCTION_TEMPLATES)}, without data files) or own data as --train-file and "
+            "--validation-file (text, prompt/completion or messages)"
         )
     for flag, value in (("--test-file", t.test_file), ("--dataset", t.dataset)):
         if value:
             raise ValueError(
                 f"{flag}: not supported for a causal LM yet; generate with python -m jax_adalora.predict instead"
             )
+    _check_position_limit(t)
     tokenizer = load_tokenizer(t.model)
-    data = load_causal_lm_task(
-        t.train_file,
-        t.validation_file,
-        tokenizer,
-        max_seq_length=t.max_seq_length,
-        generate=t.max_new_tokens > 0,
-        cache_dir=t.datasets_cache_dir or None,
-    )
+    if t.task:
+        data = load_instruction_task(
+            t.task,
+            tokenizer,
+            max_seq_length=t.max_seq_length,
+            generate=t.max_new_tokens > 0,
+            max_train_examples=t.max_train_examples or None,
+            max_eval_examples=t.max_eval_examples or None,
+            seed=t.seed,
+            data_dir=t.data_dir or None,
+            datasets_cache_dir=t.datasets_cache_dir or None,
+        )
+    else:
+        data = load_causal_lm_task(
+            t.train_file,
+            t.validation_file,
+            tokenizer,
+            max_seq_length=t.max_seq_length,
+            generate=t.max_new_tokens > 0,
+            cache_dir=t.datasets_cache_dir or None,
+        )
     log.info("causal-LM data: train %s; validation %s", data.train.summary(), data.evals["validation"].summary())
     model = from_pretrained(t.model, dtype=t.dtype)
     rank_spec = inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))

@@ -109,7 +109,7 @@ def predictions_from_outputs(kind: str, outputs) -> np.ndarray:
     return outputs.astype(np.int64)
 
 
-def _train_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+def train_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
     """A seeded random subset (kept in split order) when ``limit`` < n: the first rows may be unrepresentative."""
     if not limit or limit >= n:
         return np.arange(n)
@@ -218,7 +218,7 @@ def load_task(
     sources = dict(data_dir=data_dir, train_file=train_file, validation_file=validation_file)
     if spec.kind == "qa":
         train_examples, eval_examples = load_squad_splits(spec, **sources, datasets_cache=datasets_cache_dir)
-        train_examples = [train_examples[i] for i in _train_rows(len(train_examples), max_train_examples, seed)]
+        train_examples = [train_examples[i] for i in train_rows(len(train_examples), max_train_examples, seed)]
         eval_examples = {k: [v[i] for i in eval_rows(len(v), max_eval_examples)] for k, v in eval_examples.items()}
 
         def encode(examples: Sequence[QAExample]) -> EncodedSplit:
@@ -274,6 +274,6 @@ def _text_task_data(spec, train, evals, tokenizer, max_seq_length, max_train_exa
     encode = functools.partial(_tokenised, spec=spec, tokenizer=tokenizer, max_seq_length=max_seq_length)
     return TaskData(
         spec,
-        encode(train, _train_rows(len(train), max_train_examples, seed)),
+        encode(train, train_rows(len(train), max_train_examples, seed)),
         {k: encode(v, eval_rows(len(v), max_eval_examples, v.labels)) for k, v in evals.items()},
     )

@@ -21,7 +21,8 @@ rounds, each running every row once in a rotating order; medians; JAX compile ti
 of process RSS during one more, untimed call, sampled every millisecond after glibc's free heap is trimmed
 (``bench.RssPeak``; approximate, a lower bound where malloc reuses memory it kept). GFLOP/s: an analytic count of
 the matrix products (:func:`llama_step_flops`), against the measured rate of a 2048² matmul in each framework.
-At full size the process grew to about 14 GB during the warm-up calls: run it with that much memory free.
+At full size the process grows to about 23 GB (both frameworks' models, optimizers and compiled steps at once):
+run it with that much memory free and nothing else running.
 
     python -m scripts.benchmarks.bench_llm --repeats 3 --out docs/bench_smollm2_135m.json  # batch 8 x 256
     python -m scripts.benchmarks.bench_llm --random-weights      # SmolLM2-135M's shapes, random weights

@@ -8,6 +8,7 @@ from jax_adalora.models.llama.packaged import PACKAGED_CHECKPOINTS, packaged_mod
 from jax_adalora.models.llama.weights import (
     from_pretrained,
     hf_weight_map,
+    load_config,
     load_gguf,
     load_hf_checkpoint,
     load_tokenizer,
@@ -26,6 +27,7 @@ __all__ = [
     "generate",
     "hf_weight_map",
     "init_cache",
+    "load_config",
     "load_gguf",
     "load_hf_checkpoint",
     "load_tokenizer",

@@ -375,6 +375,17 @@ def from_pretrained(
     return load_hf_checkpoint(where, **overrides)
 
 
+def load_config(path_or_name: str | os.PathLike) -> LlamaConfig:
+    """The checkpoint's :class:`LlamaConfig` without its weights (a GGUF file's header, a directory's
+    config.json): to check a run's settings against the model before loading it."""
+    where = resolve_checkpoint(path_or_name)
+    if not where.is_file():
+        return load_hf_config(where)
+    from gguf import GGUFReader
+
+    return gguf_config(GGUFReader(str(where)), where)
+
+
 def load_tokenizer(path_or_name: str | os.PathLike, **kwargs):
     """transformers' tokenizer of the same checkpoint, chat template included (a GGUF file's is built from the
     vocabulary, merges and template inside it)."""
