@@ -61,6 +61,10 @@ def save_adapters(
       The path written.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"save_adapters: {path.parent} (the folder of {path}) does not exist; create it first")
+    if path.is_dir():
+        raise IsADirectoryError(f"save_adapters: {path} is a directory; give the path of a .safetensors file")
     rank_pattern = _pattern_of(rank_pattern)
     tensors: dict[str, np.ndarray] = {}
     scales = {}
@@ -94,9 +98,14 @@ def save_adapters(
     # One metadata key: safetensors writes several in a per-process random order, and files must be reproducible.
     metadata = {METADATA_KEY: json.dumps({"format": FORMAT, "scales": scales})}
     data = save(tensors, metadata=metadata)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
     return path
 
 

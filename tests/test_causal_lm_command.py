@@ -167,7 +167,10 @@ def test_builtin_task_in_instruction_form(tmp_path, llama_dir, capsys):
     [
         (["--task", "sst2"], "--task sst2: --model "),
         (["--task", "movie-sentiment", "--max-seq-length", "65"], "--max-seq-length 65: "),
-        (["--task", "subjectivity", "--train-file", "x.jsonl", "--validation-file", "x.jsonl"], "--task subjectivity: "),
+        (
+            ["--task", "subjectivity", "--train-file", "x.jsonl", "--validation-file", "x.jsonl"],
+            "--task subjectivity: ",
+        ),
     ],
 )
 def test_causal_lm_settings_are_one_line(tmp_path, llama_dir, capsys, extra, expected):
@@ -176,3 +179,42 @@ def test_causal_lm_settings_are_one_line(tmp_path, llama_dir, capsys, extra, exp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not out.exists()
+
+
+def test_base_weights_sharded_over_eight_devices_train_as_one_device(tmp_path, llama_dir, caplog):
+    """``--fsdp 8`` on this session's 8 CPU devices: each device holds an eighth of the base weights, and the run
+    ends with the loss, ranks and adapters of the same run on one device (GSNR with exact per-example
+    statistics, so the per-example moments are checked under the sharding too)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    data = write_jsonl(tmp_path / "train.jsonl", FORMS["prompt-completion"] * 2)
+    common = ("--score", "gsnr", "--stats", "per-example", "--max-new-tokens", "0")
+    repo = Path(__file__).resolve().parent.parent
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join([*flags, "--xla_force_host_platform_device_count=1"])}
+    one = subprocess.run(
+        [sys.executable, "-m", "jax_adalora.train", *train_args(llama_dir, data, data, tmp_path / "one", *common)],
+        env=env, cwd=repo, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "(--fsdp 1)" in one.stderr
+    with caplog.at_level("INFO", logger="jax_adalora"):
+        assert train_cli.main(train_args(llama_dir, data, data, tmp_path / "fsdp", *common, "--fsdp", "8")) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("base weights:"))
+    whole, local = (float(x.split()[0]) for x in line.removeprefix("base weights: ").split(", ")[:2])
+    assert local == pytest.approx(whole / 8, rel=0.05), line
+    a = json.loads((tmp_path / "one" / "final_metrics.json").read_text())["final"]
+    b = json.loads((tmp_path / "fsdp" / "final_metrics.json").read_text())["final"]
+    assert a == pytest.approx(b, rel=1e-4)
+    pattern = "rank_pattern.json"
+    assert json.loads((tmp_path / "one" / pattern).read_text()) == json.loads((tmp_path / "fsdp" / pattern).read_text())
+    wa, wb = (load_file(tmp_path / d / "final_adapters.safetensors") for d in ("one", "fsdp"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], rtol=1e-4, atol=5e-4 * float(np.abs(wa[key]).max()), err_msg=key)

@@ -258,3 +258,13 @@ def test_under_jit_the_per_example_check_raises_through_a_callback():
     step = nnx.jit(lambda m, b: jal.value_grad_and_moments(info_nce, m, b, check_per_example=True)[0])
     with pytest.raises(Exception, match="check_per_example=True"):
         jax.block_until_ready(step(model, BATCH))
+
+
+def test_saving_into_a_missing_folder_names_the_folder_and_leaves_nothing(tmp_path):
+    model, optimizer = _trained_with_head(steps=2)
+    target = tmp_path / "no-such-folder" / "adapters.safetensors"
+    with pytest.raises(FileNotFoundError, match=r"no-such-folder \(the folder of .*adapters.safetensors\) does not"):
+        jal.save_adapters(target, model, rank_pattern=optimizer)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        jal.save_adapters(tmp_path, model, rank_pattern=optimizer)
+    assert list(tmp_path.iterdir()) == []

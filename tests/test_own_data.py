@@ -411,3 +411,16 @@ def test_data_memory_benchmark_reports_every_phase(tmp_path, capsys):
     result = json.loads((tmp_path / "memory.json").read_text())
     assert result["rows"] == 64 and [p.get("rows") for p in result["phases"]] == [None, 64, 64]
     assert all(p["peak_rss_mb"] > 0 for p in result["phases"][1:]) and "peak RSS" in capsys.readouterr().out
+
+
+def test_resuming_a_finished_run_rewrites_its_test_predictions(topic_run, model_dir, caplog):
+    """The training command's --test-file output is the run's own: a resume of the finished run writes it again
+    at the same path (no ``test.predictions-2.csv``), and the inferred label set was logged."""
+    root, out, _ = topic_run
+    args = [*flags(model_dir, out, "--test-file", str(root / "test.csv")), "--resume"]
+    args += ["--train-file", str(root / "train.csv"), "--validation-file", str(root / "dev.csv")]
+    args += ["--datasets-cache-dir", str(root / "cache")]
+    with caplog.at_level("INFO"):
+        train_and_evaluate(parse_args(args))
+    assert sorted(p.name for p in out.glob("test.predictions*")) == ["test.predictions.csv"]
+    assert f"5 labels: {', '.join(sorted(TOPICS))}" in caplog.text

@@ -162,11 +162,17 @@ def generate_texts(model, tokenizer, prompts, *, batch_size: int, max_new_tokens
 
     ends = sorted({*(int(t) for t in np.atleast_1d(model.config.eos_token_ids)), int(tokenizer.eos_token_id)})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # One shape for every batch (the longest prompt, rounded up to 8; full batches): one compilation of the
+    # prefill and one of the decoding step, not one per batch.
+    width = -(-max(len(p) for p in prompts) // 8) * 8 if prompts else 0
+    rows = min(batch_size, len(prompts))
     texts = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = left_padded(prompts[start : start + batch_size], int(pad))
+        chunk = prompts[start : start + batch_size]
+        ids, mask = left_padded(chunk, int(pad), width=width, rows=rows)
+        mask[len(chunk) :, -1] = 1  # filler rows: one real (pad) token, so generation accepts them
         new = generate(model, ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=ends, **sampling)
-        texts.extend(decode_completions(tokenizer, jax.device_get(new), ends))
+        texts.extend(decode_completions(tokenizer, jax.device_get(new)[: len(chunk)], ends))
     return texts
 
 

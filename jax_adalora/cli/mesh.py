@@ -1,20 +1,66 @@
-"""The devices and processes a run uses: one ``data`` mesh axis over every device of every process, batches placed
-on it, which process writes, and waiting for every process."""
+"""The devices and processes a run uses: a ``data`` mesh axis over every device of every process (and with
+``--fsdp`` an ``fsdp`` axis beside it, over which the frozen base weights are sharded), batches placed on it,
+which process writes, and waiting for every process."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+FSDP_AXIS = "fsdp"
 
 
-def data_mesh() -> Mesh:
-    """One ``data`` axis over every device of every process (one host: its local devices)."""
-    return Mesh(np.array(jax.devices()), ("data",))
+def data_mesh(fsdp: int = 1) -> Mesh:
+    """Every device of every process (one host: its local devices): one ``data`` axis, or with ``fsdp`` > 1 the
+    axes ``("data", "fsdp")`` of shape ``(devices / fsdp, fsdp)``."""
+    devices = np.array(jax.devices())
+    if fsdp <= 1:
+        return Mesh(devices, ("data",))
+    if devices.size % fsdp:
+        raise ValueError(f"--fsdp {fsdp}: the {devices.size} devices cannot be split into groups of {fsdp}")
+    return Mesh(devices.reshape(-1, fsdp), ("data", FSDP_AXIS))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays split along their first axis over every device of ``mesh`` (all of its axes)."""
+    return NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def weight_shardings(tree, mesh: Mesh):
+    """A sharding per leaf of ``tree`` (the frozen base weights): with an ``fsdp`` axis, each array is split over
+    it along its largest dimension that the axis size divides (replicated when none does); otherwise every
+    leaf is replicated."""
+    if FSDP_AXIS not in mesh.axis_names:
+        return jax.tree.map(lambda _: replicated(mesh), tree)
+    size = mesh.shape[FSDP_AXIS]
+
+    def sharding(leaf) -> NamedSharding:
+        shape = np.shape(leaf)
+        fits = [i for i, d in enumerate(shape) if d % size == 0]
+        if not fits:
+            return replicated(mesh)
+        axis = max(fits, key=lambda i: shape[i])
+        return NamedSharding(mesh, PartitionSpec(*(FSDP_AXIS if i == axis else None for i in range(len(shape)))))
+
+    return jax.tree.map(sharding, tree)
+
+
+def bytes_per_device(tree) -> tuple[int, int]:
+    """(bytes of the whole ``tree``, bytes its arrays hold on the first device)."""
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    whole = sum(int(x.nbytes) for x in leaves)
+    first = jax.devices()[0]
+    local = sum(int(s.data.nbytes) for x in leaves for s in x.addressable_shards if s.device == first)
+    return whole, local
 
 
 def device_batch(batch: dict, sharding) -> dict:
-    """The global batch as arrays sharded over the ``data`` axis.
+    """The global batch as arrays split along their first axis over every device (:func:`batch_sharding`).
 
     Every process iterates the same global batches (same seed); each contributes its contiguous slice
     of rows, so on several hosts the result is the same global array as on one.

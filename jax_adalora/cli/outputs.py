@@ -7,13 +7,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jax_adalora.adapter_files import load_adapters, save_adapters
 from jax_adalora.adapters import adapter_modules, per_layer, set_masks, trainable_filter
 from jax_adalora.allocator import find_allocator_state, rank_pattern, ranks
 from jax_adalora.cli.inference import predict_file
-from jax_adalora.cli.mesh import is_writer, sync
+from jax_adalora.cli.mesh import is_writer, replicated, sync, weight_shardings
 from jax_adalora.cli.report import atomic_write_json, save_rank_heatmap
 from jax_adalora.cli.run_config import RunConfig
 from jax_adalora.training import FunctionalModel
@@ -87,15 +86,14 @@ def _label_test_file(run: RunConfig, spec, functional, state, eval_step, shardin
     model = functional.model(jax.device_get(state.params))
     load_adapters(run.output_dir / "best_adapters.safetensors", model, include=functional.trainable)
     best = FunctionalModel(model, trainable_filter(t.head_pattern))
-    replicated = NamedSharding(sharding.mesh, PartitionSpec())
     return predict_file(
         eval_step,
-        jax.device_put(best.params, replicated),
-        jax.device_put(best.frozen, replicated),
+        jax.device_put(best.params, replicated(sharding.mesh)),
+        jax.device_put(best.frozen, weight_shardings(best.frozen, sharding.mesh)),  # as the eval step expects
         spec=spec,
         tokenizer=load_tokenizer(t.model),
         input_file=t.test_file,
-        output_file=default_output_file(run.output_dir, t.test_file),
+        output_file=default_output_file(run.output_dir, t.test_file, refuse_existing=False),
         max_seq_length=t.max_seq_length,
         batch_size=t.eval_batch_size,
         pad_to_multiple_of=t.pad_to_multiple_of,

@@ -123,7 +123,7 @@ def predict(
     if output_file:
         out = check_output_file(output_file)
     else:
-        out = default_output_file(run_path, default_input, numbered=False)
+        out = default_output_file(run_path, default_input)
     t = run.train
     if spec.kind == "causal_lm":
         return _generate(run, spec, adapter_file, input_file, out, batch_size=batch_size, **generation)

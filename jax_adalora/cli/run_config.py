@@ -76,6 +76,10 @@ class TrainConfig:
       remat: recompute each encoder layer's activations in the backward pass (less memory, more time).
       compilation_cache_dir: a directory for JAX's persistent compilation cache ("" = none), so a second run
         of the same shapes skips compiling.
+      fsdp: shard the frozen base weights over groups of this many devices (an ``fsdp`` mesh axis beside
+        ``data``; FSDP style): each device holds 1/fsdp of every weight with a dimension it divides, and the
+        step gathers them as it needs them. Batches are still split over every device; adapters and optimizer
+        state stay replicated. 1 = every device holds the whole model.
       distributed: this process is one of several (hosts): join them with jax.distributed.initialize (the
         cluster, or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, say who is who); process
         0 writes every file.
@@ -121,6 +125,7 @@ class TrainConfig:
     pad_to_multiple_of: int = 8
     remat: bool = False
     compilation_cache_dir: str = ""
+    fsdp: int = 1
     distributed: bool = False
     score_module: str = ""
 
@@ -133,6 +138,7 @@ class TrainConfig:
             "doc_stride",
             "keep_checkpoints",
             "pad_to_multiple_of",
+            "fsdp",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: expected >= 1")

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "run_manifest.json"
 FORMAT_VERSION = 1
 # Settings that change how a run is watched or saved, never what it computes; a resume may change them.
-# microbatch_size and remat change only how a batch is differentiated (the same update up to float32
-# rounding), so that a run can resume on a machine with less memory; the compilation cache only saves time;
-# the test file is labelled after training, and the datasets cache only holds what the data already says.
+# microbatch_size, remat and fsdp change only how a batch is differentiated or where the weights are (the same
+# update up to float32 rounding), so that a run can resume on a machine with less memory; the compilation cache
+# only saves time; the test file is labelled after training, and the datasets cache only holds what the data
+# already says.
 RESUMABLE_FIELDS = (
     "output_dir",
     "resume",
@@ -42,6 +43,7 @@ RESUMABLE_FIELDS = (
     "export",
     "microbatch_size",
     "remat",
+    "fsdp",
     "compilation_cache_dir",
     "test_file",
     "datasets_cache_dir",

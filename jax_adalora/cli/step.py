@@ -96,6 +96,7 @@ def make_train_step(
     compiler_options: dict[str, str] | None = None,
     microbatch_size: int | None = None,
     mesh: Mesh | None = None,
+    frozen_sharding=None,
 ) -> Callable:
     """``train_step(state, frozen, batch, step_key) -> (state, metrics)``, jitted.
 
@@ -103,10 +104,12 @@ def make_train_step(
     ``compiler_options`` go to ``jax.jit``; ``None`` means :func:`jax_adalora.cli.runtime.step_compiler_options`
     and ``{}`` XLA's defaults. ``microbatch_size`` (a divisor of the batch size) differentiates the loss in
     microbatches of that many examples: the same update and statistics, a smaller working set.
-    ``mesh`` (with a ``data`` axis) fixes the step's shardings: the state, frozen weights, key and metrics
-    replicated, every batch array split along its first axis. The new state then always comes back as the
-    step expects it (no recompilation, donation intact), and an argument placed otherwise is an error at the
-    call rather than a silent copy. Without it, the shardings follow the arguments.
+    ``mesh`` (from :func:`jax_adalora.cli.mesh.data_mesh`) fixes the step's shardings: the state, key and
+    metrics replicated, the frozen weights as ``frozen_sharding`` says (a tree of shardings,
+    :func:`jax_adalora.cli.mesh.weight_shardings`; default replicated), every batch array split along its first
+    axis. The new state then always comes back as the step expects it (no recompilation, donation intact), and
+    an argument placed otherwise is an error at the call rather than a silent copy. Without it, the shardings
+    follow the arguments.
     """
     train_step = train_step_fn(
         functional,
@@ -120,16 +123,19 @@ def make_train_step(
     shardings = {}
     if mesh is not None:
         replicated, split = _mesh_shardings(mesh)
-        shardings = {"in_shardings": (replicated, replicated, split, replicated), "out_shardings": replicated}
+        weights = replicated if frozen_sharding is None else frozen_sharding
+        shardings = {"in_shardings": (replicated, weights, split, replicated), "out_shardings": replicated}
     return jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options, **shardings)
 
 
-def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None, kind: str = "") -> Callable:
+def make_eval_step(
+    functional: FunctionalModel, *, mesh: Mesh | None = None, kind: str = "", frozen_sharding=None
+) -> Callable:
     """``eval_step(params, frozen, batch) -> outputs`` (logits, or (start, end) for QA), jitted; for
     ``kind="causal_lm"`` the per-sequence losses (B,) instead of the (B, T, V) logits.
 
-    ``mesh`` (with a ``data`` axis) fixes the shardings: weights replicated, batch and outputs split along
-    their first axis. Without it, the shardings follow the arguments.
+    ``mesh`` fixes the shardings: trained weights replicated, frozen ones as ``frozen_sharding`` (default
+    replicated), batch and outputs split along their first axis. Without it, the shardings follow the arguments.
     """
 
     def eval_step(params, frozen, batch):
@@ -139,9 +145,10 @@ def make_eval_step(functional: FunctionalModel, *, mesh: Mesh | None = None, kin
     if mesh is None:
         return jax.jit(eval_step)
     replicated, split = _mesh_shardings(mesh)
-    return jax.jit(eval_step, in_shardings=(replicated, replicated, split), out_shardings=split)
+    weights = replicated if frozen_sharding is None else frozen_sharding
+    return jax.jit(eval_step, in_shardings=(replicated, weights, split), out_shardings=split)
 
 
 def _mesh_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
-    """(replicated, split along the first axis over ``data``) on ``mesh``."""
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    """(replicated, split along the first axis over every device) on ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(mesh.axis_names))

@@ -31,13 +31,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jax_adalora.adapters import inject_adapters, trainable_filter
 from jax_adalora.cli.checkpoint import Checkpointer
 from jax_adalora.cli.errors import error_line
 from jax_adalora.cli.loop import train_loop
-from jax_adalora.cli.mesh import data_mesh, is_writer, sync
+from jax_adalora.cli.mesh import (
+    batch_sharding,
+    bytes_per_device,
+    data_mesh,
+    is_writer,
+    replicated,
+    sync,
+    weight_shardings,
+)
 from jax_adalora.cli.run_config import RunConfig, check_score, parse_args
 from jax_adalora.cli.run_dir import (
     MANIFEST,
@@ -202,11 +209,10 @@ def train_and_evaluate(run: RunConfig) -> dict:
     resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
     data, model, rank_spec = _load(run)
 
-    mesh = data_mesh()
+    mesh = data_mesh(t.fsdp)
     n_dev = mesh.devices.size
     _check_batch_sizes(run, n_dev)
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    batches = batch_sharding(mesh)
 
     from jax_adalora.tasks import BatchIterator
     from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator
@@ -224,8 +230,11 @@ def train_and_evaluate(run: RunConfig) -> dict:
 
     functional = FunctionalModel(model, trainable_filter(t.head_pattern))
     tx = adalora_optimizer(run.optim, run.adalora, total_steps)
-    state = jax.device_put(init_train_state(functional, tx, run.adalora), replicated)
-    frozen = jax.device_put(functional.frozen, replicated)
+    state = jax.device_put(init_train_state(functional, tx, run.adalora), replicated(mesh))
+    frozen_sharding = weight_shardings(functional.frozen, mesh)
+    frozen = jax.device_put(functional.frozen, frozen_sharding)
+    whole, local = bytes_per_device(frozen)
+    log.info("base weights: %.4g MB, %.4g MB on each device (--fsdp %d)", whole / 2**20, local / 2**20, t.fsdp)
     check_free_space(out_dir, _bytes_needed(run, state, frozen))
     train_step = make_train_step(
         functional,
@@ -235,8 +244,9 @@ def train_and_evaluate(run: RunConfig) -> dict:
         dropout=t.dropout and kind != "causal_lm",  # the Llama family has no dropout
         microbatch_size=t.microbatch_size or None,
         mesh=mesh,
+        frozen_sharding=frozen_sharding,
     )
-    eval_step = make_eval_step(functional, mesh=mesh, kind=kind)
+    eval_step = make_eval_step(functional, mesh=mesh, kind=kind, frozen_sharding=frozen_sharding)
 
     created = not out_dir.exists()
     if t.resume and not resuming:
@@ -253,7 +263,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
     try:
         return train_loop(
             run, data, functional, state, frozen, train_step, eval_step, train_iter, checkpointer,
-            resuming=resuming, total_steps=total_steps, batch_sharding=batch_sharding, header=header,
+            resuming=resuming, total_steps=total_steps, batch_sharding=batches, header=header,
         )  # fmt: skip
     except BaseException:
         if is_writer() and not resuming and checkpointer.latest_step() is None:

@@ -29,11 +29,16 @@ class CausalLMBatchIterator(BatchIterator):
         return batch
 
 
-def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts as ``(input_ids, attention_mask)`` (B, T) int32, padded on the left, as generation wants them."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), np.int32)
+def left_padded(
+    prompts: Sequence[Sequence[int]], pad_id: int, *, width: int = 0, rows: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as ``(input_ids, attention_mask)`` (B, T) int32, padded on the left, as generation wants them.
+
+    ``width`` (at least the longest prompt) and ``rows`` (at least ``len(prompts)``; the extra rows are all
+    padding) fix the shape, so that every batch of a split compiles to the same program."""
+    width = max(width, max(len(p) for p in prompts))
+    ids = np.full((max(rows, len(prompts)), width), pad_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
     for i, prompt in enumerate(prompts):
         if len(prompt):
             ids[i, width - len(prompt) :] = prompt

@@ -37,21 +37,20 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> P
     return path
 
 
-def default_output_file(run_dir: Path, input_file: str | os.PathLike, *, numbered: bool = True) -> Path:
-    """``RUN/<input stem>.predictions.<input suffix>``; if that exists, numbered (``.predictions-2``), or with
-    ``numbered=False`` a ``FileExistsError`` naming it and ``--output-file`` (the predict command: a second
-    prediction never lands silently beside the first under another name)."""
+def default_output_file(run_dir: Path, input_file: str | os.PathLike, *, refuse_existing: bool = True) -> Path:
+    """``RUN/<input stem>.predictions.<input suffix>``.
+
+    With ``refuse_existing`` (the predict command), an existing file is a ``FileExistsError`` naming it and
+    ``--output-file``: a second prediction never replaces the first, nor lands beside it under another name.
+    Without (the training command's ``--test-file``), the path is the run's own output, written again when the
+    same run finishes again (a resume of a finished run)."""
     source = Path(input_file)
     candidate = run_dir / f"{source.stem}.predictions{source.suffix}"
-    if not numbered and candidate.exists():
+    if refuse_existing and candidate.exists():
         raise FileExistsError(
             f"{candidate} already exists (the default output for --input-file {input_file}); refusing to overwrite "
             "it: pass --output-file with a new path, or move the old file away"
         )
-    number = 2
-    while candidate.exists():
-        candidate = run_dir / f"{source.stem}.predictions-{number}{source.suffix}"
-        number += 1
     return candidate
 
 

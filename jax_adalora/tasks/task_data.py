@@ -264,7 +264,8 @@ def _load_text_task(*, tokenizer, max_seq_length, max_train_examples, max_eval_e
         for name, rows in splits.evals.items()
     }
     data = _text_task_data(spec, train, evals, tokenizer, max_seq_length, max_train_examples, max_eval_examples, seed)
-    log.info("task %s (%s, from the data): %d train rows, eval %s", spec.name, spec.kind, len(data.train),
+    labels = f", {len(spec.label_names)} labels: {', '.join(spec.label_names)}" if spec.label_names else ""
+    log.info("task %s (%s, from the data%s): %d train rows, eval %s", spec.name, spec.kind, labels, len(data.train),
              {k: len(v) for k, v in data.evals.items()})  # fmt: skip
     return data
 
