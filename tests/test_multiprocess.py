@@ -52,19 +52,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _two_processes(flags: list[str], logs: Path, *, command_line: bool = False) -> list[subprocess.Popen]:
+def _two_processes(
+    flags: list[str], logs: Path, *, command_line: bool = False, extra: dict[int, list[str]] | None = None
+) -> list[subprocess.Popen]:
     """Processes 0 and 1 of one run; their stderr goes to ``logs/<pid>.err`` (a pipe could fill and block).
 
     ``command_line``: ``python -m jax_adalora.train --distributed`` with the coordinator, process count and
     index in the environment, as a user launches it on several hosts; else through ``LAUNCH``, which also
-    shortens JAX's heartbeat timeout to 10 s."""
+    shortens JAX's heartbeat timeout to 10 s. ``extra``: flags added to one process's command."""
     address = f"127.0.0.1:{_free_port()}"
     logs.mkdir()
 
     def command(pid):
+        own = [*flags, *(extra or {}).get(pid, [])]
         if command_line:
-            return [sys.executable, "-m", "jax_adalora.train", "--distributed", *flags]
-        return [sys.executable, "-c", LAUNCH, address, str(pid), *flags]
+            return [sys.executable, "-m", "jax_adalora.train", "--distributed", *own]
+        return [sys.executable, "-c", LAUNCH, address, str(pid), *own]
 
     def env(pid):
         where = {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid)}
@@ -126,3 +129,43 @@ def test_a_dead_peer_stops_the_other_process(assets, tmp_path):
     victim.wait()
     assert survivor.wait(timeout=120) != 0  # the heartbeat timeout is 10 s: it stops, it does not hang
     assert "another task died" in (tmp_path / "logs" / "0.err").read_text()
+
+
+def test_processes_started_with_other_settings_stop_naming_them(assets, tmp_path):
+    """Process 1 started with another learning rate: both stop at once (exit 2) naming the flag, instead of
+    waiting on each other's collectives forever; nothing is written."""
+    out = tmp_path / "run"
+    processes = _two_processes(
+        _flags(assets, out, *COMMON), tmp_path / "logs", command_line=True, extra={1: ["--learning-rate", "0.5"]}
+    )
+    for pid, process in enumerate(processes):
+        assert process.wait(timeout=300) == 2, (tmp_path / "logs" / f"{pid}.err").read_text()[-2000:]
+        last = (tmp_path / "logs" / f"{pid}.err").read_text().strip().splitlines()[-1]
+        assert "process 1 was started with other settings than process 0: --learning-rate;" in last, last
+    assert not out.exists()
+
+
+def _alone(assets, tmp_path, variables: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in _env(2).items() if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
+    return subprocess.run(
+        [sys.executable, "-m", "jax_adalora.train", "--distributed", *_flags(assets, tmp_path / "run", *COMMON)],
+        env={**env, **variables}, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_distributed_with_nothing_to_join_names_the_variables(assets, tmp_path):
+    done = _alone(assets, tmp_path, {})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "--distributed:" in lines[0] and "JAX_COORDINATOR_ADDRESS" in lines[0] and "JAX_NUM_PROCESSES" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_peer_that_never_comes_stops_in_one_line(assets, tmp_path):
+    where = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+    done = _alone(assets, tmp_path, {**where, "JAX_PROCESS_ID": "0", "JAX_ADALORA_JOIN_TIMEOUT": "5"})
+    lines = [line for line in done.stderr.strip().splitlines() if line]
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert lines[0].startswith("jax_adalora: joining 2 processes at 127.0.0.1:") and "up to 5 s" in lines[0]
+    assert "not every process joined" in lines[-1] and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,10 @@ which process writes, and waiting for every process."""
 
 from __future__ import annotations
 
+import json
+import zlib
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -98,3 +102,32 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def check_same_settings(sections: dict[str, dict[str, Any]]) -> None:
+    """Refuses a run whose processes were started with different settings: they would compute different steps
+    and wait on each other's collectives forever. Every process sends a checksum per setting; each names the
+    settings where any process differs from process 0 (a no-op on one process).
+
+    Args:
+      sections: ``{section: {field: value}}`` (``RunConfig.to_dict()``'s train, adalora and optim sections).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted((section, name) for section, fields in sections.items() for name in fields)
+    digests = np.array(
+        [zlib.crc32(json.dumps(sections[s][n], sort_keys=True, default=str).encode()) for s, n in names], np.uint32
+    )
+    everyone = np.asarray(multihost_utils.process_allgather(np.concatenate([[len(names)], digests]).astype(np.uint32)))
+    if not (everyone[:, 0] == len(names)).all():
+        raise ValueError("--distributed: the processes run different versions of jax_adalora (their settings differ)")
+    differing = [n for i, (_, n) in enumerate(names) if not (everyone[:, i + 1] == everyone[0, i + 1]).all()]
+    if differing:
+        processes = [p for p in range(len(everyone)) if (everyone[p, 1:] != everyone[0, 1:]).any()]
+        raise ValueError(
+            f"--distributed: process{'es' if len(processes) > 1 else ''} {', '.join(map(str, processes))} "
+            f"{'were' if len(processes) > 1 else 'was'} started with other settings than process 0: "
+            f"{', '.join('--' + n.replace('_', '-') for n in differing)}; start every process with the same command"
+        )

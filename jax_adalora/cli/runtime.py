@@ -38,6 +38,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -148,21 +149,66 @@ def enable_compilation_cache(directory: str | os.PathLike, *, min_compile_time_s
     return path
 
 
+JOIN_TIMEOUT_VARIABLE = "JAX_ADALORA_JOIN_TIMEOUT"
+DEFAULT_JOIN_TIMEOUT_S = 300  # jax.distributed.initialize's own default
+JOIN_TIMEOUT_MARGIN_S = 30  # JAX's deadline comes this long after ours
+
+
 def start_distributed() -> None:
     """Joins this process to a run over several processes (hosts) with ``jax.distributed.initialize``.
 
     The coordinator, the process count and this process's index come from the cluster where JAX detects one
     (SLURM, a Cloud TPU pod, Open MPI, ...), else from the environment: ``JAX_COORDINATOR_ADDRESS``
     (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On CPU the processes
-    exchange data through gloo collectives. Call it before anything touches a JAX device.
+    exchange data through gloo collectives. Call it before anything touches a JAX device. The processes wait
+    for each other up to ``JAX_ADALORA_JOIN_TIMEOUT`` seconds (default 300), then stop in one line; nothing to
+    join (no cluster, no coordinator) is one line naming the variables.
     """
     kwargs = {}
-    for argument, variable in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    for argument, variable in (
+        ("num_processes", "JAX_NUM_PROCESSES"),
+        ("process_id", "JAX_PROCESS_ID"),
+        ("initialization_timeout", JOIN_TIMEOUT_VARIABLE),
+    ):
         value = os.environ.get(variable, "")
         if value:
             if not value.isdigit():
                 raise ValueError(f"{variable}={value!r}: expected a whole number")
             kwargs[argument] = int(value)
+    timeout = kwargs.setdefault("initialization_timeout", DEFAULT_JOIN_TIMEOUT_S)
     if runs_on_cpu():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if address:
+        print(
+            f"jax_adalora: joining {kwargs.get('num_processes', '?')} processes at {address} as process "
+            f"{kwargs.get('process_id', '?')}; waiting up to {timeout} s for the others ({JOIN_TIMEOUT_VARIABLE})",
+            file=sys.stderr,
+            flush=True,
+        )
+    # Past JAX's own deadline its coordination client aborts the process from C++ (a stack trace, no Python
+    # exception); a watchdog says what happened first, in one line, and exits.
+    joined = threading.Event()
+
+    def watchdog() -> None:
+        if not joined.wait(timeout):
+            print(
+                f"error: --distributed: not every process joined {address or 'the coordinator'} within {timeout} s; "
+                f"start all {kwargs.get('num_processes', 'of the')} processes with the same JAX_COORDINATOR_ADDRESS "
+                f"and JAX_NUM_PROCESSES, or wait longer with {JOIN_TIMEOUT_VARIABLE}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(1)  # nothing is written before the processes have joined
+
+    threading.Thread(target=watchdog, name="jax_adalora join watchdog", daemon=True).start()
+    try:
+        jax.distributed.initialize(**{**kwargs, "initialization_timeout": timeout + JOIN_TIMEOUT_MARGIN_S})
+    except ValueError as err:  # nothing to join: no cluster detected and no coordinator given
+        raise ValueError(
+            f"--distributed: {' '.join(str(err).split())} No cluster (SLURM, Cloud TPU, Open MPI, ...) was detected: "
+            "set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID in every "
+            "process's environment"
+        ) from None
+    finally:
+        joined.set()

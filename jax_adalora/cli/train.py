@@ -39,6 +39,7 @@ from jax_adalora.cli.loop import train_loop
 from jax_adalora.cli.mesh import (
     batch_sharding,
     bytes_per_device,
+    check_same_settings,
     data_mesh,
     is_writer,
     replicated,
@@ -200,6 +201,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
     t = run.train
     out_dir = run.output_dir
     run_dict = run.to_dict()
+    check_same_settings({k: v for k, v in run_dict.items() if k in ("train", "adalora", "optim")})
     if t.compilation_cache_dir:  # before anything compiles
         try:
             enable_compilation_cache(t.compilation_cache_dir)
