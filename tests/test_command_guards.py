@@ -250,3 +250,35 @@ def test_a_resume_on_a_data_file_edited_at_the_same_path_is_refused(assets, tmp_
     train_file.write_bytes(original)  # restored: the resume goes on
     status, errors, stdout = _cli([*flags, "--resume"], capsys)
     assert status == 0 and not errors and "resumed from step 4" in stdout
+
+
+def test_the_fresh_head_warning_is_not_repeated_on_resume(assets, tmp_path, capsys, caplog):
+    """A checkpoint without a classifier: the first start says the head is freshly initialised; the resume,
+    which restores the trained head, does not say it again."""
+    from transformers import BertModel
+
+    model_dir, data_dir = assets
+    bare = tmp_path / "bare-encoder"
+    BertModel.from_pretrained(model_dir).save_pretrained(bare)
+    for path in model_dir.iterdir():
+        if path.is_file() and not (bare / path.name).exists():
+            shutil.copy(path, bare / path.name)
+    flags = _flags((bare, data_dir), tmp_path / "run", *COMMON, "--checkpoint-every", "2")
+    with caplog.at_level("WARNING", logger="jax_adalora"):
+        assert _cli([*flags, "--stop-after-steps", "4"], capsys)[0] == 0
+    assert "freshly initialised: classifier" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jax_adalora"):
+        status, errors, stdout = _cli([*flags, "--resume"], capsys)
+    assert status == 0 and not errors and "resumed from step 4" in stdout
+    assert "freshly initialised" not in caplog.text
+
+
+def test_printed_summaries_round_to_six_significant_digits():
+    """What a command prints carries no float noise (``0.8266666666666667``); files keep full precision."""
+    from jax_adalora.cli.report import for_display
+
+    shown = for_display({"final": {"accuracy": 0.8266666666666667, "step": 297, "perplexity": 982.5798455729254},
+                         "history": [1.2345678e-7], "task": "movie-sentiment"})  # fmt: skip
+    assert shown == {"final": {"accuracy": 0.826667, "step": 297, "perplexity": 982.58},
+                     "history": [1.23457e-7], "task": "movie-sentiment"}  # fmt: skip

@@ -192,6 +192,7 @@ def _generate(run, spec, adapter_file: Path, input_file: str, out: Path, *, batc
 def main(argv: list[str] | None = None) -> int:
     """The command line: returns the exit status (0; 2 for a usage error; 1 for a failure at run time)."""
     from jax_adalora.cli.errors import error_line
+    from jax_adalora.cli.report import for_display
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         status, line = error_line(err)
         print(f"error: {line}", file=sys.stderr)
         return status
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(for_display(summary), indent=2))
     return 0
 
 

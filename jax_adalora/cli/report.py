@@ -23,6 +23,22 @@ PAPER_MATRIX_ORDER = (
 )
 
 
+DISPLAY_DIGITS = 6  # significant digits of the figures a command prints (float32 holds about 7)
+
+
+def for_display(tree):
+    """``tree`` (dicts, lists, numbers) with every float rounded to :data:`DISPLAY_DIGITS` significant digits,
+    for the JSON summary a command prints: ``0.8266666666666667`` -> ``0.826667``. The files keep full
+    precision."""
+    if isinstance(tree, dict):
+        return {k: for_display(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [for_display(v) for v in tree]
+    if isinstance(tree, float):
+        return float(f"{tree:.{DISPLAY_DIGITS}g}")
+    return tree
+
+
 def rank_table(ranks: dict[str, int]) -> tuple[list[int], list[str], np.ndarray]:
     """Arranges ``{module_path: rank}`` as a (layers × matrix types) array.
 

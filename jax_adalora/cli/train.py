@@ -21,6 +21,7 @@ failure at run time (disk, permissions, divergence); ``--debug`` adds the traceb
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +47,7 @@ from jax_adalora.cli.mesh import (
     sync,
     weight_shardings,
 )
+from jax_adalora.cli.report import for_display
 from jax_adalora.cli.run_config import RunConfig, check_score, parse_args
 from jax_adalora.cli.run_dir import (
     MANIFEST,
@@ -192,6 +194,25 @@ def _load(run: RunConfig):
     return data, model, rank_spec
 
 
+@contextlib.contextmanager
+def _fresh_head_warning(*, shown: bool):
+    """Without ``shown`` (a resume), the loader's warning that the task head was freshly initialised is left
+    out: the head the run trained is restored from the checkpoint right after."""
+    if shown:
+        yield
+        return
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "freshly initialised" not in record.getMessage()
+
+    logger = logging.getLogger("jax_adalora.models.pretrained")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def train_and_evaluate(run: RunConfig) -> dict:
     """Trains, evaluates every epoch (or every ``eval_every`` steps), writes all outputs; returns final metrics.
 
@@ -209,7 +230,8 @@ def train_and_evaluate(run: RunConfig) -> dict:
             raise ValueError(f"--compilation-cache-dir: {err}") from None
     check_score(run.adalora.score, t.score_module)  # imports the module that registers a score of the user's
     resuming = check_output_dir(out_dir, run_dict, resume=t.resume)  # before the slow loading: writes nothing
-    data, model, rank_spec = _load(run)
+    with _fresh_head_warning(shown=not resuming):
+        data, model, rank_spec = _load(run)
 
     mesh = data_mesh(t.fsdp)
     n_dev = mesh.devices.size
@@ -338,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {line}", file=sys.stderr)
         return status
     if final:
-        print(json.dumps(final, indent=2))
+        print(json.dumps(for_display(final), indent=2))
     return 0
 
 
