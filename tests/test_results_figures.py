@@ -64,3 +64,96 @@ def test_every_paired_row_equals_its_records():
         assert float(row["mean"].replace("−", "-")) == round(diff.mean(), 2), label
         assert float(row["se"]) == round(diff.std(ddof=1) / np.sqrt(diff.size), 2), label
         assert int(row["ahead"]) == int((diff > 0).sum()), label
+
+
+# ---- every quoted per-seed figure, on every page that quotes one -----------------------------------------------
+
+# The commands of the results page's per-seed tables, and the (section, key) of their records.
+PER_SEED_ROWS = {
+    "`python -m jax_adalora.train --seed S`": ("defaults_now", "ours_sensitivity"),
+    "`python -m jax_adalora.train --learning-rate 0.001 --seed S`": ("defaults_lr_1e-3", "ours_sensitivity"),
+    "`python -m jax_adalora.train --score gsnr --learning-rate 0.001 --seed S`": ("defaults_lr_1e-3", "ours_gsnr"),
+    "`python -m scripts.studies.peft_baseline --peft-style common --learning-rate 0.001 --seed S`": (
+        "defaults_lr_1e-3",
+        "peft_common",
+    ),
+    "`python -m scripts.studies.peft_baseline --peft-style common --seed S`": ("defaults_now", "peft_common_lr_2e-3"),
+    "`python -m jax_adalora.train --score sensitivity --head-pattern 'classifier\\..*' --learning-rate 0.001 "
+    "--seed S`": (
+        "defaults_lr_1e-3",
+        "ours_sensitivity_classifier_only",
+    ),
+    "`python -m jax_adalora.train --score gsnr --head-pattern 'classifier\\..*' --learning-rate 0.001 --seed S`": (
+        "defaults_lr_1e-3",
+        "ours_gsnr_classifier_only",
+    ),
+    "`python -m jax_adalora.train --config configs/movie.py:former --score gsnr --seed S`": (
+        "former_defaults",
+        "ours_gsnr",
+    ),
+    "`python -m scripts.studies.peft_baseline --config configs/movie.py:former --seed S`": (
+        "former_defaults",
+        "peft_adalora",
+    ),
+    "`python -m jax_adalora.train --config configs/movie.py:former --score sensitivity --seed S`": (
+        "former_defaults",
+        "ours_sensitivity",
+    ),
+    "`python -m jax_adalora.train --config configs/movie.py:former --score gsnr --smoothing ema --seed S`": (
+        "former_defaults",
+        "ours_gsnr_ema_smoothing",
+    ),
+}
+PER_SEED = re.compile(
+    r"^\| (?P<command>`[^`]+`)[^|]* \| (?P<values>\d\.\d{4}(?: / (?:\d\.\d{4}|—))*) \|\s*(?P<summary>[^|]*?)\s*\|$"
+)
+
+
+def _mean_std(values) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def test_every_per_seed_row_equals_its_records():
+    """Each per-seed row of the results page: its values are its records' seeds 0, 1, ... in order (4 decimals),
+    and, with all five, the mean ± sample standard deviation. A row whose command has no records here fails."""
+    records = json.loads((ROOT / "docs" / "default_run_seeds.json").read_text())
+    rows = [m for m in map(PER_SEED.match, (ROOT / "docs" / "results.md").read_text().splitlines()) if m]
+    assert len(rows) == len(PER_SEED_ROWS)
+    for row in rows:
+        assert row["command"] in PER_SEED_ROWS, f"results.md quotes {row['command']} with no records in this test"
+        by_seed = records[PER_SEED_ROWS[row["command"]][0]]["accuracy_by_seed"][PER_SEED_ROWS[row["command"]][1]]
+        quoted = [v for v in row["values"].split(" / ") if v != "—"]
+        assert quoted == [f"{by_seed[str(s)]:.4f}" for s in range(len(quoted))], row["command"]
+        if len(quoted) == 5:
+            assert row["summary"] == _mean_std([by_seed[str(s)] for s in SEEDS]), row["command"]
+
+
+def test_the_getting_started_figures_equal_the_records():
+    """The built-in run's seed-0 accuracy and its five-seed mean ± std, as the getting-started page quotes them."""
+    by_seed = json.loads((ROOT / "docs" / "default_run_seeds.json").read_text())["defaults_now"]["accuracy_by_seed"]
+    ours = by_seed["ours_sensitivity"]
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    assert f'"accuracy": {ours["0"]:.4f}' in page
+    assert f"its dev accuracy is {_mean_std([ours[str(s)] for s in SEEDS])}" in page
+
+
+def test_the_smollm2_step_table_equals_its_benchmark_record():
+    """docs/performance.md's SmolLM2 step table: each row's median seconds, compile seconds and GFLOP/s as the
+    benchmark's JSON has them, and the two ratios quoted beside it."""
+    bench = json.loads((ROOT / "docs" / "bench_smollm2_135m.json").read_text())
+    page = (ROOT / "docs" / "performance.md").read_text()
+    rows = {r["name"]: r for r in bench["rows"]}
+    labels = {
+        "ours: sensitivity step (batch grad)": "ours: sensitivity step (batch gradient)",
+        "ours: gsnr step (per-example)": "ours: GSNR step, exact per-example statistics",
+        "peft: AdaLoRA step": "PEFT: AdaLoRA step",
+    }
+    for name, label in labels.items():
+        row = rows[name]
+        compile_s = "—" if row["compile_s"] is None else f"{row['compile_s']:.0f}"
+        expected = f"| {label}{' (transformers `LlamaForCausalLM`)' if name.startswith('peft') else ''} | "
+        expected += f"{row['median_s']:.2f} | {compile_s} | {row['gflops_per_s']:.0f} |"
+        assert expected in page, expected
+    sens, gsnr, peft = (rows[n]["median_s"] for n in labels)
+    assert f"takes {gsnr / sens:.2f}× the" in page
+    assert f"**Against PEFT: {peft / sens:.2f}×" in page
