@@ -124,7 +124,7 @@ class RankAllocatorState(NamedTuple):
     """State of :func:`rank_allocator`."""
 
     count: jax.Array  # shape=(), int32: updates applied so far (the next step is count + 1)
-    smoothing: scores_lib.SmoothingState  # smoothed element scores, triplet-shaped
+    smoothing: Any  # scores_lib.SmoothingState (smoothed element scores) or, "pooled", scores_lib.PooledMoments
     keep: dict[str, jax.Array]  # the current rank pattern {path: bool (r,)}; frozen after T - t_final
     budget: jax.Array  # shape=(), int32: the budget of the latest mask; NON_FINITE_SCORES after NaN/inf scores
 
@@ -215,9 +215,10 @@ def rank_allocator(
             raise ValueError("rank_allocator found no adapter triplets (nodes with P, lam and Q) in params")
         keep = {path: jnp.ones(t["lam"].shape, jnp.bool_) for path, t in triplets.items()}
         init_budget = sum(int(t["lam"].size) for t in triplets.values())
+        pooled = config.smoothing == "pooled"
         return RankAllocatorState(
             count=jnp.zeros((), jnp.int32),
-            smoothing=scores_lib.smoothing_init(triplets),
+            smoothing=scores_lib.pooled_init(triplets) if pooled else scores_lib.smoothing_init(triplets),
             keep=keep,
             budget=jnp.asarray(init_budget, jnp.int32),
         )
@@ -241,20 +242,27 @@ def rank_allocator(
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
         scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
-        element_scores = score(new_weights, grads)
+        if config.smoothing == "pooled":  # pool the moments, then score the pool (see jax_adalora.scores)
+            pooled = scores_lib.pool(state.smoothing, grads)
+            smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), pooled, state.smoothing)
+            element_scores = score(new_weights, scores_lib.pooled_moments(smoothing, with_second=score.reads_moments))
+            ranked = element_scores
+        else:
+            element_scores = score(new_weights, grads)
+            smoothed = scores_lib.smooth(
+                config.smoothing,
+                state.smoothing,
+                element_scores,
+                beta1=config.beta1,
+                beta2=config.beta2,
+            )
+            smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, state.smoothing)
+            ranked = scores_lib.smoothed_score(config.smoothing, smoothing)
         check_score_output(score.name, element_scores, new_weights)  # at tracing: once per compilation
-        smoothed = scores_lib.smooth(
-            config.smoothing,
-            state.smoothing,
-            element_scores,
-            beta1=config.beta1,
-            beta2=config.beta2,
-        )
-        smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, state.smoothing)
 
         budget, mask_now = schedule(step)
         reallocate = (mask_now & scoring) | (step == freeze_step)
-        importance = scores_lib.triplet_importance(scores_lib.smoothed_score(config.smoothing, smoothing))
+        importance = scores_lib.triplet_importance(ranked)
         fresh_keep = mask_to_budget(importance, budget)
         # NaN or inf importance would mask every triplet: the pattern is kept instead and the state's budget
         # becomes NON_FINITE_SCORES for good, for the caller to stop on (see RankAllocatorState.budget).
@@ -262,6 +270,8 @@ def rank_allocator(
         failed = (state.budget == NON_FINITE_SCORES) | (reallocate & ~finite)
         reallocate = reallocate & ~failed
         keep = {path: jnp.where(reallocate, fresh_keep[path], state.keep[path]) for path in state.keep}
+        if config.smoothing == "pooled":  # a re-allocation empties the pool
+            smoothing = jax.tree.map(lambda x: jnp.where(reallocate, jnp.zeros_like(x), x), smoothing)
         apply_mask = reallocate | (step > freeze_step)
 
         def masked(key_path, update, param):

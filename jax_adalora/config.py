@@ -12,7 +12,7 @@ import math
 
 from jax_adalora.stats import STATISTICS
 
-SMOOTHINGS = ("adalora", "ema", "none")
+SMOOTHINGS = ("adalora", "ema", "none", "sum", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,9 @@ class AdaLoRAConfig:
         ``per_example`` (exact, from per-example gradients of the batch) or ``running`` (EMA over steps of
         batch-mean gradients); ``batch`` gives the batch gradient alone, for scores that read nothing else.
         Sensitivity, movement and magnitude need only the batch gradient, which every mode gives exactly.
-      smoothing: ``adalora`` (EMA × uncertainty, the reference), ``ema`` (plain EMA) or ``none``.
+      smoothing: ``adalora`` (EMA × uncertainty, the reference), ``ema`` (plain EMA), ``none``, ``sum``
+        (cumulative sum, as movement pruning accumulates its score) or ``pooled`` (the gradient moments pooled
+        over every example since the last re-allocation, then scored once; :mod:`jax_adalora.scores`).
       running_decay: EMA decay of the running moments (only with ``statistics="running"``).
       gsnr_eps: added to ``Var[g]`` in GSNR so that zero variance gives a finite score.
       init_std: standard deviation of the normal init of P and Q (λ starts at 0).

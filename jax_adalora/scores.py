@@ -11,6 +11,7 @@ name                  s(w)                              reads
 ``gsnr``              ``E[g]² / (Var[g] + eps)``        mean and variance over examples
 ``magnitude``         ``|w|``                           the weights only (the official code's "mag")
 ``saliency``          ``½ · w² · E[g²]``                second moment (Optimal Brain Damage, Fisher)
+``gsnr_magnitude``    ``|w| · E[g]² / (Var[g] + eps)``  mean and variance over examples (ours)
 ====================  ================================  =========================================
 
 Each is a :class:`Score` that says what it reads. A score of your own, ``s(params, moments) -> element
@@ -24,6 +25,12 @@ Smoothing turns raw element scores into the scores the allocator ranks, one stat
   ema); score ``ema · unc``. EMAs start at 0 without bias correction, exactly as AdaLoRA / PEFT.
 * ``ema``: ``ema = β1 ema + (1-β1) s``; score ``ema``.
 * ``none``: score ``s``.
+* ``sum``: ``sum = sum + s``; score ``sum``: the cumulative score since the start, as movement pruning (Sanh,
+  Wolf and Rush, 2020) accumulates ``-w · g`` over training instead of averaging it.
+* ``pooled``: the gradient moments themselves are pooled over every example of every step since the last
+  re-allocation (``E[g]`` and ``Var[g]`` over ΔT × B examples, combined exactly as Chan, Golub and LeVeque's
+  parallel variance), and the score is computed from them, not smoothed: a GSNR or Fisher from all the examples
+  the re-allocation can see instead of one batch (ours). The pool restarts after each re-allocation.
 
 Triplet importance (AdaLoRA's eq.): ``S_i = s(λ_i) + mean_j s(P_{j,i}) + mean_j s(Q_{i,j})``.
 """
@@ -86,6 +93,14 @@ def saliency(params: PyTree, moments: Moments) -> PyTree:
     ``|w · E[g]|`` is the first-order estimate of that loss change, this is the second-order one, which does
     not vanish when the batch's gradients cancel."""
     return jax.tree.map(lambda w, g2: 0.5 * w * w * g2, params, moments.sq_mean)
+
+
+def gsnr_magnitude(params: PyTree, moments: Moments, eps: float = DEFAULT_GSNR_EPS) -> PyTree:
+    """``|w| · E[g]² / (Var[g] + eps)``: GSNR weighted by the weight's size (ours). GSNR alone says how consistent
+    an element's gradient is, not how much the element carries: a triplet whose λ and vectors have learned a
+    large update can score as low as one that is still near zero. Every weight-aware score (sensitivity,
+    magnitude, saliency) keeps such triplets; this one keeps GSNR's consistency and adds the weight."""
+    return jax.tree.map(lambda w, m, v: jnp.abs(w) * (m * m) / (v + eps), params, moments.mean, moments.var)
 
 
 READS = ("gradient", "moments")
@@ -154,6 +169,7 @@ for _name, _function, _reads in (
     ("gsnr", gsnr, "moments"),
     ("magnitude", magnitude, "gradient"),
     ("saliency", saliency, "moments"),
+    ("gsnr_magnitude", gsnr_magnitude, "moments"),
 ):
     register_score(_name, _function, reads=_reads)
 
@@ -177,8 +193,8 @@ def get(score: str | Score, *, gsnr_eps: float = DEFAULT_GSNR_EPS) -> Score:
         raise ValueError(
             f"unknown score {score!r}: expected one of {score_names()}, a name given to register_score, or a Score"
         ) from None
-    if found.function is gsnr:
-        return dataclasses.replace(found, function=functools.partial(gsnr, eps=gsnr_eps))
+    if found.function in (gsnr, gsnr_magnitude):
+        return dataclasses.replace(found, function=functools.partial(found.function, eps=gsnr_eps))
     return found
 
 
@@ -214,13 +230,15 @@ def smooth(
     """One smoothing update; read the result with :func:`smoothed_score`."""
     if kind == "none":
         return SmoothingState(ema=element_scores, unc=state.unc)
+    if kind == "sum":
+        return SmoothingState(ema=jax.tree.map(jnp.add, state.ema, element_scores), unc=state.unc)
     ema = jax.tree.map(lambda e, s: beta1 * e + (1 - beta1) * s, state.ema, element_scores)
     if kind == "ema":
         return SmoothingState(ema=ema, unc=state.unc)
     if kind == "adalora":
         unc = jax.tree.map(lambda u, s, e: beta2 * u + (1 - beta2) * jnp.abs(s - e), state.unc, element_scores, ema)
         return SmoothingState(ema=ema, unc=unc)
-    raise ValueError(f"unknown smoothing {kind!r}: expected one of ('adalora', 'ema', 'none')")
+    raise ValueError(f"unknown smoothing {kind!r}: expected one of ('adalora', 'ema', 'none', 'sum')")
 
 
 def smoothed_score(kind: str, state: SmoothingState) -> PyTree:
@@ -228,6 +246,51 @@ def smoothed_score(kind: str, state: SmoothingState) -> PyTree:
     if kind == "adalora":
         return jax.tree.map(jnp.multiply, state.ema, state.unc)
     return state.ema
+
+
+# ---- moments pooled since the last re-allocation ("pooled") -------------------------------------
+
+
+class PooledMoments(NamedTuple):
+    """The gradient moments of every example since the pool last restarted: ``count`` examples, their ``mean``
+    gradient and ``m2``, the sum of squared deviations from it (``Var[g] = m2 / count``), triplet-shaped. With a
+    score that reads only the gradient, ``m2`` stays zero."""
+
+    count: jax.Array  # shape=(), float32: examples pooled
+    mean: PyTree
+    m2: PyTree
+
+
+def pooled_init(triplets: PyTree) -> PooledMoments:
+    def zeros():
+        return jax.tree.map(lambda p: jnp.zeros_like(p, jnp.float32), triplets)
+
+    return PooledMoments(count=jnp.zeros((), jnp.float32), mean=zeros(), m2=zeros())
+
+
+def pool(state: PooledMoments, moments: Moments) -> PooledMoments:
+    """``state`` with one more batch's moments (``moments.count`` examples) added: Chan, Golub and LeVeque's
+    pairwise update, ``δ = mean_b - mean_a``, ``mean = mean_a + δ n_b / n``, ``m2 = m2_a + n_b var_b +
+    δ² n_a n_b / n``, exact and without the cancellation of ``E[g²] - E[g]²``."""
+    n_a, n_b = state.count, jnp.asarray(moments.count, jnp.float32)
+    n = jnp.maximum(n_a + n_b, 1.0)
+    delta = jax.tree.map(lambda m_b, m_a: m_b - m_a, moments.mean, state.mean)
+    mean = jax.tree.map(lambda m_a, d: m_a + d * (n_b / n), state.mean, delta)
+    if moments.var is None:
+        m2 = state.m2
+    else:
+        m2 = jax.tree.map(lambda q, v, d: q + n_b * v + d * d * (n_a * n_b / n), state.m2, moments.var, delta)
+    return PooledMoments(count=n_a + n_b, mean=mean, m2=m2)
+
+
+def pooled_moments(state: PooledMoments, *, with_second: bool) -> Moments:
+    """The pool as :class:`Moments` (population variance over its examples), for a score to read."""
+    if not with_second:
+        return Moments(mean=state.mean, sq_mean=None, var=None, count=state.count)
+    n = jnp.maximum(state.count, 1.0)
+    var = jax.tree.map(lambda q: q / n, state.m2)
+    sq_mean = jax.tree.map(lambda m, v: m * m + v, state.mean, var)
+    return Moments(mean=state.mean, sq_mean=sq_mean, var=var, count=state.count)
 
 
 # ---- triplets ------------------------------------------------------------------------------------

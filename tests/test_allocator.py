@@ -149,3 +149,40 @@ def test_reallocation_steps_match_the_allocator_rule(t_init, t_final, total, del
     # rank_allocator re-allocates when (mask_now and t < freeze) or t == freeze
     expected = [t for t in range(1, total + 1) if (schedule.mask_now[t] and t < freeze) or t == freeze]
     assert reallocation_steps(t_init=t_init, t_final=t_final, total_steps=total, delta_t=delta_t) == expected
+
+
+def test_pooled_smoothing_ranks_by_the_moments_since_the_last_reallocation():
+    """``smoothing="pooled"`` with GSNR: at each re-allocation the triplets are ranked by GSNR over every example
+    since the previous one (a numpy float64 reference from the stacked per-example gradients), and the pool
+    restarts; between re-allocations it only grows."""
+    from jax_adalora.allocator import find_triplets, reallocation_steps
+    from jax_adalora.scores import triplet_importance
+    from jax_adalora.stats import moments_of_per_example_gradients
+
+    config = AdaLoRAConfig(r_init=4, r_target=2, t_init=2, t_final=3, delta_t=3, score="gsnr", smoothing="pooled")
+    total = 14
+    params = _triplets(jax.random.key(5))
+    tx = rank_allocator(config, total)
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    update = jax.jit(lambda s, m: tx.update(zeros, s, params, moments=m))
+    rng = np.random.default_rng(0)
+    steps = set(reallocation_steps(t_init=2, t_final=3, total_steps=total, delta_t=3))
+    since_last = []
+    for step in range(1, total - 3):
+        per_example = jax.tree.map(lambda p: rng.normal(0.3, 1.0, size=(6, *p.shape)), params)
+        since_last.append(per_example)
+        moments = moments_of_per_example_gradients(jax.tree.map(jnp.asarray, per_example), jnp.ones(6))
+        pool_before = state.smoothing
+        _, state = update(state, moments)
+        if step in steps:
+            stacked = jax.tree.map(lambda *g: np.concatenate(g), *since_last)
+            reference = jax.tree.map(lambda g: g.mean(0) ** 2 / (g.var(0) + 1e-12), stacked)
+            want = triplet_importance(find_triplets(jax.tree.map(jnp.asarray, reference)))
+            expected = mask_to_budget(want, int(state.budget))
+            for path in expected:
+                np.testing.assert_array_equal(state.keep[path], expected[path], err_msg=f"step {step} {path}")
+            assert float(state.smoothing.count) == 0.0  # the pool restarts
+            since_last = []
+        else:
+            assert float(state.smoothing.count) == float(pool_before.count) + 6

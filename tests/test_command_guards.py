@@ -282,3 +282,22 @@ def test_printed_summaries_round_to_six_significant_digits():
                          "history": [1.2345678e-7], "task": "movie-sentiment"})  # fmt: skip
     assert shown == {"final": {"accuracy": 0.826667, "step": 297, "perplexity": 982.58},
                      "history": [1.23457e-7], "task": "movie-sentiment"}  # fmt: skip
+
+
+def test_pooled_gsnr_trains_checkpoints_and_resumes(assets, tmp_path, capsys):
+    """``--smoothing pooled`` keeps its pool of moments in the allocator state: it survives a checkpoint, and the
+    resumed run ends with the adapters of the uninterrupted one."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    common = ["--score", "gsnr", "--smoothing", "pooled", "--no-export", "--checkpoint-minutes", "0"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _cli(_flags(assets, whole, *common), capsys)[0] == 0
+    assert _cli(_flags(assets, parts, *common, "--checkpoint-every", "2", "--stop-after-steps", "4"), capsys)[0] == 0
+    assert _cli(_flags(assets, parts, *common, "--checkpoint-every", "2", "--resume"), capsys)[0] == 0
+    a, b = (load_file(d / "final_adapters.safetensors") for d in (whole, parts))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert json.loads((whole / "rank_pattern.json").read_text()) == json.loads(
+        (parts / "rank_pattern.json").read_text()
+    )

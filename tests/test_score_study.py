@@ -38,3 +38,22 @@ def test_summary_averages_the_main_metrics_then_pairs_by_seed():
     assert accuracy_gaps["values"] == pytest.approx([0.01, -0.01, 0.02])
     assert accuracy_gaps["seeds_better"] == 2
     assert summary["sensitivity"]["average_minus_sensitivity"]["values"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("variant", ["gsnr-magnitude", "gsnr-pooled", "fisher-pooled", "movement-ema", "movement-sum"])
+def test_the_like_for_like_variants_are_valid_runs(variant, tmp_path):
+    from jax_adalora.cli.run_config import build_run_config
+
+    args = score_study.parse_args(["--scores", variant])
+    run = build_run_config(score_study.run_overrides("movie-sentiment", variant, 0, 40, args, tmp_path))
+    assert {k: getattr(run.adalora, k) for k in score_study.VARIANTS[variant]} == score_study.VARIANTS[variant]
+
+
+def test_fixed_rank_at_the_same_scale_halves_alpha_with_the_rank(tmp_path):
+    """LoRA at AdaLoRA's final rank and scale: r 8 -> 8 with α 32 · 8 / 16 = 16, so α / r_init is AdaLoRA's 32 / 16."""
+    from jax_adalora.cli.run_config import build_run_config
+
+    args = score_study.parse_args(["--scores", score_study.SAME_SCALE])
+    run = build_run_config(score_study.run_overrides("movie-sentiment", score_study.SAME_SCALE, 0, 40, args, tmp_path))
+    assert (run.adalora.r_init, run.adalora.r_target, run.adalora.alpha) == (8, 8, 16.0)
+    assert run.adalora.alpha / run.adalora.r_init == 32.0 / 16

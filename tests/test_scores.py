@@ -42,6 +42,7 @@ def inputs():
         ("gsnr", lambda w, m, s, v: m**2 / (v + scores.DEFAULT_GSNR_EPS)),
         ("magnitude", lambda w, m, s, v: np.abs(w)),
         ("saliency", lambda w, m, s, v: 0.5 * w**2 * s),
+        ("gsnr_magnitude", lambda w, m, s, v: np.abs(w) * m**2 / (v + scores.DEFAULT_GSNR_EPS)),
     ],
 )
 def test_element_scores_match_numpy_float64(inputs, name, reference):
@@ -68,7 +69,12 @@ def test_unknown_score_is_rejected():
 
 
 def test_what_each_score_reads_decides_the_statistics():
-    assert [n for n in scores.score_names() if scores.reads_moments(n)] == ["fisher", "gsnr", "saliency"]
+    assert [n for n in scores.score_names() if scores.reads_moments(n)] == [
+        "fisher",
+        "gsnr",
+        "saliency",
+        "gsnr_magnitude",
+    ]
     assert {"sensitivity", "movement", "magnitude"} <= set(scores.score_names())
 
 
@@ -122,3 +128,35 @@ def test_triplet_importance_reduces_the_right_axes():
         want = np.array([s["lam"][i] + np.mean(s["P"][:, i]) + np.mean(s["Q"][i, :]) for i in range(3)], np.float64)
         assert got[path].shape == (3,)
         np.testing.assert_allclose(got[path], want, rtol=1e-5)
+
+
+def test_sum_smoothing_accumulates_every_step():
+    state = scores.smoothing_init({"a": jnp.zeros(3)})
+    for values in ([1.0, -2.0, 0.5], [0.5, 1.0, 0.0], [-1.0, 4.0, 2.0]):
+        state = scores.smooth("sum", state, {"a": jnp.asarray(values)})
+    np.testing.assert_allclose(scores.smoothed_score("sum", state)["a"], [0.5, 3.0, 2.5], rtol=1e-6)
+
+
+def test_pooled_moments_equal_the_moments_of_all_examples_in_float64():
+    """Batches of 8, 5 and 8 examples (one with padding), pooled one by one with Chan's update: the mean, the
+    population variance and E[g²] of all 21 examples at once, to float64 rounding; GSNR read from the pool."""
+    from jax_adalora.stats import moments_of_per_example_gradients
+
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        batches = [rng.normal(1.5, 2.0, size=(8, 3, 2)) for _ in range(3)]
+        weights = [np.ones(8), np.r_[np.ones(5), np.zeros(3)], np.ones(8)]
+        state = scores.pooled_init({"w": jnp.zeros((3, 2), jnp.float64)})
+        state = state._replace(
+            count=jnp.zeros((), jnp.float64), m2=jax.tree.map(lambda x: x.astype(jnp.float64), state.m2)
+        )
+        for g, w in zip(batches, weights, strict=True):
+            state = scores.pool(state, moments_of_per_example_gradients({"w": jnp.asarray(g)}, jnp.asarray(w)))
+        everything = np.concatenate([g[w > 0] for g, w in zip(batches, weights, strict=True)])
+        pooled = scores.pooled_moments(state, with_second=True)
+        assert float(pooled.count) == 21
+        np.testing.assert_allclose(pooled.mean["w"], everything.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(pooled.var["w"], everything.var(0), rtol=1e-12)
+        np.testing.assert_allclose(pooled.sq_mean["w"], (everything**2).mean(0), rtol=1e-12)
+        gsnr = scores.gsnr({"w": jnp.zeros((3, 2))}, pooled)["w"]
+        np.testing.assert_allclose(gsnr, everything.mean(0) ** 2 / (everything.var(0) + 1e-12), rtol=1e-12)

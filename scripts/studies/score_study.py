@@ -54,7 +54,18 @@ VARIANTS = {
     "gsnr-running": {"score": "gsnr", "statistics": "running"},
     "magnitude": {"score": "magnitude", "smoothing": "none"},  # as the official code's "mag": unsmoothed |w|
     "saliency": {"score": "saliency", "statistics": "per_example"},
+    # The variants of the like-for-like issue: GSNR made weight-aware, GSNR and Fisher from every example since
+    # the last re-allocation, movement without the uncertainty factor (plain EMA) or accumulated as movement
+    # pruning does (cumulative sum).
+    "gsnr-magnitude": {"score": "gsnr_magnitude", "statistics": "per_example"},
+    "gsnr-pooled": {"score": "gsnr", "statistics": "per_example", "smoothing": "pooled"},
+    "fisher-pooled": {"score": "fisher", "statistics": "per_example", "smoothing": "pooled"},
+    "movement-ema": {"score": "movement", "smoothing": "ema"},
+    "movement-sum": {"score": "movement", "smoothing": "sum"},
 }
+# Fixed-rank LoRA at AdaLoRA's final rank and adapter scale: r_init = r_target and α scaled by r_target / r_init,
+# so α / r is the same as the adaptive runs' (the SVD adapter divides by r_init).
+SAME_SCALE = "fixed-same-scale"
 TASK_COLUMNS = {  # task -> the metrics reported (the first is the task's main metric)
     "movie-sentiment": ("accuracy",),
     "movie-rating": ("pearson", "spearman"),
@@ -74,7 +85,13 @@ ROW_NAMES = {
     "gsnr-running": "GSNR (running)",
     "magnitude": "magnitude (unsmoothed)",
     "saliency": "saliency ½w²E[g²] (per-example)",
+    "gsnr-magnitude": "GSNR × |w| (per-example)",
+    "gsnr-pooled": "GSNR pooled since the last re-allocation",
+    "fisher-pooled": "Fisher pooled since the last re-allocation",
+    "movement-ema": "movement, plain EMA",
+    "movement-sum": "movement, cumulative sum",
     BASELINE: "fixed rank 8 (no masking)",
+    SAME_SCALE: "fixed rank 8 at AdaLoRA's α / r",
 }
 
 
@@ -85,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--scores",
         nargs="+",
         default=[*ADALORA_SCORES, BASELINE],
-        choices=[*VARIANTS, BASELINE],
+        choices=[*VARIANTS, BASELINE, SAME_SCALE],
         help="variants: a score, a score with running statistics (-running), or the fixed-rank baseline",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -133,8 +150,10 @@ def variant_of(score: str, statistics: str) -> str:
 
 def run_overrides(task: str, variant: str, seed: int, total_steps: int, args, output_dir: Path) -> dict:
     """The training command's fields for one run of ``variant`` (a key of :data:`VARIANTS`, or the baseline)."""
-    fixed = variant == BASELINE
+    fixed = variant in (BASELINE, SAME_SCALE)
     fields = {"statistics": "per_example", **VARIANTS["sensitivity" if fixed else variant]}
+    if variant == SAME_SCALE:
+        fields["alpha"] = helpers.adapter_values(args)[0] * args.r_target / args.r_init
     return helpers.scaled_run_overrides(
         task,
         seed,
@@ -318,7 +337,7 @@ def write_outputs(out: Path, args, argv, results, summary, schedules, elapsed, r
         panels = {
             ROW_NAMES[s]: helpers.mean_ranks([results[task][s][str(seed)]["ranks"] for seed in args.seeds])
             for s in args.scores
-            if s != BASELINE
+            if s not in (BASELINE, SAME_SCALE)
         }
         if panels:
             helpers.save_rank_panels(
