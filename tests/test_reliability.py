@@ -290,6 +290,34 @@ def test_a_disk_that_fills_during_training_leaves_no_half_run(assets, tmp_path, 
     assert not out.exists()  # nothing to resume from: the failed run's files are gone
 
 
+def test_a_checkpoint_past_the_file_size_limit_is_one_line_and_leaves_no_partial_files(
+    assets, tmp_path, capsys, monkeypatch, caplog
+):
+    """A real write failure inside orbax / tensorstore (not a simulated OSError): a file-size limit of 4 KB while
+    the first checkpoint is written. One line naming the step, the directory and the reason; no orbax temporary
+    directory is left, and with nothing to resume from the run's files are removed, so the same command can be
+    run again."""
+    import resource
+
+    real_save = Checkpointer.save
+
+    def limited(self, step, state, progress):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+        try:
+            return real_save(self, step, state, progress)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    monkeypatch.setattr(Checkpointer, "save", limited)
+    out = tmp_path / "run"
+    flags = _flags(assets, out, "--epochs", "1", "--checkpoint-every", "2")
+    line = _one_error(flags, capsys, 1, f"cannot write the checkpoint of step 2 to {out / 'checkpoints'}")
+    assert "file-size limit" in line and "no earlier checkpoint exists" in line, line
+    assert "Traceback" not in caplog.text
+    assert not out.exists()
+
+
 # ---- checkpoints -------------------------------------------------------------------------------------
 
 
