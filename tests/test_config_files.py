@@ -42,3 +42,16 @@ def test_the_former_profile_reproduces_the_built_in_run_before_the_defaults_stud
     assert (now.adalora.alpha, now.adalora.orth_reg_weight) == (32.0, 0.0)
     assert (former.optim.learning_rate, now.optim.learning_rate) == (1e-3, 2e-3)
     assert dict(former.to_dict()["train"], output_dir="") == dict(now.to_dict()["train"], output_dir="")
+
+
+@pytest.mark.parametrize("profile", ["llm.py", "llm.py:sentiment", "llm.py:subjectivity"])
+def test_the_llm_profiles_run_smollm2_on_a_built_in_task_in_instruction_form(profile):
+    """configs/llm.py: the packaged SmolLM2 on a task with an instruction form, sized as its docstring says."""
+    from jax_adalora.cli.train import is_causal_lm
+    from jax_adalora.tasks.causal_lm_instructions import INSTRUCTION_TEMPLATES
+
+    run = parse_args(["--config", f"{CONFIGS / profile}"])
+    assert run.train.model == "smollm2-135m-instruct" and is_causal_lm(run.train.model)
+    assert run.train.task in INSTRUCTION_TEMPLATES
+    assert run.train.max_train_examples // run.train.batch_size * run.train.epochs == 300
+    assert run.train.max_new_tokens > 0 and run.train.dtype == "float32"
