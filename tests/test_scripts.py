@@ -37,3 +37,23 @@ def test_studies_record_the_module_command_they_were_run_with():
 
     command = study_helpers.command_line("score_study", ["--seeds", "0", "1"])
     assert command == "python -m scripts.studies.score_study --seeds 0 1"
+
+
+def test_the_llm_run_record_reads_gnu_time_and_tabulates(tmp_path):
+    from scripts.studies import llm_run_record
+
+    log = tmp_path / "peft-s0.log"
+    log.write_text(
+        "step 300/300 loss 0.1\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n"
+        "\tMaximum resident set size (kbytes): 4194304\n"
+    )
+    assert llm_run_record.gnu_time(log) == {"wall_seconds": 3723.5, "peak_rss_mb": 4096}
+    (tmp_path / "peft-s0.json").write_text(
+        '{"results": {"validation": {"exact_match": 0.9125, "loss": 0.31}}, "kept_triplets": 1680, '
+        '"total_steps": 300, "train_seconds": 1500.0}'
+    )
+    rows = llm_run_record.collect(tmp_path, [0])
+    assert [r["implementation"] for r in rows] == ["PEFT AdaLoRA (sensitivity)"]
+    assert "| PEFT AdaLoRA (sensitivity) | 0 | 0.9125 | 0.3100 | 1680 | 300 | 1500 | 3724 | 4096 |" in (
+        llm_run_record.report(rows)
+    )

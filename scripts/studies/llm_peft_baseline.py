@@ -1,5 +1,7 @@
-"""PEFT's AdaLoRA on transformers' ``LlamaForCausalLM`` with the same weights, data, budget, schedule and optimizer
-as a ``configs/llm.py`` run of our training command: the reference the LLM run on the docs is measured against.
+"""PEFT's AdaLoRA on transformers' LlamaForCausalLM, at the settings of a ``configs/llm.py`` run of ours.
+
+The same weights, data, budget, schedule and optimizer as our training command's run: the reference the LLM run
+on the docs is measured against.
 
 Same on both sides: the base weights (our model as loaded by the command, written as a transformers directory
 before any adapter exists, so transformers reads exactly our float32 weights), the built-in task in instruction
