@@ -300,3 +300,18 @@ def test_the_trained_head_is_recorded_with_the_style_settings():
     assert peft_baseline.peft_style_settings("common", adalora)["modules_to_save"] == ["classifier"]
     with pytest.raises(ValueError, match="trained head 'pooler'"):
         peft_baseline.peft_style_settings("common", adalora, "pooler")
+
+
+def test_the_results_page_includes_every_report_section_it_names():
+    """docs/results.md includes the like-for-like tables from the generated report by section
+    (pymdownx.snippets): each section it names exists in the report, so the page cannot quote a stale table."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "results.md").read_text()
+    report = (root / "docs" / "studies" / "like_for_like" / "REPORT.md").read_text()
+    named = re.findall(r'^--8<-- "docs/studies/like_for_like/REPORT.md:([a-z0-9-]+)"$', page, re.M)
+    assert {"cells", "ours-peft", "every-run"} <= set(named)
+    for name in named:
+        assert f"<!-- --8<-- [start:{name}] -->" in report and f"<!-- --8<-- [end:{name}] -->" in report, name

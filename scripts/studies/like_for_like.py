@@ -48,6 +48,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -573,6 +574,17 @@ def _seeds_text(n: int, total: int) -> str:
     return f"{n} of {total} seeds"
 
 
+def group_section(group: str) -> str:
+    """The snippet section name of a comparison group: ``ours − PEFT`` -> ``ours-peft``."""
+    return "-".join(re.findall(r"[a-z0-9]+", group.lower().replace("+", " plus ")))
+
+
+def section(name: str, text: str) -> str:
+    """``text`` between the markers of a named section, which the docs include from this report
+    (``--8<-- "docs/studies/like_for_like/REPORT.md:NAME"``, pymdownx.snippets); invisible when rendered."""
+    return f"<!-- --8<-- [start:{name}] -->\n{text}<!-- --8<-- [end:{name}] -->\n"
+
+
 def report_markdown(args, command: str, summary: dict, records: dict[str, dict]) -> str:
     n_seeds = len(args.seeds)
     runs = plan(args.seeds, args.parts)
@@ -601,7 +613,10 @@ def report_markdown(args, command: str, summary: dict, records: dict[str, dict])
         groups.setdefault(row["group"], []).append([row["label"], row["differs"], difference, per_seed])
     comparison_text = "\n".join(
         f"### {group}\n\n"
-        + helpers.markdown_table(["comparison", "what differs", "Δ ×100 (mean ± SE, seeds ahead)", "per seed"], rows)
+        + section(
+            group_section(group),
+            helpers.markdown_table(["comparison", "what differs", "Δ ×100 (mean ± SE, seeds ahead)", "per seed"], rows),
+        )
         for group, rows in groups.items()
     )
 
@@ -681,13 +696,13 @@ comparison missing a seed shows only how many seeds it has.
 
 ## Cells
 
-{cell_table}
+{section("cells", cell_table)}
 ## Paired comparisons
 
 {comparison_text}
 ## Every run (dev accuracy ×100)
 
-{seed_table}
+{section("every-run", seed_table)}
 ## Reading
 
 {helpers.reading_text(args.out)}"""
