@@ -97,11 +97,38 @@ def _check_position_limit(t) -> None:
         )
 
 
+def causal_lm_task(t, tokenizer):
+    """A causal-LM run's data (``t``: its ``TrainConfig``): a built-in ``--task`` in instruction form, with the
+    run's training subset and dev sample, or its own ``--train-file`` / ``--validation-file``."""
+    from jax_adalora.tasks.causal_lm import load_causal_lm_task
+    from jax_adalora.tasks.causal_lm_instructions import load_instruction_task
+
+    if t.task:
+        return load_instruction_task(
+            t.task,
+            tokenizer,
+            max_seq_length=t.max_seq_length,
+            generate=t.max_new_tokens > 0,
+            max_train_examples=t.max_train_examples or None,
+            max_eval_examples=t.max_eval_examples or None,
+            seed=t.seed,
+            data_dir=t.data_dir or None,
+            datasets_cache_dir=t.datasets_cache_dir or None,
+        )
+    return load_causal_lm_task(
+        t.train_file,
+        t.validation_file,
+        tokenizer,
+        max_seq_length=t.max_seq_length,
+        generate=t.max_new_tokens > 0,
+        cache_dir=t.datasets_cache_dir or None,
+    )
+
+
 def _load_causal_lm(run: RunConfig):
     """A causal LM's tokenizer, its own data (text, prompt/completion or messages) and the adapted model."""
     from jax_adalora.models.llama import from_pretrained, load_tokenizer
-    from jax_adalora.tasks.causal_lm import load_causal_lm_task
-    from jax_adalora.tasks.causal_lm_instructions import INSTRUCTION_TEMPLATES, load_instruction_task
+    from jax_adalora.tasks.causal_lm_instructions import INSTRUCTION_TEMPLATES
 
     t = run.train
     if t.task and (t.task not in INSTRUCTION_TEMPLATES or t.train_file or t.validation_file):
@@ -117,27 +144,7 @@ def _load_causal_lm(run: RunConfig):
             )
     _check_position_limit(t)
     tokenizer = load_tokenizer(t.model)
-    if t.task:
-        data = load_instruction_task(
-            t.task,
-            tokenizer,
-            max_seq_length=t.max_seq_length,
-            generate=t.max_new_tokens > 0,
-            max_train_examples=t.max_train_examples or None,
-            max_eval_examples=t.max_eval_examples or None,
-            seed=t.seed,
-            data_dir=t.data_dir or None,
-            datasets_cache_dir=t.datasets_cache_dir or None,
-        )
-    else:
-        data = load_causal_lm_task(
-            t.train_file,
-            t.validation_file,
-            tokenizer,
-            max_seq_length=t.max_seq_length,
-            generate=t.max_new_tokens > 0,
-            cache_dir=t.datasets_cache_dir or None,
-        )
+    data = causal_lm_task(t, tokenizer)
     log.info("causal-LM data: train %s; validation %s", data.train.summary(), data.evals["validation"].summary())
     model = from_pretrained(t.model, dtype=t.dtype)
     rank_spec = inject_adapters(model, run.adalora, rngs=nnx.Rngs(t.seed + 1))

@@ -30,19 +30,6 @@ import numpy as np
 from jax_adalora.cli.run_config import build_run_config, load_config_file
 
 
-def linear_warmup_decay(optim, total_steps: int):
-    """The learning rate at a step (0-based), the shape of our optax schedule: linear warm-up from 0 over
-    ``warmup_ratio`` of the run, then linear decay to 0."""
-    warmup = int(round(optim.warmup_ratio * total_steps))
-
-    def at(step: int) -> float:
-        if step < warmup:
-            return optim.learning_rate * step / max(warmup, 1)
-        return optim.learning_rate * max(0.0, 1 - (step - warmup) / max(total_steps - warmup, 1))
-
-    return at
-
-
 def peft_generate(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int, ends) -> list[str]:
     """Greedy completions of token-id ``prompts`` by transformers' ``generate`` (left padding), decoded as ours."""
     import torch
@@ -72,11 +59,12 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from jax_adalora.cli.export import peft_adalora_config, quiet_third_party, save_merged_causal_lm
+    from jax_adalora.cli.train import causal_lm_task
     from jax_adalora.models.llama import from_pretrained, load_tokenizer
     from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator
-    from jax_adalora.tasks.causal_lm_instructions import load_instruction_task
     from jax_adalora.tasks.causal_lm_metrics import exact_match, lm_metrics
     from scripts.benchmarks.bench_llm import HF_TARGETS, torch_sequence_losses
+    from scripts.studies.peft_baseline import linear_warmup_decay
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/llm.py:sentiment")
@@ -99,15 +87,7 @@ def main(argv=None) -> dict:
     started = time.time()
 
     tokenizer = load_tokenizer(t.model)
-    data = load_instruction_task(
-        t.task,
-        tokenizer,
-        max_seq_length=t.max_seq_length,
-        generate=t.max_new_tokens > 0,
-        max_train_examples=t.max_train_examples or None,
-        max_eval_examples=t.max_eval_examples or None,
-        seed=t.seed,
-    )
+    data = causal_lm_task(t, tokenizer)  # the command's own data: the same subset, dev sample and tokens
     ours = from_pretrained(t.model)
     ends = sorted({*(int(e) for e in np.atleast_1d(ours.config.eos_token_ids)), int(tokenizer.eos_token_id)})
     train_iter = CausalLMBatchIterator(

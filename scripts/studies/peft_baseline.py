@@ -59,6 +59,19 @@ PEFT_STYLES = {
 }
 
 
+def linear_warmup_decay(optim, total_steps: int):
+    """The learning rate at a step (0-based), the shape of our optax schedule: linear warm-up from 0 over
+    ``warmup_ratio`` of the run, then linear decay to 0."""
+    warmup = int(round(optim.warmup_ratio * total_steps))
+
+    def at(step: int) -> float:
+        if step < warmup:
+            return optim.learning_rate * step / max(warmup, 1)
+        return optim.learning_rate * max(0.0, 1 - (step - warmup) / max(total_steps - warmup, 1))
+
+    return at
+
+
 def peft_style_settings(style: str, adalora, trained_head: str | None = None) -> dict:
     """The style's PEFT settings with ``lora_alpha`` filled in, the trained head (``trained_head``, a key of
     ``TRAINED_HEADS``; ``None``: the style's own) and its modules, and whether PEFT applies the regulariser."""
@@ -139,12 +152,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(
         trainable, lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps, weight_decay=o.weight_decay
     )
-    warmup = int(round(o.warmup_ratio * total))
-
-    def lr_at(step: int) -> float:  # same shape as our optax schedule: linear warm-up then linear decay
-        if step < warmup:
-            return o.learning_rate * step / max(warmup, 1)
-        return o.learning_rate * max(0.0, 1 - (step - warmup) / max(total - warmup, 1))
+    lr_at = linear_warmup_decay(o, total)
 
     model.train()
     started = time.time()
