@@ -157,3 +157,71 @@ def test_the_smollm2_step_table_equals_its_benchmark_record():
     sens, gsnr, peft = (rows[n]["median_s"] for n in labels)
     assert f"takes {gsnr / sens:.2f}× the" in page
     assert f"**Against PEFT: {peft / sens:.2f}×" in page
+
+
+# ---- the score studies' tables, against the studies' own results.json -----------------------------------------
+
+PAPER_ROWS = {
+    "sensitivity (AdaLoRA's)": "sensitivity",
+    "movement `−w·g`": "movement",
+    "Fisher, exact": "fisher",
+    "GSNR, exact": "gsnr",
+    "Fisher, running": "fisher-running",
+    "GSNR, running": "gsnr-running",
+    "magnitude, unsmoothed": "magnitude",
+    "saliency ½w²E[g²], exact": "saliency",
+    "fixed rank 8, no masking": "fixed",
+}
+FULL_ROWS = {
+    "sensitivity (AdaLoRA's)": "sensitivity",
+    "Fisher, exact `E[g²]`": "fisher",
+    "GSNR, exact `E[g]²/Var[g]`": "gsnr",
+    "movement `−w·g`": "movement",
+    "fixed rank 8, no masking (twice the adapter scale)": "fixed",
+}
+
+
+def _pm(entry: dict, spread: str = "std") -> str:
+    return f"{100 * entry['mean']:.2f} ± {100 * entry[spread]:.2f}"
+
+
+def _table_rows(page: list[str], labels) -> dict[str, list[str]]:
+    rows = {}
+    for line in page:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in labels:
+            rows.setdefault(cells[0], cells)
+    return rows
+
+
+def test_the_paper_length_score_table_equals_the_study_results():
+    summary = json.loads((ROOT / "docs" / "studies" / "score_study_paper" / "results.json").read_text())["summary"]
+    page = (ROOT / "docs" / "results.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(page) if line.startswith("## The scores at the seed paper's length"))
+    rows = _table_rows(page[start:], PAPER_ROWS)
+    assert set(rows) == set(PAPER_ROWS)
+    for label, variant in PAPER_ROWS.items():
+        s = summary[variant]
+        expected = [_pm(s["movie-sentiment/accuracy"]), _pm(s["movie-rating/pearson"]), _pm(s["subjectivity/accuracy"])]
+        expected.append(_pm(s["average"]))
+        assert rows[label][1:5] == expected, label
+        if variant != "sensitivity":
+            gap = s["average_minus_sensitivity"]
+            assert rows[label][5] == f"{100 * gap['mean']:+.2f} ± {100 * gap['se']:.2f} ({gap['seeds_better']} of 3)", (
+                label
+            )
+
+
+def test_the_five_seed_score_table_equals_the_study_results():
+    summary = json.loads((ROOT / "docs" / "studies" / "score_study_full" / "results.json").read_text())["summary"]
+    page = (ROOT / "docs" / "results.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(page) if line.startswith("## The four scores (five seeds"))
+    rows = _table_rows(page[start:], FULL_ROWS)
+    assert set(rows) == set(FULL_ROWS)
+    for label, variant in FULL_ROWS.items():
+        s = summary[variant]
+        assert rows[label][1] == _pm(s["average"]), label
+        if variant != "sensitivity":
+            gap = s["average_minus_sensitivity"]
+            se = gap["std"] / np.sqrt(len(gap["values"]))
+            assert rows[label][2] == f"{100 * gap['mean']:+.2f} ± {100 * se:.2f}".replace("-", "−"), label
