@@ -54,6 +54,10 @@ def test_the_llm_run_record_reads_gnu_time_and_tabulates(tmp_path):
     )
     rows = llm_run_record.collect(tmp_path, [0])
     assert [r["implementation"] for r in rows] == ["PEFT AdaLoRA (sensitivity)"]
-    assert "| PEFT AdaLoRA (sensitivity) | 0 | 0.9125 | 0.3100 | 1680 | 300 | 1500 | 3724 | 4096 |" in (
+    assert "| PEFT AdaLoRA (sensitivity) | 0 | 0.9125 | 0.3100 | 1680 | 300 | 5.00 | 1500 | 3724 | 4096 |" in (
         llm_run_record.report(rows)
     )
+    bar = tmp_path / "bar.log"
+    bar.write_text("train:   0%| | 1/300 [01:28<2:25:40, 88.29s/step]\rtrain: 100%| | 300/300 [25:47<00:00]\r"
+                   "train: 100%| | 300/300 [1:27:54<00:00]")  # fmt: skip
+    assert llm_run_record.progress_seconds(bar, 300) == (88.0, 1547.0)

@@ -37,6 +37,22 @@ def gnu_time(log: Path) -> dict:
     return {"wall_seconds": round(3600 * hours + 60 * minutes + seconds, 1), "peak_rss_mb": int(peak[1]) // 1024}
 
 
+def _clock(text: str) -> float:
+    parts = [int(p) for p in text.split(":")]
+    return float(sum(p * 60**i for i, p in enumerate(reversed(parts))))
+
+
+def progress_seconds(log: Path, total: int) -> tuple[float, float]:
+    """(seconds at the end of step 1, seconds at the end of step ``total``) from the command's progress bar in
+    ``log``: the first includes the compilation of the step, so their difference is steps 2..total alone."""
+    marks: dict[int, float] = {}
+    for n, clock in re.findall(r"\| *(\d+)/\d+ \[(\d+(?::\d+)+)<", log.read_text(errors="replace")):
+        marks.setdefault(int(n), _clock(clock))
+    if 1 not in marks or total not in marks:
+        raise ValueError(f"{log}: no progress bar at steps 1 and {total}")
+    return marks[1], marks[total]
+
+
 def ours(runs: Path, score: str, seed: int) -> dict | None:
     folder = runs / f"ours-{score}-s{seed}"
     final = folder / "final_metrics.json"
@@ -44,6 +60,7 @@ def ours(runs: Path, score: str, seed: int) -> dict | None:
         return None
     metrics = json.loads(final.read_text())
     config = json.loads((folder / "config.json").read_text())
+    first, last = progress_seconds(runs / f"ours-{score}-s{seed}.log", metrics["steps"])
     return {
         "implementation": f"ours ({score})",
         "command": f"python -m jax_adalora.train --config configs/llm.py --score {score} --seed {seed}",
@@ -52,7 +69,9 @@ def ours(runs: Path, score: str, seed: int) -> dict | None:
         "kept_triplets": metrics["total_budget"],
         "target_triplets": metrics["target_budget"],
         "steps": metrics["steps"],
-        "train_seconds": metrics["train_seconds_this_process"],
+        "loop_seconds": last,
+        "first_step_seconds": first,
+        "seconds_per_step": round((last - first) / (metrics["steps"] - 1), 3),
         "statistics": config["adalora"]["statistics"],
         **gnu_time(runs / f"ours-{score}-s{seed}.log"),
     }
@@ -72,7 +91,9 @@ def peft(runs: Path, seed: int) -> dict | None:
         "kept_triplets": record["kept_triplets"],
         "target_triplets": None,
         "steps": record["total_steps"],
-        "train_seconds": record["train_seconds"],
+        "loop_seconds": record["train_seconds"],
+        "first_step_seconds": None,
+        "seconds_per_step": round(record["train_seconds"] / record["total_steps"], 3),
         "statistics": "batch",
         **gnu_time(runs / f"peft-s{seed}.log"),
     }
@@ -89,14 +110,15 @@ def collect(runs: Path, seeds) -> list[dict]:
 
 def report(rows: list[dict]) -> str:
     lines = [
-        "| implementation | seed | dev exact match (accuracy) | dev loss | kept triplets | steps | train s | wall s "
-        "| peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| implementation | seed | dev exact match (accuracy) | dev loss | kept triplets | steps | s per step | "
+        "training loop s | wall s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['implementation']} | {r['seed']} | {r['exact_match']:.4f} | {r['loss']:.4f} | {r['kept_triplets']} "
-            f"| {r['steps']} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']} |"
+            f"| {r['steps']} | {r['seconds_per_step']:.2f} | {r['loop_seconds']:.0f} | {r['wall_seconds']:.0f} "
+            f"| {r['peak_rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 
