@@ -48,12 +48,12 @@ def copy_checkpoint(source, target, *, config=None, state=None):
 
 
 def test_bare_encoder_checkpoint_loads_into_a_classifier_with_a_fresh_head(bare_bert_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="jax_adalora.models.pretrained"):
+    with caplog.at_level(logging.INFO, logger="jax_adalora.models.pretrained"):
         model, info = from_pretrained(bare_bert_dir, head="classification", num_labels=3, return_info=True)
     assert isinstance(model, SequenceClassifier)
     assert info.missing == () and info.unexpected == ()
     assert info.initialised_head == ("classifier.weight", "classifier.bias")  # the pooler came from the checkpoint
-    assert "freshly initialised: classifier.weight, classifier.bias" in caplog.text
+    assert "freshly initialised (the run trains it): classifier.weight, classifier.bias" in caplog.text
 
 
 def test_task_checkpoint_loads_into_a_bare_encoder_and_reports_unused_keys(tmp_path, caplog):

@@ -135,6 +135,9 @@ def test_the_getting_started_figures_equal_the_records():
     page = (ROOT / "docs" / "getting-started.md").read_text()
     assert f'"accuracy": {ours["0"]:.4f}' in page
     assert f"its dev accuracy is {_mean_std([ours[str(s)] for s in SEEDS])}" in page
+    # the whole output of the seed-0 run: its printed summary (6 significant digits) and evaluation line
+    seed_0 = ours["0"]
+    assert f'"accuracy": {float(f"{seed_0:.6g}")}' in page and f"accuracy={seed_0:.4f}" in page
 
 
 def test_the_smollm2_step_table_equals_its_benchmark_record():

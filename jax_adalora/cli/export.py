@@ -99,12 +99,13 @@ def peft_rank_pattern_key(module_name: str) -> str:
 @contextlib.contextmanager
 def quiet_third_party():
     """Keeps the known noise of transformers and PEFT out of the command's output while we export: the load report
-    of the base model (its missing task head, replaced by ours), and deprecation warnings one library raises in
-    the other. Other warnings pass."""
+    and progress bar of the base model (its missing task head, replaced by ours), and deprecation warnings one
+    library raises in the other. Other warnings pass."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights: 100%" of the base model, loaded to export it
     try:
         with warnings.catch_warnings():
             for message in _KNOWN_WARNINGS:
@@ -112,6 +113,8 @@ def quiet_third_party():
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 _KNOWN_WARNINGS = (

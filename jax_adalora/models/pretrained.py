@@ -464,9 +464,9 @@ def _log_load(model, info: LoadInfo) -> None:
             len(info.missing),
             ", ".join(info.missing),
         )
-    if info.initialised_head:
-        log.warning(
-            "%s has no %s head that fits; freshly initialised: %s",
+    if info.initialised_head:  # expected when fine-tuning starts from an encoder: the run trains the new head
+        log.info(
+            "%s has no %s head that fits; freshly initialised (the run trains it): %s",
             info.weights_file,
             model.head_kind or "pooler",
             ", ".join(info.initialised_head),
