@@ -246,9 +246,11 @@ def rank_allocator(
             pooled = scores_lib.pool(state.smoothing, grads)
             smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), pooled, state.smoothing)
             element_scores = score(new_weights, scores_lib.pooled_moments(smoothing, with_second=score.reads_moments))
+            check_score_output(score.name, element_scores, new_weights)  # at tracing: once per compilation
             ranked = element_scores
         else:
             element_scores = score(new_weights, grads)
+            check_score_output(score.name, element_scores, new_weights)  # before anything else reads it
             smoothed = scores_lib.smooth(
                 config.smoothing,
                 state.smoothing,
@@ -258,7 +260,6 @@ def rank_allocator(
             )
             smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), smoothed, state.smoothing)
             ranked = scores_lib.smoothed_score(config.smoothing, smoothing)
-        check_score_output(score.name, element_scores, new_weights)  # at tracing: once per compilation
 
         budget, mask_now = schedule(step)
         reallocate = (mask_now & scoring) | (step == freeze_step)

@@ -102,7 +102,7 @@ def test_predict_reproduces_the_runs_dev_accuracy(topic_run, capsys):
     assert predict_main(["--run-dir", str(out), "--input-file", str(dev_jsonl), "--output-file", str(target)]) == 0
     summary = json.loads(capsys.readouterr().out)
     best = [h for h in _history(out) if h["step"] == final["best_step"]]
-    assert summary["rows"] == 15 and summary["accuracy"] == pytest.approx(best[0]["accuracy"], abs=1e-6)
+    assert summary["rows"] == 15 and summary["accuracy"] == pytest.approx(best[0]["accuracy"], rel=1e-5)
     labelled = pd.read_json(target, lines=True)
     assert list(labelled.columns[:2]) == ["text", "label"] and set(labelled["prediction"]) <= set(TOPICS)
     # An existing output is never replaced: one line, nothing written.
@@ -192,8 +192,8 @@ def test_predict_answers_squad_questions(model_dir, tmp_path, capsys):
     assert predict_main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     best = [h for h in _history(out) if h["step"] == final["best_step"]][0]
-    assert summary["rows"] == 6 and summary["f1"] == pytest.approx(best["f1"], abs=1e-6)
-    assert summary["exact_match"] == pytest.approx(best["exact_match"], abs=1e-6)
+    assert summary["rows"] == 6 and summary["f1"] == pytest.approx(best["f1"], rel=1e-5)
+    assert summary["exact_match"] == pytest.approx(best["exact_match"], rel=1e-5)
     labelled = pd.read_json(target, lines=True)
     assert list(labelled["id"]) == list(answered["id"])
     assert all(isinstance(p, str) and p in c for p, c in zip(labelled["prediction"], labelled["context"], strict=True))
@@ -420,7 +420,7 @@ def test_resuming_a_finished_run_rewrites_its_test_predictions(topic_run, model_
     args = [*flags(model_dir, out, "--test-file", str(root / "test.csv")), "--resume"]
     args += ["--train-file", str(root / "train.csv"), "--validation-file", str(root / "dev.csv")]
     args += ["--datasets-cache-dir", str(root / "cache")]
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="jax_adalora.tasks"):
         train_and_evaluate(parse_args(args))
     assert sorted(p.name for p in out.glob("test.predictions*")) == ["test.predictions.csv"]
     assert f"5 labels: {', '.join(sorted(TOPICS))}" in caplog.text

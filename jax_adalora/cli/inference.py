@@ -55,6 +55,7 @@ def predict_file(
     sharding,
     cache_dir: str | os.PathLike | None = None,
     write: bool = True,
+    replace: bool = False,
     text_columns: tuple[str, ...] = (),
     doc_stride: int = 128,
 ) -> dict:
@@ -98,7 +99,12 @@ def predict_file(
     result: dict = {"rows": len(rows), **metrics}
     if write and output_file is not None:
         path = write_predictions(
-            rows, output_file, predictions=predicted, probabilities=probabilities, label_names=spec.label_names
+            rows,
+            output_file,
+            predictions=predicted,
+            probabilities=probabilities,
+            label_names=spec.label_names,
+            replace=replace,
         )
         result["output_file"] = str(Path(path))
     return result

@@ -94,6 +94,7 @@ def _label_test_file(run: RunConfig, spec, functional, state, eval_step, shardin
         tokenizer=load_tokenizer(t.model),
         input_file=t.test_file,
         output_file=default_output_file(run.output_dir, t.test_file, refuse_existing=False),
+        replace=True,  # the run's own output: a resume of the finished run writes it again
         max_seq_length=t.max_seq_length,
         batch_size=t.eval_batch_size,
         pad_to_multiple_of=t.pad_to_multiple_of,

@@ -22,15 +22,16 @@ from jax_adalora.tasks.text_dataset import FILE_TYPES
 PREDICTION_COLUMN = "prediction"
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--output-file") -> Path:
-    """The output path, checked before any work: a supported suffix, no existing file, a directory to write to."""
+def check_output_file(path: str | os.PathLike, flag: str = "--output-file", *, replace: bool = False) -> Path:
+    """The output path, checked before any work: a supported suffix, no existing file (unless ``replace``: the
+    run's own output, written again), a directory to write to."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path} is a directory; name a file in it, such as {path / 'predictions.csv'}")
     if suffix not in FILE_TYPES:
         raise ValueError(f"{flag} {path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet")
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{flag} {path} already exists; refusing to overwrite it: choose another path")
     if path.parent.exists() and not path.parent.is_dir():
         raise NotADirectoryError(f"{flag} {path}: {path.parent} is not a directory")
@@ -73,8 +74,10 @@ def write_predictions(
     predictions: Sequence,
     probabilities: np.ndarray | None = None,
     label_names: Sequence[str] = (),
+    replace: bool = False,
 ) -> Path:
-    """Writes ``rows`` (a ``datasets.Dataset``) with their predictions to ``path``, atomically.
+    """Writes ``rows`` (a ``datasets.Dataset``) with their predictions to ``path``, atomically; an existing file
+    only with ``replace`` (the training command's own ``--test-file`` output).
 
     Args:
       rows: the input rows, in order.
@@ -83,7 +86,7 @@ def write_predictions(
       probabilities: (N, num_labels) class probabilities, or None.
       label_names: the class names, in the probabilities' column order.
     """
-    path = check_output_file(path)
+    path = check_output_file(path, replace=replace)
     frame = with_predictions(rows, predictions, probabilities, label_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
