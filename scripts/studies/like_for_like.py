@@ -709,9 +709,11 @@ comparison missing a seed shows only how many seeds it has.
 
 
 def write_outputs(args, command: str) -> None:
-    """``results.json`` and ``REPORT.md`` in ``--out`` from every record there, under the lock so that the last
-    report written has every record."""
+    """``results.json`` and ``REPORT.md`` in ``--out`` from every record there, over every part of the study
+    (a worker started with ``--parts scores`` must not drop the grid's sections, which the docs include), under
+    the lock so that the last report written has every record."""
     out = Path(args.out)
+    args = argparse.Namespace(**{**vars(args), "parts": list(PARTS)})  # every part, whichever a worker runs
     with folder_lock(out):
         records = helpers.load_run_records(out)
         summary = summarize(records, args.seeds, args.parts)
