@@ -243,8 +243,11 @@ def rank_allocator(
 
         scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
         if config.smoothing == "pooled":  # pool the moments, then score the pool (see jax_adalora.scores)
+            # The freeze step's re-allocation pools its own batch too: the pool it would otherwise rank is empty
+            # when the previous re-allocation was the step before, and an empty pool scores every triplet 0.
+            pooling = (step <= freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
             pooled = scores_lib.pool(state.smoothing, grads)
-            smoothing = jax.tree.map(lambda a, b: jnp.where(scoring, a, b), pooled, state.smoothing)
+            smoothing = jax.tree.map(lambda a, b: jnp.where(pooling, a, b), pooled, state.smoothing)
             element_scores = score(new_weights, scores_lib.pooled_moments(smoothing, with_second=score.reads_moments))
             check_score_output(score.name, element_scores, new_weights)  # at tracing: once per compilation
             ranked = element_scores
@@ -263,6 +266,8 @@ def rank_allocator(
 
         budget, mask_now = schedule(step)
         reallocate = (mask_now & scoring) | (step == freeze_step)
+        if config.smoothing == "pooled":  # an empty pool (no scored step since the last) has nothing to rank
+            reallocate = reallocate & (smoothing.count > 0)
         importance = scores_lib.triplet_importance(ranked)
         fresh_keep = mask_to_budget(importance, budget)
         # NaN or inf importance would mask every triplet: the pattern is kept instead and the state's budget

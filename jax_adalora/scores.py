@@ -30,7 +30,8 @@ Smoothing turns raw element scores into the scores the allocator ranks, one stat
 * ``pooled``: the gradient moments themselves are pooled over every example of every step since the last
   re-allocation (``E[g]`` and ``Var[g]`` over ΔT × B examples, combined exactly as Chan, Golub and LeVeque's
   parallel variance), and the score is computed from them, not smoothed: a GSNR or Fisher from all the examples
-  the re-allocation can see instead of one batch (ours). The pool restarts after each re-allocation.
+  the re-allocation can see instead of one batch (ours). The pool restarts after each re-allocation; the last
+  re-allocation (the freeze step) pools its own step's batch too, so it never ranks an empty pool.
 
 Triplet importance (AdaLoRA's eq.): ``S_i = s(λ_i) + mean_j s(P_{j,i}) + mean_j s(Q_{i,j})``.
 """

@@ -169,7 +169,7 @@ def test_pooled_smoothing_ranks_by_the_moments_since_the_last_reallocation():
     rng = np.random.default_rng(0)
     steps = set(reallocation_steps(t_init=2, t_final=3, total_steps=total, delta_t=3))
     since_last = []
-    for step in range(1, total - 3):
+    for step in range(1, total - 2):  # through the freeze step, 11, whose re-allocation pools its own batch
         per_example = jax.tree.map(lambda p: rng.normal(0.3, 1.0, size=(6, *p.shape)), params)
         since_last.append(per_example)
         moments = moments_of_per_example_gradients(jax.tree.map(jnp.asarray, per_example), jnp.ones(6))
@@ -186,3 +186,26 @@ def test_pooled_smoothing_ranks_by_the_moments_since_the_last_reallocation():
             since_last = []
         else:
             assert float(state.smoothing.count) == float(pool_before.count) + 6
+    assert sum(ranks(state).values()) == 2 * len(params)  # the target budget, r_target per matrix
+
+
+@pytest.mark.parametrize("score", ["gsnr", "fisher"])
+def test_pooled_smoothing_reaches_the_target_when_the_freeze_step_follows_a_reallocation(score):
+    """With ΔT = 1 the step before the freeze step re-allocates and empties the pool; the freeze step's own
+    batch is pooled, so its re-allocation ranks real moments and keeps exactly the target budget (an empty pool
+    would score every triplet 0 and, ties at the threshold being masked, keep none)."""
+    from jax_adalora.stats import moments_of_per_example_gradients
+
+    config = AdaLoRAConfig(r_init=4, r_target=2, t_init=1, t_final=2, delta_t=1, score=score, smoothing="pooled")
+    total = 8
+    params = _triplets(jax.random.key(6))
+    tx = rank_allocator(config, total)
+    state = tx.init(params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    update = jax.jit(lambda s, m: tx.update(zeros, s, params, moments=m))
+    rng = np.random.default_rng(1)
+    for _ in range(total):
+        per_example = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.3, 1.0, size=(4, *p.shape))), params)
+        _, state = update(state, moments_of_per_example_gradients(per_example, jnp.ones(4)))
+    assert int(state.budget) == 2 * len(params)
+    assert sum(ranks(state).values()) == 2 * len(params)

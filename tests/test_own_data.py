@@ -202,7 +202,9 @@ def test_predict_answers_squad_questions(model_dir, tmp_path, capsys):
 
 def test_second_read_reuses_the_tokenisation_cache(topic_run, model_dir):
     from jax_adalora.models import load_tokenizer
-    from jax_adalora.tasks.text_dataset import find_columns, read_file, tokenised_rows
+    from jax_adalora.tasks.data_files import read_file
+    from jax_adalora.tasks.label_inference import find_columns
+    from jax_adalora.tasks.text_dataset import tokenised_rows
 
     root, out, _ = topic_run
     cache = root / "cache"
@@ -222,7 +224,8 @@ def test_tokenise_with_a_real_tokenizer():
     import datasets
     from transformers import AutoTokenizer
 
-    from jax_adalora.tasks.text_dataset import Columns, tokenise
+    from jax_adalora.tasks.label_inference import Columns
+    from jax_adalora.tasks.text_dataset import tokenise
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     rows = datasets.Dataset.from_dict({"text": ["a fine film", "dull"]})
@@ -347,7 +350,7 @@ def test_a_whitespace_only_text_is_refused_naming_the_row(model_dir, tmp_path, c
 
 
 def test_tsv_cells_are_read_without_quote_handling(tmp_path):
-    from jax_adalora.tasks.text_dataset import read_file
+    from jax_adalora.tasks.data_files import read_file
 
     path = tmp_path / "quotes.tsv"
     path.write_text('text\tlabel\n"a quote opens this\t1\nsay "hi"\t0\n"whole"\t1\n')
@@ -356,7 +359,7 @@ def test_tsv_cells_are_read_without_quote_handling(tmp_path):
 
 
 def test_offline_hub_dataset_fails_at_once_naming_local_files(model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("jax_adalora.tasks.text_dataset.endpoint_reachable", lambda: False)
+    monkeypatch.setattr("jax_adalora.tasks.data_files.endpoint_reachable", lambda: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     status = train_main(flags(model_dir, tmp_path / "run", "--dataset", "rotten_tomatoes"))
     err = capsys.readouterr().err.strip().splitlines()

@@ -4,12 +4,12 @@ is in its file, and the eval sample."""
 import numpy as np
 import pytest
 
+from jax_adalora.tasks.data_files import read_file
 from jax_adalora.tasks.glue import read_glue_tsv_split
 from jax_adalora.tasks.labelled_texts import read_named_split, row_locator
 from jax_adalora.tasks.registry import get_task_spec
 from jax_adalora.tasks.sources import TaskDataError
 from jax_adalora.tasks.task_data import eval_rows
-from jax_adalora.tasks.text_dataset import read_file
 
 
 @pytest.mark.parametrize("suffix, text", [(".csv", "sentence,label\na fine film,1\n"), (".jsonl", '{"label": 1}\n')])

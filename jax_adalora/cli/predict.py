@@ -69,7 +69,7 @@ def load_run(run_dir: Path):
     from jax_adalora.cli.run_config import build_run_config
     from jax_adalora.cli.run_dir import read_saved_config
     from jax_adalora.tasks import get_task_spec
-    from jax_adalora.tasks.text_dataset import spec_from_dict
+    from jax_adalora.tasks.label_inference import spec_from_dict
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--run-dir {run_dir} is not a directory")

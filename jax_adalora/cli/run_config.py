@@ -23,7 +23,8 @@ from typing import Any
 from jax_adalora.cli.profiles import DEFAULT_RUN
 from jax_adalora.config import SMOOTHINGS, STATISTICS, AdaLoRAConfig, OptimConfig
 from jax_adalora.scores import score_names
-from jax_adalora.tasks.text_dataset import TASK_TYPES, data_name
+from jax_adalora.tasks.data_files import data_name
+from jax_adalora.tasks.label_inference import TASK_TYPES
 
 DTYPES = ("float32", "bfloat16")
 

@@ -247,7 +247,7 @@ def train_and_evaluate(run: RunConfig) -> dict:
 
     from jax_adalora.tasks import BatchIterator
     from jax_adalora.tasks.causal_lm_batches import CausalLMBatchIterator
-    from jax_adalora.tasks.text_dataset import spec_to_dict
+    from jax_adalora.tasks.label_inference import spec_to_dict
 
     kind = data.spec.kind
     train_iter = (CausalLMBatchIterator if kind == "causal_lm" else BatchIterator)(

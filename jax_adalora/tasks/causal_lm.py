@@ -38,9 +38,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jax_adalora.tasks.batching import EncodedSplit, pad_rows
+from jax_adalora.tasks.data_files import data_name, read_file
 from jax_adalora.tasks.labelled_texts import row_locator
 from jax_adalora.tasks.sources import TaskDataError
-from jax_adalora.tasks.text_dataset import read_file
 
 FORMS = ("messages", "prompt-completion", "text")
 ACCEPTED_FORMS = (
@@ -316,7 +316,6 @@ def load_causal_lm_task(
     """Both files tokenised (:func:`load_causal_lm_file`) and the task's spec; ``generate`` (``--max-new-tokens``
     above 0) adds exact match to the metrics when the dev file has prompts."""
     from jax_adalora.tasks.registry import TaskSpec
-    from jax_adalora.tasks.text_dataset import data_name
 
     train = load_causal_lm_file(train_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)
     dev = load_causal_lm_file(validation_file, tokenizer, max_seq_length=max_seq_length, cache_dir=cache_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jax_adalora.tasks.data_files import read_file
 from jax_adalora.tasks.labelled_texts import (
     LABEL_COLUMN,
     NAMED_CSV_OPTIONS,
@@ -29,7 +30,6 @@ from jax_adalora.tasks.labelled_texts import (
 )
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files
-from jax_adalora.tasks.text_dataset import read_file
 
 # Task -> (text columns, label column) by header name; CoLA's files have no header: by position.
 GLUE_TSV_LAYOUTS: dict[str, tuple[tuple, object]] = {

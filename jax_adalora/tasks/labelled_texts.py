@@ -2,7 +2,7 @@
 
 Shared by GLUE and the movie and subjectivity tasks: text columns are the task's ``text_keys``, the target
 column is ``label`` (class ids, class names, or numbers for regression), as in the hub's ``nyu-mll/glue``.
-Files are read by ``datasets`` (:func:`jax_adalora.tasks.text_dataset.read_file`); each complaint names the
+Files are read by ``datasets`` (:func:`jax_adalora.tasks.data_files.read_file`); each complaint names the
 file and the line (csv, tsv, JSON lines) or the row (JSON, parquet; counted from 0) it is about.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_adalora.tasks.data_files import read_file
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError
-from jax_adalora.tasks.text_dataset import read_file
 
 LABEL_COLUMN = "label"
 # Named tasks' csv and tsv files as they were written: an empty cell is an empty text (not a missing value), and

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_adalora.tasks.text_dataset import FILE_TYPES
+from jax_adalora.tasks.data_files import FILE_TYPES
 
 PREDICTION_COLUMN = "prediction"
 

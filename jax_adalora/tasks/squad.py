@@ -22,10 +22,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from jax_adalora.tasks.data_files import read_file
 from jax_adalora.tasks.labelled_texts import row_locator
 from jax_adalora.tasks.registry import TaskSpec
 from jax_adalora.tasks.sources import TaskDataError, hub_parquet_files
-from jax_adalora.tasks.text_dataset import read_file
 
 SQUAD_FILES = {False: ("train-v1.1.json", "dev-v1.1.json"), True: ("train-v2.0.json", "dev-v2.0.json")}
 FLAT_COLUMNS = ("id", "question", "context", "answers")

@@ -19,6 +19,7 @@ import numpy as np
 
 from jax_adalora.tasks.batching import EncodedSplit
 from jax_adalora.tasks.glue import load_glue_splits
+from jax_adalora.tasks.label_inference import Columns, label_ids
 from jax_adalora.tasks.labelled_texts import LabelledRows
 from jax_adalora.tasks.metrics import compute_metrics
 from jax_adalora.tasks.movie import load_movie_splits
@@ -26,7 +27,7 @@ from jax_adalora.tasks.registry import TaskSpec, get_task_spec
 from jax_adalora.tasks.squad import QAExample, load_squad_splits
 from jax_adalora.tasks.squad_features import encode_squad, postprocess_qa, squad_metrics
 from jax_adalora.tasks.subjectivity import load_subjectivity_splits
-from jax_adalora.tasks.text_dataset import Columns, label_ids, read_text_splits, tokenise
+from jax_adalora.tasks.text_dataset import read_text_splits, tokenise
 
 log = logging.getLogger("jax_adalora.tasks")
 

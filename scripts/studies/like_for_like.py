@@ -579,12 +579,6 @@ def group_section(group: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", group.lower().replace("+", " plus ")))
 
 
-def section(name: str, text: str) -> str:
-    """``text`` between the markers of a named section, which the docs include from this report
-    (``--8<-- "docs/studies/like_for_like/REPORT.md:NAME"``, pymdownx.snippets); invisible when rendered."""
-    return f"<!-- --8<-- [start:{name}] -->\n{text}<!-- --8<-- [end:{name}] -->\n"
-
-
 def report_markdown(args, command: str, summary: dict, records: dict[str, dict]) -> str:
     n_seeds = len(args.seeds)
     runs = plan(args.seeds, args.parts)
@@ -613,7 +607,7 @@ def report_markdown(args, command: str, summary: dict, records: dict[str, dict])
         groups.setdefault(row["group"], []).append([row["label"], row["differs"], difference, per_seed])
     comparison_text = "\n".join(
         f"### {group}\n\n"
-        + section(
+        + helpers.snippet_section(
             group_section(group),
             helpers.markdown_table(["comparison", "what differs", "Δ ×100 (mean ± SE, seeds ahead)", "per seed"], rows),
         )
@@ -696,13 +690,13 @@ comparison missing a seed shows only how many seeds it has.
 
 ## Cells
 
-{section("cells", cell_table)}
+{helpers.snippet_section("cells", cell_table)}
 ## Paired comparisons
 
 {comparison_text}
 ## Every run (dev accuracy ×100)
 
-{section("every-run", seed_table)}
+{helpers.snippet_section("every-run", seed_table)}
 ## Reading
 
 {helpers.reading_text(args.out)}"""

@@ -66,6 +66,19 @@ VARIANTS = {
 # Fixed-rank LoRA at AdaLoRA's final rank and adapter scale: r_init = r_target and α scaled by r_target / r_init,
 # so α / r is the same as the adaptive runs' (the SVD adapter divides by r_init).
 SAME_SCALE = "fixed-same-scale"
+# What a variant changes, for the report's setup (the ones not listed need no more than their row name).
+VARIANT_NOTES = {
+    "gsnr-magnitude": "GSNR × |w|: the GSNR of each weight times its magnitude (ours: GSNR made weight-aware, as "
+    "sensitivity is), exact per-example statistics, AdaLoRA smoothing",
+    "gsnr-pooled": "GSNR of the exact per-example moments pooled over every example since the last re-allocation "
+    "(ΔT × batch examples, not one batch; ours), no further smoothing",
+    "fisher-pooled": "Fisher `E[g²]` of the same pooled moments (ours), no further smoothing",
+    "movement-ema": "movement `−w·g` with a plain EMA (β1) and no uncertainty factor",
+    "movement-sum": "movement `−w·g` summed over the steps since training began, as movement pruning (Sanh et al., "
+    "2020) accumulates it",
+    SAME_SCALE: "fixed rank 8 with α scaled by r_target / r_init, so its adapter scale α / r equals the AdaLoRA "
+    "runs' (a LoRA-against-AdaLoRA comparison at equal scale)",
+}
 TASK_COLUMNS = {  # task -> the metrics reported (the first is the task's main metric)
     "movie-sentiment": ("accuracy",),
     "movie-rating": ("pearson", "spearman"),
@@ -251,7 +264,19 @@ def summarize(results: dict, tasks, scores, seeds) -> dict:
                     for a, b in zip(summary[score][key]["values"], summary["sensitivity"][key]["values"], strict=True)
                 ]
                 summary[score][f"{key}_minus_sensitivity"] = paired_gaps(gaps)
+            summary[score]["tasks_ahead"] = tasks_ahead(summary[score], tasks)
     return summary
+
+
+def tasks_ahead(row: dict, tasks) -> list[str]:
+    """The tasks on which a score is ahead of sensitivity: its paired difference in the task's main metric is
+    positive on average and on more than half of the seeds."""
+    ahead = []
+    for task in tasks:
+        gap = row[f"{task}/{TASK_COLUMNS[task][0]}_minus_sensitivity"]
+        if gap["mean"] > 0 and gap["seeds_better"] > len(gap["values"]) / 2:
+            ahead.append(task)
+    return ahead
 
 
 def paired_gaps(gaps: list[float]) -> dict:
@@ -422,10 +447,13 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
                     *per_task,
                     helpers.format_paired(gap["values"], scale=100),
                     " / ".join(f"{100 * g:+.2f}" for g in gap["values"]),
+                    f"{len(summary[score]['tasks_ahead'])} of {len(args.tasks)}",
                 ]
             )
         gap_table = helpers.markdown_table(
-            ["score"] + [f"Δ {t} {TASK_COLUMNS[t][0]}" for t in args.tasks] + ["Δ avg", "Δ avg per seed"],
+            ["score"]
+            + [f"Δ {t} {TASK_COLUMNS[t][0]}" for t in args.tasks]
+            + ["Δ avg", "Δ avg per seed", "tasks ahead"],
             gap_rows,
         )
 
@@ -437,6 +465,17 @@ def report_markdown(args, argv, summary, results, schedules, machine, elapsed) -
         ["task", "train examples", "dev examples", "total steps", "t_init", "t_final", "ΔT"], schedule_rows
     )
     heatmaps = "\n".join(f"![{t}](rank_heatmap_{t}.png)" for t in args.tasks)
+    baseline_note = (
+        f"""* Baseline **fixed rank {args.r_target}**: the same SVD-form adapter (`P diag(λ) Q`, λ starting at 0, the
+  same γ) with r_init = r_target = {args.r_target}: the budget starts at its target, so no triplet is ever
+  masked. It has the same final number of triplets as the AdaLoRA runs and is, up to the SVD parameterisation (and the
+  orthogonal regulariser when γ > 0), LoRA at rank {args.r_target} on the same 36 matrices. Its adapter scale
+  is α / r_init = {alpha:g} / {args.r_target} (the AdaLoRA runs use {alpha:g} / {args.r_init}).
+"""
+        if BASELINE in args.scores
+        else ""
+    )
+    notes = "".join(f"* **{ROW_NAMES[v]}**: {VARIANT_NOTES[v]}.\n" for v in args.scores if v in VARIANT_NOTES)
     reduced = bool(args.max_train_examples)
     training_data = (
         f"a **seeded random subset of {args.max_train_examples} training examples** (a different subset per seed)"
@@ -466,16 +505,13 @@ Command (from the repository root):
   {args.r_target} (final budget {args.r_target} × 36 = {args.r_target * 36} triplets),
   {helpers.adapter_scale_text(args)}, β1 = β2 = 0.85, AdaLoRA smoothing (EMA × uncertainty); AdamW lr
   {lr_text} with 6 % warm-up and linear decay, weight decay 0.01, clip 1.0; dropout on. Fisher and GSNR
-  use exact per-example statistics unless the variant says running.
-* Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the steps):
+  use exact per-example statistics unless the variant says running; every score is smoothed as AdaLoRA does
+  unless the variant says otherwise.
+{notes}* Schedule scaled to the run (t_init = {args.init_fraction:.0%}, t_final = {args.final_fraction:.0%} of the
+  steps):
 
 {schedule_table}
-* Baseline **fixed rank 8**: the same SVD-form adapter (`P diag(λ) Q`, λ starting at 0, the same γ) with
-  r_init = r_target = {args.r_target}: the budget starts at its target, so no triplet is ever masked. It has the
-  same final number of triplets as the AdaLoRA runs and is, up to the SVD parameterisation (and the orthogonal
-  regulariser when γ > 0), LoRA at rank {args.r_target} on the same 36 matrices. Its
-  adapter scale is α / r_init = {alpha:g} / {args.r_target} (the AdaLoRA runs use {alpha:g} / {args.r_init}).
-* Seeds {args.seeds}: the seed sets {seed_sets}.
+{baseline_note}* Seeds {args.seeds}: the seed sets {seed_sets}.
   Each run evaluates once, at the end; the number reported is that final dev metric (no checkpoint selection).
 * Machine: {machine["cpu_count"]} CPU cores shared with other jobs ({machine["platform"]}, JAX {machine["jax"]},
   backend {machine["backend"]}); library at commit(s) `{machine["git_revision"]}`. The runs took
@@ -489,13 +525,14 @@ each run here takes {steps} optimizer steps with a 6-layer MiniLM.
 
 "avg" is the mean over the tasks of each task's main metric (accuracy; Pearson), per seed, then mean ± std.
 
-{main_table}
+{helpers.snippet_section("results", main_table)}
 ### Paired differences to sensitivity (same seed = same data subset, init and order)
 
 Δ = score − sensitivity for the same seed, ×100: mean ± standard error over seeds (sample std / √n), and in
-brackets the number of seeds on which the score is ahead of sensitivity.
+brackets the number of seeds on which the score is ahead of sensitivity. "Tasks ahead": the tasks on which the
+score's mean difference is positive and it is ahead on more than half of the seeds.
 
-{gap_table or "(sensitivity not in this study)"}
+{helpers.snippet_section("paired", gap_table) if gap_table else "(sensitivity not in this study)"}
 ### Every run
 
 Final budget is the number of kept triplets at the end (per task, `/`-separated); wall s is the wall time of the

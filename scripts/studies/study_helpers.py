@@ -292,6 +292,13 @@ def recorded_revision(scratch: Path) -> str:
     return recorded
 
 
+def snippet_section(name: str, text: str) -> str:
+    """``text`` between the markers of a named section, which the docs include from a generated report
+    (``--8<-- "docs/studies/<study>/REPORT.md:NAME"``, pymdownx.snippets); the markers are invisible when
+    rendered."""
+    return f"<!-- --8<-- [start:{name}] -->\n{text}<!-- --8<-- [end:{name}] -->\n"
+
+
 def reading_text(out_dir: str | Path) -> str:
     """The hand-written reading of a study (``reading.md`` in its output folder), or a placeholder."""
     path = Path(out_dir) / "reading.md"
