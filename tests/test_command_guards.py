@@ -113,6 +113,24 @@ def test_a_plug_in_score_that_gives_nan_or_the_wrong_shapes_is_refused(
     assert not (out / "final_metrics.json").exists()
 
 
+def test_a_score_that_ties_every_triplet_warns_that_the_pattern_is_below_its_budget(assets, tmp_path, capsys):
+    """A constant score ties every triplet at the threshold; PEFT's rule masks ties together, so the pattern
+    drops to no triplet at all: the run finishes, with one warning line naming the score."""
+    module = tmp_path / "flat_score.py"
+    module.write_text(
+        "import jax\nimport jax.numpy as jnp\nfrom jax_adalora.scores import register_score\n\n"
+        "register_score('flat_score', lambda params, moments: jax.tree.map(jnp.zeros_like, params), "
+        "reads='gradient')\n"
+    )
+    out = tmp_path / "run"
+    argv = _flags(assets, out, "--score-module", module, "--score", "flat_score", "--epochs", "1", "--no-export")
+    status, err, _ = _main_in_process(argv, capsys)
+    warnings = [line for line in err.splitlines() if "warning: at step" in line]
+    assert status == 0 and len(warnings) == 1, err[-2000:]
+    assert "keeps 0 triplets, fewer than the budget" in warnings[0] and "'flat_score'" in warnings[0]
+    assert json.loads((out / "final_metrics.json").read_text())["total_budget"] == 0
+
+
 # ---- divergence ------------------------------------------------------------------------------------------
 
 

@@ -192,6 +192,7 @@ def train_loop(
                 alloc = find_allocator_state(state.opt_state)
                 check_scores_finite(alloc, reader.score, step)
                 budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
+                warn_if_pattern_short(progress, budget, int(jax.device_get(alloc.budget)), reader.score, step, log)
                 if progress.get("first_loss") is None:
                     progress["first_loss"] = reader.first_loss
                 mean_loss = reader.mean_loss()
@@ -308,6 +309,21 @@ def warn_if_loss_grows(progress: dict, loss: float, step: int, log: RunLog) -> N
             "--max-grad-norm",
             file=sys.stderr,
         )
+
+
+def warn_if_pattern_short(progress: dict, kept: int, budget: int, score: str, step: int, log: RunLog) -> None:
+    """Warns once (one line) when the rank pattern keeps fewer triplets than the latest re-allocation's budget:
+    triplets tied at the threshold are masked together (PEFT's rule), so a score that gives many triplets the
+    same importance (all zero, say) prunes far below the budget without any error."""
+    if progress.get("warned_pattern") or not 0 <= kept < budget:
+        return
+    progress["warned_pattern"] = step
+    log.bar.write(
+        f"warning: at step {step} the rank pattern keeps {kept} triplets, fewer than the budget of {budget}: the "
+        f"score {score!r} gave many triplets the same importance and ties at the threshold are all masked; "
+        "check the score (--score, --score-module)",
+        file=sys.stderr,
+    )
 
 
 def check_scores_finite(alloc, score: str, step: int) -> None:
