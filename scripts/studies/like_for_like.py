@@ -523,6 +523,16 @@ def comparisons() -> list[dict]:
                 "b": Cell("ours", 2e-3, "pooler+classifier"),
             }
         )
+    for score in OTHER_SCORES:
+        rows.append(
+            {
+                "group": "another score − PEFT",
+                "label": f"ours with {SCORE_LABELS[score]} − PEFT, lr 2e-3, pooler + classifier",
+                "differs": f"score: {SCORE_LABELS[score]} vs sensitivity; implementation: ours vs PEFT's AdaLoRA",
+                "a": Cell("ours", 2e-3, "pooler+classifier", score),
+                "b": Cell("peft-common", 2e-3, "pooler+classifier"),
+            }
+        )
     return rows
 
 
