@@ -13,7 +13,8 @@ from jax_adalora.models.bert.weights import bert_weight_map
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import dropout_keys
 from jax_adalora.models.heads import EncoderModel
-from jax_adalora.models.pretrained import load_state_dict, to_hf_state_dict
+from jax_adalora.models.hf_export import to_hf_state_dict
+from jax_adalora.models.pretrained import load_state_dict
 
 TINY = dict(
     vocab_size=99,

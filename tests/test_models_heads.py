@@ -26,7 +26,8 @@ from jax_adalora.config import AdaLoRAConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.dropout import example_keys
 from jax_adalora.models.heads import QuestionAnswerer, SequenceClassifier, build_model
-from jax_adalora.models.pretrained import from_pretrained, save_pretrained, to_hf_state_dict
+from jax_adalora.models.hf_export import save_pretrained, to_hf_state_dict
+from jax_adalora.models.pretrained import from_pretrained
 from jax_adalora.models.targets import TARGET_PRESETS
 
 TINY = dict(

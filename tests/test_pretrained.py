@@ -12,12 +12,8 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoModel, BertConfig, BertForQuestionAnswering, BertForSequenceClassification, BertModel
 
 from jax_adalora.models.heads import EncoderModel, QuestionAnswerer, SequenceClassifier
-from jax_adalora.models.pretrained import (
-    ModelNotFoundError,
-    from_pretrained,
-    load_tokenizer,
-    packaged_minilm_path,
-)
+from jax_adalora.models.model_dirs import ModelNotFoundError, packaged_minilm_path
+from jax_adalora.models.pretrained import from_pretrained, load_tokenizer
 
 TINY = dict(
     vocab_size=99,

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from jax_adalora.adapters import AdaLoRAParam, adapter_modules, merge_adapters, trainable_filter
-from jax_adalora.models.pretrained import resolve_model_dir, save_pretrained
+from jax_adalora.models.hf_export import save_pretrained
+from jax_adalora.models.model_dirs import resolve_model_dir
 
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "qa": "QUESTION_ANS"}
 

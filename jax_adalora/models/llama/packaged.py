@@ -26,7 +26,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from jax_adalora.models.pretrained import ModelNotFoundError
+from jax_adalora.models.model_dirs import ModelNotFoundError
 
 PIP_TIMEOUT_S = 600
 _CHUNK = 1 << 20

@@ -36,7 +36,9 @@ from flax import nnx
 from jax_adalora.models.llama.config import LlamaConfig, RopeScaling
 from jax_adalora.models.llama.modeling import LlamaForCausalLM
 from jax_adalora.models.llama.packaged import is_packaged_name, packaged_model_path
-from jax_adalora.models.pretrained import CONFIG_FILE, read_state_dict, resolve_model_dir
+from jax_adalora.models.model_dirs import CONFIG_FILE, resolve_model_dir
+from jax_adalora.models.pretrained import read_state_dict
+from jax_adalora.models.weight_map import variable_at
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +101,6 @@ def hf_weight_map(config: LlamaConfig) -> list[tuple[str, tuple, str]]:
     return out
 
 
-def _variable_at(model: nnx.Module, path: tuple) -> nnx.Variable:
-    node = model
-    for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    if not isinstance(node, nnx.Variable):
-        raise TypeError(
-            f"{'.'.join(map(str, path))} is a {type(node).__name__}, not a variable (adapters? merge first)"
-        )
-    return node
-
-
 def _to_nnx(value: np.ndarray, kind: str) -> np.ndarray:
     return np.swapaxes(value, -1, -2) if kind == "linear" else value
 
@@ -144,7 +135,7 @@ def load_weights(
         return np.asarray(tensors[key])
 
     def assign(path: tuple, value: np.ndarray, key: str) -> None:
-        variable = _variable_at(model, path)
+        variable = variable_at(model, path)
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"{source}: {key} gives shape {tuple(value.shape)} for {'.'.join(map(str, path))}, "
@@ -182,9 +173,9 @@ def to_hf_state_dict(model: LlamaForCausalLM) -> dict[str, np.ndarray]:
     for key, path, kind in hf_weight_map(config):
         if config.scan_layers and path[:2] == ("model", "layers"):
             layer, inner = path[2], path[3:]
-            value = np.asarray(_variable_at(model, ("model", "layers", *inner))[...][layer], np.float32)
+            value = np.asarray(variable_at(model, ("model", "layers", *inner))[...][layer], np.float32)
         else:
-            value = np.asarray(_variable_at(model, path)[...], np.float32)
+            value = np.asarray(variable_at(model, path)[...], np.float32)
         out[key] = np.ascontiguousarray(_to_nnx(value, kind))
     return out
 
