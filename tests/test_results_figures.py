@@ -228,3 +228,73 @@ def test_the_five_seed_score_table_equals_the_study_results():
             gap = s["average_minus_sensitivity"]
             se = gap["std"] / np.sqrt(len(gap["values"]))
             assert rows[label][2] == f"{100 * gap['mean']:+.2f} ± {100 * se:.2f}".replace("-", "−"), label
+
+
+VARIANT_TASKS = {"movie-sentiment": "accuracy", "movie-rating": "pearson", "subjectivity": "accuracy"}
+
+
+def _section_rows(report: str, name: str) -> dict[str, list[str]]:
+    """The rows of a generated report's snippet section, by their first cell."""
+    body = report.split(f"<!-- --8<-- [start:{name}] -->\n", 1)[1].split(f"<!-- --8<-- [end:{name}] -->", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")]
+    return {row[0]: row for row in rows[1:]}  # the header row left out
+
+
+def test_the_score_variant_tables_equal_their_run_records():
+    """docs/results.md includes the variant study's tables from its report; every mean, standard deviation,
+    paired difference, standard error, seeds-ahead and tasks-ahead count there is recomputed here with numpy from
+    the per-run dev metrics in its results.json."""
+    from scripts.studies import score_study
+
+    folder = ROOT / "docs" / "studies" / "score_variants"
+    results = json.loads((folder / "results.json").read_text())
+    report = (folder / "REPORT.md").read_text()
+    main, paired = _section_rows(report, "results"), _section_rows(report, "paired")
+    seeds = [str(s) for s in results["scale"]["seeds"]]
+    runs = results["runs"]
+
+    def metric(variant: str, task: str, name: str) -> np.ndarray:
+        return 100 * np.array([runs[task][variant][s]["metrics"][name] for s in seeds])
+
+    def pm(values: np.ndarray) -> str:
+        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+    def paired_text(gaps: np.ndarray) -> str:
+        se = gaps.std(ddof=1) / np.sqrt(len(gaps))
+        return f"{gaps.mean():+.2f} ± {se:.2f} ({int((gaps > 0).sum())} of {len(gaps)})"
+
+    average = {
+        v: np.mean([metric(v, t, m) for t, m in VARIANT_TASKS.items()], axis=0) for v in results["scale"]["scores"]
+    }
+    assert set(main) == {score_study.ROW_NAMES[v] for v in results["scale"]["scores"]}
+    for variant in results["scale"]["scores"]:
+        row = main[score_study.ROW_NAMES[variant]]
+        assert row[1] == pm(metric(variant, "movie-sentiment", "accuracy")), variant
+        assert row[2] == pm(metric(variant, "movie-rating", "pearson")), variant
+        assert row[4] == pm(metric(variant, "subjectivity", "accuracy")), variant
+        assert row[5] == pm(average[variant]), variant
+        if variant == "sensitivity":
+            continue
+        cells = paired[score_study.ROW_NAMES[variant]]
+        ahead = 0
+        for column, (task, name) in enumerate(VARIANT_TASKS.items(), start=1):
+            gaps = metric(variant, task, name) - metric("sensitivity", task, name)
+            assert cells[column] == paired_text(gaps), (variant, task)
+            ahead += gaps.mean() > 0 and (gaps > 0).sum() > len(gaps) / 2
+        assert cells[4] == paired_text(average[variant] - average["sensitivity"]), variant
+        assert cells[6] == f"{ahead} of 3", variant
+
+
+def test_the_results_page_includes_only_report_sections_that_exist():
+    """Every ``--8<-- "docs/studies/<study>/REPORT.md:NAME"`` of the results page names a section its report has."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    named = re.findall(r'^--8<-- "(docs/studies/[a-z_]+/REPORT\.md):([a-z0-9-]+)"$', page, re.M)
+    assert {path for path, _ in named} >= {
+        "docs/studies/like_for_like/REPORT.md",
+        "docs/studies/score_variants/REPORT.md",
+    }
+    like_for_like = {name for path, name in named if "like_for_like" in path}
+    assert {"cells", "ours-peft", "score-sensitivity", "another-score-peft", "every-run"} <= like_for_like
+    for path, name in named:
+        report = (ROOT / path).read_text()
+        assert f"<!-- --8<-- [start:{name}] -->" in report and f"<!-- --8<-- [end:{name}] -->" in report, (path, name)

@@ -98,7 +98,7 @@ ROW_NAMES = {
     "gsnr-running": "GSNR (running)",
     "magnitude": "magnitude (unsmoothed)",
     "saliency": "saliency ½w²E[g²] (per-example)",
-    "gsnr-magnitude": "GSNR × |w| (per-example)",
+    "gsnr-magnitude": "GSNR × weight magnitude (per-example)",
     "gsnr-pooled": "GSNR pooled since the last re-allocation",
     "fisher-pooled": "Fisher pooled since the last re-allocation",
     "movement-ema": "movement, plain EMA",
