@@ -129,7 +129,7 @@ def evaluate_and_keep_best(run, data, functional, state, frozen, eval_step, shar
 
 def checkpoint(checkpointer: Checkpointer, step: int, state, progress: dict, train_iter, reader, log) -> None:
     """Saves the state with the data position and the unlogged losses, so that a resumed run continues exactly."""
-    check_scores_finite(find_allocator_state(state.opt_state), reader.score, step)
+    check_scores_finite(int(jax.device_get(find_allocator_state(state.opt_state).budget)), reader.score, step)
     progress["iterator"] = train_iter.state()
     progress["loss_window"] = list(reader.loss_window)  # so that a resumed run logs the same mean losses
     try:
@@ -190,9 +190,10 @@ def train_loop(
                 grad_norm = reader.read()
             if logs:
                 alloc = find_allocator_state(state.opt_state)
-                check_scores_finite(alloc, reader.score, step)
-                budget = int(sum(int(np.sum(k)) for k in jax.device_get(list(alloc.keep.values()))))
-                warn_if_pattern_short(progress, budget, int(jax.device_get(alloc.budget)), reader.score, step, log)
+                latest_budget, keep = jax.device_get((alloc.budget, list(alloc.keep.values())))
+                check_scores_finite(int(latest_budget), reader.score, step)
+                budget = int(sum(int(np.sum(k)) for k in keep))
+                warn_if_pattern_short(progress, budget, int(latest_budget), reader.score, step, log)
                 if progress.get("first_loss") is None:
                     progress["first_loss"] = reader.first_loss
                 mean_loss = reader.mean_loss()
@@ -326,10 +327,10 @@ def warn_if_pattern_short(progress: dict, kept: int, budget: int, score: str, st
     )
 
 
-def check_scores_finite(alloc, score: str, step: int) -> None:
-    """Raises :class:`BadScore` when a re-allocation up to ``step`` met NaN or infinite triplet scores (the
-    allocator then keeps the pattern it had and marks its budget; one scalar is read)."""
-    if int(jax.device_get(alloc.budget)) == NON_FINITE_SCORES:
+def check_scores_finite(latest_budget: int, score: str, step: int) -> None:
+    """Raises :class:`BadScore` when a re-allocation up to ``step`` met NaN or infinite triplet scores: the
+    allocator then keeps the pattern it had and marks its budget (``latest_budget``, the allocator state's)."""
+    if latest_budget == NON_FINITE_SCORES:
         raise BadScore(
             f"the score {score!r} gave NaN or infinite importance at a re-allocation (by step {step}); refusing "
             "to prune on it (it would remove every adapter). Fix the score (--score-module) or choose another "
