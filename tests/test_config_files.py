@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jax_adalora.cli.run_config import load_config_file, parse_args
+from jax_adalora.cli.run_config import parse_args
+from jax_adalora.cli.user_code import load_config_file
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 GLUE_TASKS = ("mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb")

@@ -48,7 +48,7 @@ from jax_adalora.cli.mesh import (
     weight_shardings,
 )
 from jax_adalora.cli.report import for_display
-from jax_adalora.cli.run_config import RunConfig, check_score, parse_args
+from jax_adalora.cli.run_config import RunConfig, parse_args
 from jax_adalora.cli.run_dir import (
     MANIFEST,
     check_free_space,
@@ -58,6 +58,7 @@ from jax_adalora.cli.run_dir import (
 )
 from jax_adalora.cli.runtime import enable_compilation_cache, keep_freed_memory, start_distributed
 from jax_adalora.cli.step import make_eval_step, make_train_step
+from jax_adalora.cli.user_code import check_score
 from jax_adalora.training import FunctionalModel, adalora_optimizer, init_train_state
 
 log = logging.getLogger("jax_adalora.cli.train")

@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-from jax_adalora.cli.run_config import build_run_config, load_config_file
+from jax_adalora.cli.run_config import build_run_config
+from jax_adalora.cli.user_code import load_config_file
 
 
 def peft_generate(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int, ends) -> list[str]:

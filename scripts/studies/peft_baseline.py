@@ -38,7 +38,8 @@ from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 from jax_adalora.cli.export import peft_adalora_config
-from jax_adalora.cli.run_config import build_run_config, load_config_file
+from jax_adalora.cli.run_config import build_run_config
+from jax_adalora.cli.user_code import load_config_file
 from jax_adalora.models import load_tokenizer
 from jax_adalora.models.model_dirs import resolve_model_dir
 from jax_adalora.tasks import BatchIterator, load_task
