@@ -241,11 +241,12 @@ def rank_allocator(
             _check_last_in_chain(triplets, triplet_updates, grads.mean, state, freeze_step, traced_too=check_order)
         new_weights = optax.apply_updates(triplets, triplet_updates)
 
-        scoring = (step < freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
+        scorable = jnp.asarray(update_scores) & jnp.asarray(moments.ready)
+        scoring = (step < freeze_step) & scorable
         if config.smoothing == "pooled":  # pool the moments, then score the pool (see jax_adalora.scores)
             # The freeze step's re-allocation pools its own batch too: the pool it would otherwise rank is empty
             # when the previous re-allocation was the step before, and an empty pool scores every triplet 0.
-            pooling = (step <= freeze_step) & jnp.asarray(update_scores) & jnp.asarray(moments.ready)
+            pooling = (step <= freeze_step) & scorable
             pooled = scores_lib.pool(state.smoothing, grads)
             smoothing = jax.tree.map(lambda a, b: jnp.where(pooling, a, b), pooled, state.smoothing)
             element_scores = score(new_weights, scores_lib.pooled_moments(smoothing, with_second=score.reads_moments))
